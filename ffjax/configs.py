@@ -1,0 +1,396 @@
+"""The run configuration: every key with its default and meaning, and its validation.
+
+Recipes (`configs/<recipe>.py`) start from `base_config()` and change what they need:
+
+    def get_config(variant=""):
+        config = configs.base_config()
+        config.model.path = "/data/FLUX.1-dev"
+        ...
+        return config
+
+`validate(config)` runs at start-up: an unknown key names the key and its nearest valid
+neighbours, a bad choice lists the allowed values, a missing required value says which
+key and what it is for. Choices that name registered things (models, algorithms,
+rewards) come from the registries, so there is no second list of names to keep in sync.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from ffjax import registry
+from ffjax.flow import steps
+
+ConfigDict = ml_collections.ConfigDict
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and what is allowed."""
+
+
+def base_config() -> ConfigDict:
+    """Every configuration key ffjax knows, with its default. Keys are documented here."""
+    c = ConfigDict()
+    c.seed = 0  # master seed: data order, noise, SDE windows and init derive from it
+
+    c.model = m = ConfigDict()
+    m.name = "flux1"  # registered model adapter (see ffjax.registry.MODELS) or "pkg.mod:Class"
+    m.path = config_dict.placeholder(str)  # REQUIRED: Diffusers pipeline folder to load
+    m.dtype = "float32"  # activation dtype: float32 | bfloat16 | float16
+    m.param_dtype = "float32"  # dtype of frozen weights: float32 | bfloat16 | float16
+    m.attention = "auto"  # attention kernel: auto | xla | cudnn | splash (auto picks by platform)
+    m.remat = "none"  # rematerialisation of transformer blocks: none | full | save_dots
+    m.height = 512  # image height in pixels (FLUX.1: multiple of 16)
+    m.width = 512  # image width in pixels (FLUX.1: multiple of 16)
+    m.num_frames = 1  # video frames (WAN: 4k + 1); 1 for image models
+
+    c.sampling = s = ConfigDict()
+    s.num_steps = 10  # denoising steps of a training rollout
+    s.eval_num_steps = 28  # denoising steps of evaluation sampling (always ODE)
+    s.guidance_scale = 3.5  # FLUX.1 guidance embedding value / CFG scale for CFG models
+    s.dynamics = "flow_sde"  # rollout step: ode | flow_sde | dance_sde | cps (ffjax.flow.steps)
+    s.noise_level = 0.7  # eta of the SDE steps (0 makes every step an ODE step)
+    s.sde_candidates = ()  # step indices that may be SDE steps; () = all but the last
+    s.sde_num_steps = 0  # SDE steps per epoch drawn from the candidates; 0 = all candidates
+    s.sde_window = "random"  # how they are drawn: random (Flow-GRPO-Fast) | contiguous (MixGRPO)
+    s.storage_dtype = "float32"  # dtype of stored trajectory latents: float32 | bfloat16
+
+    c.algorithm = a = ConfigDict()
+    a.name = "grpo"  # registered algorithm (ffjax.registry.ALGORITHMS) or "pkg.mod:Name"
+    # The chosen algorithm adds its own keys under `algorithm` (see its default_config()).
+
+    # Rewards: alias -> {name, weight, args}; the training signal is their weighted
+    # combination. `eval_rewards` are only measured at evaluation.
+    c.rewards = ConfigDict()
+    c.eval_rewards = ConfigDict()
+
+    c.data = d = ConfigDict()
+    d.path = config_dict.placeholder(str)  # prompt file or folder (train.txt / train.jsonl)
+    d.group_size = 8  # K: samples per prompt; advantages are normalised within a group
+    d.prompts_per_epoch = 8  # prompts (groups) sampled per epoch, over all hosts
+    d.shuffle = True  # reshuffle prompts every pass (deterministic from seed)
+
+    c.train = t = ConfigDict()
+    t.num_epochs = 100  # rollout + optimise iterations
+    t.learning_rate = 1e-4  # peak learning rate
+    t.micro_batch_size = 4  # samples per gradient computation
+    t.inner_epochs = 1  # passes over one epoch's samples
+    t.max_grad_norm = 1.0  # global-norm gradient clipping (0 disables)
+    t.weight_decay = 1e-4  # AdamW weight decay on trainable parameters
+    t.lora_rank = 32  # LoRA rank; 0 trains all weights (full fine-tune)
+    t.lora_alpha = 64.0  # LoRA scale numerator (scale = alpha / rank)
+    t.eval_every = 10  # epochs between evaluations (0 disables)
+
+    c.mesh = h = ConfigDict()
+    h.data = -1  # data-parallel axis size (-1: all devices not used by other axes)
+    h.fsdp = 1  # parameter-sharding axis size
+    h.tensor = 1  # tensor-parallel axis size
+    h.sequence = 1  # sequence-parallel axis size
+
+    c.checkpoint = k = ConfigDict()
+    k.every_epochs = 10  # epochs between Orbax checkpoints (0 disables)
+    k.keep = 3  # checkpoints kept
+
+    c.logging = g = ConfigDict()
+    g.tensorboard = True  # write TensorBoard event files under WORKDIR/tb
+    g.image_grid_every = 10  # epochs between sample grids under WORKDIR/samples (0 disables)
+    return c
+
+
+REWARD_ENTRY_KEYS = ("name", "weight", "args")
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+# Allowed values. A tuple is a fixed set; a callable returns the current set and
+# whether a "pkg.mod:Name" spec is also acceptable.
+CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
+    "model.name": lambda: (_registered("models").names(), True),
+    "model.dtype": DTYPES,
+    "model.param_dtype": DTYPES,
+    "model.attention": ("auto", "xla", "cudnn", "splash"),
+    "model.remat": ("none", "full", "save_dots"),
+    "sampling.dynamics": steps.DYNAMICS,
+    "sampling.sde_window": ("random", "contiguous"),
+    "sampling.storage_dtype": ("float32", "bfloat16"),
+    "algorithm.name": lambda: (_registered("algorithms").names(), True),
+}
+
+REQUIRED: dict[str, str] = {
+    "model.path": "the Diffusers pipeline folder of the model to train",
+}
+
+# Numeric bounds: key -> (predicate, what is allowed).
+BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "sampling.num_steps": (lambda v: v >= 1, ">= 1"),
+    "sampling.eval_num_steps": (lambda v: v >= 1, ">= 1"),
+    "sampling.noise_level": (lambda v: v >= 0, ">= 0"),
+    "sampling.sde_num_steps": (lambda v: v >= 0, ">= 0 (0 = all candidates)"),
+    "data.group_size": (lambda v: v >= 2, ">= 2 (advantages need a group)"),
+    "data.prompts_per_epoch": (lambda v: v >= 1, ">= 1"),
+    "train.num_epochs": (lambda v: v >= 0, ">= 0"),
+    "train.learning_rate": (lambda v: v > 0, "> 0"),
+    "train.micro_batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.inner_epochs": (lambda v: v >= 1, ">= 1"),
+    "train.lora_rank": (lambda v: v >= 0, ">= 0 (0 = full fine-tune)"),
+    "model.height": (lambda v: v >= 1, ">= 1"),
+    "model.width": (lambda v: v >= 1, ">= 1"),
+    "model.num_frames": (lambda v: v >= 1, ">= 1"),
+    "mesh.data": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),
+    "mesh.fsdp": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),
+    "mesh.tensor": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),
+    "mesh.sequence": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),
+}
+
+_REGISTRY_PACKAGES = {
+    "models": ("ffjax.models", registry.MODELS),
+    "algorithms": ("ffjax.algorithms", registry.ALGORITHMS),
+    "rewards": ("ffjax.rewards", registry.REWARDS),
+}
+
+
+def _registered(kind: str) -> registry.Registry:
+    """The registry of `kind`, after importing the package whose modules fill it."""
+    package, reg = _REGISTRY_PACKAGES[kind]
+    try:
+        importlib.import_module(package)
+    except ModuleNotFoundError as e:
+        if e.name != package:  # a broken import inside the package is a real error
+            raise
+    return reg
+
+
+def validate(config: ConfigDict) -> ConfigDict:
+    """Checks `config` against the schema; returns it unchanged or raises ConfigError.
+
+    Checks, in order: unknown keys (with nearest valid keys), missing required values,
+    choices, numeric bounds, reward entries, the algorithm's own section, and
+    cross-key constraints. All problems are reported together.
+    """
+    problems: list[str] = []
+    schema = base_config()
+    algo_section = _algorithm_section(config, problems)
+    if algo_section is not None:
+        for key, value in algo_section.items():
+            schema.algorithm[key] = value
+    problems += _unknown_keys(config, schema, "")
+    for path, purpose in REQUIRED.items():
+        if _get(config, path) is None:
+            problems.append(f"missing required value config.{path} ({purpose})")
+    for path, allowed in CHOICES.items():
+        value = _get(config, path)
+        if value is None:
+            continue
+        if callable(allowed):
+            names, specs_ok = allowed()
+            if value in names or (specs_ok and ":" in str(value)):
+                continue
+            extra = " or 'package.module:Name'" if specs_ok else ""
+            problems.append(
+                f"config.{path}={value!r} is not allowed; allowed: {', '.join(names) or '(none registered)'}{extra}"
+            )
+        elif value not in allowed:
+            problems.append(f"config.{path}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+    for path, (ok, allowed) in BOUNDS.items():
+        value = _get(config, path)
+        if value is not None and not ok(value):
+            problems.append(f"config.{path}={value!r} is out of range; allowed: {allowed}")
+    for section in ("rewards", "eval_rewards"):
+        problems += _reward_problems(config.get(section, ConfigDict()), section)
+    problems += _cross_key_problems(config)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return config
+
+
+def _algorithm_section(config: ConfigDict, problems: list[str]) -> ConfigDict | None:
+    """The registered algorithm's default section, if the name resolves."""
+    name = _get(config, "algorithm.name")
+    if name is None:
+        return None
+    reg = _registered("algorithms")
+    try:
+        spec = reg.get(name)
+    except registry.RegistryError:
+        return None  # reported by the choices check
+    default_config = getattr(spec, "default_config", None)
+    if default_config is None:
+        problems.append(f"config.algorithm.name={name!r} has no default_config()")
+        return None
+    for key, allowed in getattr(spec, "choices", {}).items():
+        value = config.algorithm.get(key)
+        if value is not None and value not in allowed:
+            problems.append(
+                f"config.algorithm.{key}={value!r} is not allowed for {name}; allowed: {', '.join(allowed)}"
+            )
+    return default_config()
+
+
+def _unknown_keys(config: Any, schema: ConfigDict, prefix: str) -> list[str]:
+    out = []
+    if not isinstance(config, (ConfigDict, dict)):
+        return out
+    for key in config.keys():
+        path = f"{prefix}{key}"
+        if path in ("rewards", "eval_rewards"):
+            continue  # open maps, checked by _reward_problems
+        if key not in schema:
+            nearby = difflib.get_close_matches(key, list(schema.keys()), n=3, cutoff=0.5)
+            hint = (
+                f"; did you mean {', '.join(f'config.{prefix}{n}' for n in nearby)}?"
+                if nearby
+                else f"; valid keys here: {', '.join(sorted(schema.keys()))}"
+            )
+            out.append(f"unknown key config.{path}{hint}")
+        elif isinstance(schema[key], ConfigDict):
+            out += _unknown_keys(config[key], schema[key], f"{path}.")
+    return out
+
+
+def _reward_problems(rewards: Any, section: str) -> list[str]:
+    out = []
+    names = _registered("rewards")
+    for alias, entry in rewards.items():
+        where = f"config.{section}.{alias}"
+        if not isinstance(entry, (ConfigDict, dict)):
+            out.append(f"{where} must be a dict with keys {', '.join(REWARD_ENTRY_KEYS)}")
+            continue
+        for key in entry.keys():
+            if key not in REWARD_ENTRY_KEYS:
+                out.append(f"unknown key {where}.{key}; allowed: {', '.join(REWARD_ENTRY_KEYS)}")
+        name = entry.get("name", alias)
+        if not names.is_valid(name):
+            out.append(
+                f"{where}.name={name!r} is not a registered reward; allowed: "
+                f"{', '.join(names.names()) or '(none registered)'} or 'package.module:Name'"
+            )
+        weight = entry.get("weight", 1.0)
+        if not isinstance(weight, (int, float)):
+            out.append(f"{where}.weight must be a number, got {weight!r}")
+    return out
+
+
+def _cross_key_problems(config: ConfigDict) -> list[str]:
+    out = []
+    n = _get(config, "sampling.num_steps")
+    cand = _get(config, "sampling.sde_candidates")
+    if isinstance(n, int) and cand:
+        bad = [i for i in cand if not 0 <= i < n]
+        if bad:
+            out.append(f"config.sampling.sde_candidates has steps {bad} outside [0, {n})")
+    k = _get(config, "sampling.sde_num_steps")
+    if isinstance(n, int) and isinstance(k, int) and k > (len(cand) if cand else max(n - 1, 1)):
+        out.append(
+            f"config.sampling.sde_num_steps={k} exceeds the number of candidate steps "
+            f"({len(cand) if cand else max(n - 1, 1)})"
+        )
+    return out
+
+
+def _get(config: Any, path: str) -> Any:
+    node = config
+    for part in path.split("."):
+        if not isinstance(node, (ConfigDict, dict)) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _walk(config: ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in config.items():
+        if isinstance(value, ConfigDict):
+            yield from _walk(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def apply_override(config: ConfigDict, path: str, raw: str) -> None:
+    """Sets `config.<path>` from a command-line string, parsed by the field's type.
+
+    Raises ConfigError for an unknown key (naming the nearest ones) or a value that
+    does not parse as the field's type. Keys under `rewards` / `eval_rewards` and the
+    algorithm section may be created.
+    """
+    parts = path.split(".")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        if part not in node:
+            if parts[0] in ("rewards", "eval_rewards", "algorithm"):
+                node[part] = ConfigDict()
+            else:
+                raise ConfigError(_unknown_message(node, ".".join(parts[: i + 1]), part))
+        node = node[part]
+        if not isinstance(node, ConfigDict):
+            raise ConfigError(f"config.{'.'.join(parts[: i + 1])} is a value, not a section")
+    leaf = parts[-1]
+    open_section = parts[0] in ("rewards", "eval_rewards", "algorithm")
+    if leaf not in node and not open_section:
+        raise ConfigError(_unknown_message(node, path, leaf))
+    if leaf in node and isinstance(node[leaf], ConfigDict):
+        raise ConfigError(f"config.{path} is a section; set one of its keys instead")
+    field_type = node.get_type(leaf) if leaf in node else None
+    value = _parse_value(raw, field_type, path)
+    try:
+        node[leaf] = value
+    except TypeError as e:
+        raise ConfigError(f"config.{path}: cannot set {raw!r}: {e}") from None
+
+
+def _unknown_message(node: ConfigDict, path: str, key: str) -> str:
+    prefix = path.rsplit(".", 1)[0] + "." if "." in path else ""
+    nearby = difflib.get_close_matches(key, list(node.keys()), n=3, cutoff=0.5)
+    if nearby:
+        return f"unknown key config.{path}; did you mean {', '.join(f'config.{prefix}{n}' for n in nearby)}?"
+    return f"unknown key config.{path}; valid keys here: {', '.join(sorted(node.keys()))}"
+
+
+def _parse_value(raw: str, field_type: type | None, path: str) -> Any:
+    if field_type is str:
+        return raw
+    if field_type is bool:
+        lowered = raw.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"config.{path} expects true/false, got {raw!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        if field_type in (None, type(None)):
+            return raw  # a new string-valued key, e.g. a reward name
+        raise ConfigError(f"config.{path} expects {field_type.__name__}, got {raw!r}") from None
+    if field_type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if field_type in (tuple, list) and isinstance(value, (tuple, list)):
+        value = field_type(value)
+    if field_type not in (None, type(None)) and not isinstance(value, field_type):
+        raise ConfigError(f"config.{path} expects {field_type.__name__}, got {raw!r}")
+    return value
+
+
+def to_text(config: ConfigDict) -> str:
+    """The resolved config as sorted `key = value` lines."""
+    return "\n".join(f"{k} = {v!r}" for k, v in sorted(_walk(config)))
+
+
+def set_algorithm(config: ConfigDict, name: str) -> ConfigDict:
+    """Sets `config.algorithm` to algorithm `name` with its registered defaults."""
+    spec = _registered("algorithms").get(name)
+    section = spec.default_config()
+    section.name = name
+    config.algorithm = section
+    return config
+
+
+def add_reward(config: ConfigDict, alias: str, name: str | None = None, weight: float = 1.0,
+               section: str = "rewards", **args: Any) -> ConfigDict:
+    """Adds reward entry `config.<section>.<alias>` = {name, weight, args}."""
+    config[section][alias] = ConfigDict({"name": name or alias, "weight": float(weight), "args": args})
+    return config
