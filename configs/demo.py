@@ -19,7 +19,9 @@ def get_config(variant: str = "") -> configs.ConfigDict:
     """Variant: "" or "grpo" (default), "nft", "awm"."""
     variant = variant or "grpo"
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} of configs/demo.py; allowed: {', '.join(VARIANTS)}")
+        raise ValueError(
+            f"unknown variant {variant!r} of configs/demo.py; allowed: {', '.join(VARIANTS)}"
+        )
     c = configs.base_config()
     c.model.name = "flux1"
     c.model.path = str(ASSETS)

@@ -196,7 +196,9 @@ def validate(config: ConfigDict) -> ConfigDict:
                 f"config.{path}={value!r} is not allowed; allowed: {', '.join(names) or '(none registered)'}{extra}"
             )
         elif value not in allowed:
-            problems.append(f"config.{path}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+            problems.append(
+                f"config.{path}={value!r} is not allowed; allowed: {', '.join(allowed)}"
+            )
     for path, (ok, allowed) in BOUNDS.items():
         value = _get(config, path)
         if value is not None and not ok(value):
@@ -389,8 +391,16 @@ def set_algorithm(config: ConfigDict, name: str) -> ConfigDict:
     return config
 
 
-def add_reward(config: ConfigDict, alias: str, name: str | None = None, weight: float = 1.0,
-               section: str = "rewards", **args: Any) -> ConfigDict:
+def add_reward(
+    config: ConfigDict,
+    alias: str,
+    name: str | None = None,
+    weight: float = 1.0,
+    section: str = "rewards",
+    **args: Any,
+) -> ConfigDict:
     """Adds reward entry `config.<section>.<alias>` = {name, weight, args}."""
-    config[section][alias] = ConfigDict({"name": name or alias, "weight": float(weight), "args": args})
+    config[section][alias] = ConfigDict(
+        {"name": name or alias, "weight": float(weight), "args": args}
+    )
     return config

@@ -51,7 +51,9 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
             key, eq, value = arg[len(_OVERRIDE_PREFIX) :].partition("=")
             if not eq:
                 if i + 1 >= len(argv):
-                    raise configs.ConfigError(f"--config.{key} needs a value (--config.{key}=VALUE)")
+                    raise configs.ConfigError(
+                        f"--config.{key} needs a value (--config.{key}=VALUE)"
+                    )
                 value = argv[i + 1]
                 i += 1
             overrides.append((key, value))

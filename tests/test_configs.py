@@ -34,28 +34,40 @@ def test_demo_recipe_variants_validate(variant):
 def test_unknown_key_names_key_and_nearest():
     c = _valid()
     c.sampling.noise_levl = 0.5
-    with pytest.raises(configs.ConfigError, match=r"unknown key config.sampling.noise_levl; did you mean config.sampling.noise_level"):
+    with pytest.raises(
+        configs.ConfigError,
+        match=r"unknown key config.sampling.noise_levl; did you mean config.sampling.noise_level",
+    ):
         configs.validate(c)
 
 
 def test_unknown_key_without_neighbour_lists_section_keys():
     c = _valid()
     c.mesh.zzz = 1
-    with pytest.raises(configs.ConfigError, match=r"unknown key config.mesh.zzz; valid keys here: data, fsdp, sequence, tensor"):
+    with pytest.raises(
+        configs.ConfigError,
+        match=r"unknown key config.mesh.zzz; valid keys here: data, fsdp, sequence, tensor",
+    ):
         configs.validate(c)
 
 
 def test_bad_choice_lists_allowed_values():
     c = _valid()
     c.sampling.dynamics = "sde"
-    with pytest.raises(configs.ConfigError, match="config.sampling.dynamics='sde' is not allowed; allowed: ode, flow_sde, dance_sde, cps"):
+    with pytest.raises(
+        configs.ConfigError,
+        match="config.sampling.dynamics='sde' is not allowed; allowed: ode, flow_sde, dance_sde, cps",
+    ):
         configs.validate(c)
 
 
 def test_registry_backed_choice():
     c = _valid()
     c.algorithm.name = "ppo"
-    with pytest.raises(configs.ConfigError, match="config.algorithm.name='ppo' is not allowed; allowed: awm, grpo, grpo-guard, nft"):
+    with pytest.raises(
+        configs.ConfigError,
+        match="config.algorithm.name='ppo' is not allowed; allowed: awm, grpo, grpo-guard, nft",
+    ):
         configs.validate(c)
 
 
@@ -66,14 +78,19 @@ def test_algorithm_section_keys_and_choices():
         configs.validate(c)
     c = _valid()
     c.algorithm.kl_type = "js"
-    with pytest.raises(configs.ConfigError, match="kl_type='js' is not allowed for grpo; allowed: x-based, v-based"):
+    with pytest.raises(
+        configs.ConfigError, match="kl_type='js' is not allowed for grpo; allowed: x-based, v-based"
+    ):
         configs.validate(c)
 
 
 def test_missing_required_value():
     c = _valid()
     c.model.path = None
-    with pytest.raises(configs.ConfigError, match=r"missing required value config.model.path \(the Diffusers pipeline folder"):
+    with pytest.raises(
+        configs.ConfigError,
+        match=r"missing required value config.model.path \(the Diffusers pipeline folder",
+    ):
         configs.validate(c)
 
 
@@ -108,7 +125,10 @@ def test_overrides_parse_by_field_type():
     assert c.train.learning_rate == 3e-4 and c.train.num_epochs == 7
     assert c.data.shuffle is False and c.model.path == "/x/y"
     assert c.sampling.sde_candidates == (1, 2, 3) and c.rewards.sym.name == "symmetry"
-    with pytest.raises(configs.ConfigError, match="unknown key config.train.learning_rat; did you mean config.train.learning_rate"):
+    with pytest.raises(
+        configs.ConfigError,
+        match="unknown key config.train.learning_rat; did you mean config.train.learning_rate",
+    ):
         configs.apply_override(c, "train.learning_rat", "1")
     with pytest.raises(configs.ConfigError, match="config.train.num_epochs expects int"):
         configs.apply_override(c, "train.num_epochs", "many")

@@ -6,7 +6,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    ci_lines = [ln for ln in (ROOT / ".ci/run").read_text().splitlines() if ln and not ln.startswith("#")]
+    ci_lines = [
+        ln for ln in (ROOT / ".ci/run").read_text().splitlines() if ln and not ln.startswith("#")
+    ]
     test_command = ci_lines[-1]
     assert "pytest" in test_command
     assert f"\n{test_command}\n" in (ROOT / "README.md").read_text()

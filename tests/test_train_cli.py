@@ -9,12 +9,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(*args):
     return subprocess.run(
-        [sys.executable, "-m", "ffjax.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "ffjax.train", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 def test_default_recipe_validates_and_writes_config(tmp_path):
-    r = _run("--workdir", str(tmp_path), "--config.train.num_epochs=3", "--config.sampling.noise_level", "0.5")
+    r = _run(
+        "--workdir",
+        str(tmp_path),
+        "--config.train.num_epochs=3",
+        "--config.sampling.noise_level",
+        "0.5",
+    )
     assert r.returncode == 0, r.stderr
     assert "train.num_epochs = 3" in r.stdout and "sampling.noise_level = 0.5" in r.stdout
     assert "algorithm.name = 'grpo'" in r.stdout
@@ -26,7 +36,12 @@ def test_variant_and_bad_keys_fail_with_clear_messages():
     assert r.returncode == 2
     assert "unknown key config.train.num_epoch; did you mean config.train.num_epochs" in r.stderr
     assert "Traceback" not in r.stderr
-    r = _run("--config", "configs/demo.py:awm", "--config.sampling.dynamics=sde", "--config.algorithm.weighting=t3")
+    r = _run(
+        "--config",
+        "configs/demo.py:awm",
+        "--config.sampling.dynamics=sde",
+        "--config.algorithm.weighting=t3",
+    )
     assert r.returncode == 2
     assert "allowed: ode, flow_sde, dance_sde, cps" in r.stderr
     assert "allowed: uniform, t, t2, huber, ghuber" in r.stderr

@@ -21,7 +21,9 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.clip_range = 1e-4  # eps of the PPO clip on the surrogate ratio
     c.adv_clip_max = 5.0  # advantages are clipped to [-adv_clip_max, adv_clip_max]
-    c.weighting = "uniform"  # per-time weight of the matching error: uniform | t | t2 | huber | ghuber
+    c.weighting = (
+        "uniform"  # per-time weight of the matching error: uniform | t | t2 | huber | ghuber
+    )
     c.ghuber_p = 0.5  # exponent p of the generalised Huber weighting
     c.kl_beta = 0.0  # weight of the KL to the reference policy
     c.ema_kl_beta = 0.0  # weight of the KL to the EMA policy

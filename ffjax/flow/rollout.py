@@ -90,7 +90,9 @@ def _check_rollout_args(noise, sigmas, noise_levels, record_steps) -> None:
         raise ValueError(f"sigmas must be float[N + 1] with N >= 1, got shape {sigmas.shape}")
     n = sigmas.shape[0] - 1
     if noise_levels.shape != (n,):
-        raise ValueError(f"noise_levels must have shape ({n},) for {n} steps, got {noise_levels.shape}")
+        raise ValueError(
+            f"noise_levels must have shape ({n},) for {n} steps, got {noise_levels.shape}"
+        )
     if jnp.ndim(noise) < 1:
         raise ValueError("noise must have a leading batch dimension")
     if not isinstance(sigmas, jax.core.Tracer) and not bool(jnp.all(jnp.diff(sigmas) < 0)):
@@ -104,7 +106,19 @@ def _check_rollout_args(noise, sigmas, noise_levels, record_steps) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("velocity_fn", "dynamics", "storage_dtype"))
-def _rollout_jit(velocity_fn, params, cond, noise, sigmas, noise_levels, key, record_steps, *, dynamics, storage_dtype):
+def _rollout_jit(
+    velocity_fn,
+    params,
+    cond,
+    noise,
+    sigmas,
+    noise_levels,
+    key,
+    record_steps,
+    *,
+    dynamics,
+    storage_dtype,
+):
     batch = noise.shape[0]
     x0 = noise.astype(storage_dtype)
     n_rec = 0 if record_steps is None else record_steps.shape[0]

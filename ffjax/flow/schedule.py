@@ -187,7 +187,13 @@ def fixed_shift_sigmas(num_steps: int, shift: float) -> np.ndarray:
 # train on this epoch. `sigma_range=(lo, hi)` is a fraction along the denoising axis
 # (0 = pure noise, 1 = clean): sigma = 1 - frac, so (0, 0.9) keeps sigma in [0.1, 1].
 
-TIMESTEP_SAMPLERS = ("uniform", "logit_normal", "discrete", "discrete_with_init", "discrete_wo_init")
+TIMESTEP_SAMPLERS = (
+    "uniform",
+    "logit_normal",
+    "discrete",
+    "discrete_with_init",
+    "discrete_wo_init",
+)
 
 
 def sample_train_sigmas(
@@ -220,7 +226,9 @@ def sample_train_sigmas(
       float64[num] sigmas in (0, 1], in shuffled order.
     """
     if kind not in TIMESTEP_SAMPLERS:
-        raise ValueError(f"unknown timestep sampler {kind!r}; allowed: {', '.join(TIMESTEP_SAMPLERS)}")
+        raise ValueError(
+            f"unknown timestep sampler {kind!r}; allowed: {', '.join(TIMESTEP_SAMPLERS)}"
+        )
     lo, hi = map(float, sigma_range)
     if not 0.0 <= lo < hi <= 1.0:
         raise ValueError(f"sigma_range must satisfy 0 <= lo < hi <= 1, got {sigma_range}")

@@ -102,7 +102,9 @@ def step(
         std = sigma_next * jnp.sin(eta * (math.pi / 2))
         x0 = x - sigma * v
         noise_hat = x + (1 - sigma) * v
-        mean = (1 - sigma_next) * x0 + jnp.sqrt(jnp.maximum(sigma_next**2 - std**2, 0.0)) * noise_hat
+        mean = (1 - sigma_next) * x0 + jnp.sqrt(
+            jnp.maximum(sigma_next**2 - std**2, 0.0)
+        ) * noise_hat
 
     if x_next is None:
         if key is None and dynamics != "ode":
@@ -144,7 +146,9 @@ def _per_sample(value: jax.Array | float, x: jax.Array) -> jax.Array:
     if value.ndim == 0:
         value = jnp.broadcast_to(value, x.shape[:1])
     if value.shape != x.shape[:1]:
-        raise ValueError(f"per-sample values must be scalars or shape {x.shape[:1]}, got {value.shape}")
+        raise ValueError(
+            f"per-sample values must be scalars or shape {x.shape[:1]}, got {value.shape}"
+        )
     return value.reshape(value.shape + (1,) * (x.ndim - 1))
 
 

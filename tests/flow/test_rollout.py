@@ -38,7 +38,14 @@ def test_sde_end_marginals_match_ode(dynamics, eta):
     # SDE on every step but the last (the references' default candidate set).
     levels = rollout.noise_levels_for(n_steps, range(n_steps - 1), eta)
     x_ode, _ = rollout.rollout(
-        gaussian_velocity, PARAMS, None, noise, sig, np.zeros(n_steps, np.float32), jax.random.key(1), dynamics="ode"
+        gaussian_velocity,
+        PARAMS,
+        None,
+        noise,
+        sig,
+        np.zeros(n_steps, np.float32),
+        jax.random.key(1),
+        dynamics="ode",
     )
     x_sde, _ = rollout.rollout(
         gaussian_velocity, PARAMS, None, noise, sig, levels, jax.random.key(2), dynamics=dynamics
@@ -59,7 +66,14 @@ def test_recorded_steps_rescore_to_the_same_log_prob():
     record = np.array([1, 3], np.int32)
     levels = rollout.noise_levels_for(n_steps, record, 0.8)
     x_final, traj = rollout.rollout(
-        gaussian_velocity, PARAMS, None, noise, sig, levels, jax.random.key(5), record,
+        gaussian_velocity,
+        PARAMS,
+        None,
+        noise,
+        sig,
+        levels,
+        jax.random.key(5),
+        record,
         storage_dtype=jnp.bfloat16,
     )
     assert x_final.dtype == jnp.bfloat16 and traj.x_t.shape == (2, 4, 3, 2)
@@ -69,7 +83,7 @@ def test_recorded_steps_rescore_to_the_same_log_prob():
     for j, i in enumerate(record):
         v = gaussian_velocity(PARAMS, traj.x_t[j].astype(jnp.float32), jnp.full((4,), sig[i]), None)
         _, _, _, lp = jax.jit(
-            lambda v, xt, xn: steps.step("flow_sde", xt, v, sig[i], sig[i + 1], 0.8, x_next=xn)
+            lambda v, xt, xn, i=i: steps.step("flow_sde", xt, v, sig[i], sig[i + 1], 0.8, x_next=xn)
         )(v, traj.x_t[j], traj.x_next[j])
         np.testing.assert_allclose(lp, traj.log_prob[j], rtol=1e-6, atol=1e-6)
         assert np.all(np.asarray(traj.log_prob[j]) != 0)
@@ -80,7 +94,13 @@ def test_rollout_without_noise_is_euler_integration():
     sig = schedule.fixed_shift_sigmas(n_steps, 3.0)
     noise = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     x_final, traj = rollout.rollout(
-        gaussian_velocity, PARAMS, None, noise, sig, np.zeros(n_steps, np.float32), jax.random.key(0)
+        gaussian_velocity,
+        PARAMS,
+        None,
+        noise,
+        sig,
+        np.zeros(n_steps, np.float32),
+        jax.random.key(0),
     )
     assert traj is None
     x = noise.astype(np.float64)
@@ -106,7 +126,9 @@ def test_moving_the_sde_window_does_not_retrace():
     for epoch in range(4):
         window = rollout.sde_window(seed=3, epoch=epoch, candidates=range(n_steps - 1), k=2)
         levels = rollout.noise_levels_for(n_steps, window, 0.7)
-        rollout.rollout(counting_velocity, PARAMS, None, noise, sig, levels, jax.random.key(epoch), window)
+        rollout.rollout(
+            counting_velocity, PARAMS, None, noise, sig, levels, jax.random.key(epoch), window
+        )
     assert len(traces) == 1
 
 

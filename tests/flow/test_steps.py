@@ -59,7 +59,9 @@ def test_dynamics_match_float64_reference(dynamics, sigma, sigma_next, eta):
         dynamics, x, v, sigma, sigma_next, eta, x_next=x_next.astype(np.float32)
     )
     np.testing.assert_allclose(mean, mean_ref, rtol=2e-5, atol=2e-5)
-    np.testing.assert_allclose(np.broadcast_to(std, SHAPE), np.broadcast_to(std_ref, SHAPE), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.broadcast_to(std, SHAPE), np.broadcast_to(std_ref, SHAPE), rtol=1e-5, atol=1e-7
+    )
     xn = x_next.astype(np.float32).astype(np.float64)
     if dynamics == "cps":
         lp_ref = -np.mean((xn - mean_ref) ** 2, axis=(1, 2, 3))
