@@ -10,9 +10,7 @@ GROUPS = np.array([0, 0, 1, 1])
 
 def test_sum_group_std_hand_computed():
     # Group 0: rewards 1, 3 -> mean 2, std 1 -> A = -1, +1. Group 1: 5, 5 -> std 0 -> A = 0.
-    a = compute_advantages(
-        {"r": [1.0, 3.0, 5.0, 5.0]}, {"r": 1.0}, GROUPS, group_size=2, eps=1e-12
-    )
+    a = compute_advantages({"r": [1.0, 3.0, 5.0, 5.0]}, {"r": 1.0}, GROUPS, group_size=2, eps=1e-12)
     np.testing.assert_allclose(a.values, [-1, 1, 0, 0], atol=1e-9)
     assert a.valid.all() and a.num_dropped == 0 and a.values.dtype == np.float64
 

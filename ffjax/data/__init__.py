@@ -1,0 +1,1 @@
+"""Data: prompt datasets, K-repeat sampling, and the on-disk prompt-embedding cache."""

@@ -1,0 +1,196 @@
+"""The `flux1` model adapter: what samplers and algorithms see of FLUX.1.
+
+Latent layout: the VAE gives (B, h, w, 16) latents (h = H / 8 for FLUX.1); the
+transformer sees them *packed* in 2x2 patches, (B, h/2 * w/2, 64), channel index
+c * 4 + 2 * dy + dx as in Diffusers' `FluxPipeline._pack_latents`. Everything the
+adapter returns to a sampler is float32 and packed.
+
+Time: samplers use sigma in [0, 1] (DESIGN.md); the transformer takes the same sigma
+as `timestep` and scales it by 1000 itself, exactly as `FluxPipeline` passes
+`t / 1000`. Guidance-distilled checkpoints (FLUX.1-dev) get the guidance scale as an
+input embedding; there is no classifier-free guidance pass.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from ffjax.flow.schedule import flux_sigmas
+from ffjax.models.flux.config import FluxVAEConfig
+from ffjax.models.flux.convert import load_transformer, load_vae
+from ffjax.models.flux.transformer import FluxTransformer
+from ffjax.models.flux.vae import FluxVAE, from_transformer_space
+from ffjax.registry import MODELS
+
+
+@struct.dataclass
+class FluxCond:
+    """Conditioning of one batch.
+
+    Attributes:
+      prompt_embeds: float[B, L_txt, joint_attention_dim] T5 last hidden states.
+      pooled_prompt_embeds: float[B, pooled_projection_dim] CLIP pooled output.
+      txt_ids: float32[L_txt, 3] zeros (text tokens share RoPE position 0).
+      img_ids: float32[L_img, 3] (0, row, col) of each packed latent patch.
+      guidance: float32[B] guidance scale, or None for models without guidance embedding.
+    """
+
+    prompt_embeds: jax.Array
+    pooled_prompt_embeds: jax.Array
+    txt_ids: jax.Array
+    img_ids: jax.Array
+    guidance: jax.Array | None = None
+
+
+def pack_latents(z: jax.Array) -> jax.Array:
+    """(B, h, w, C) -> (B, h/2 * w/2, 4C), 2x2 patches, channel c*4 + 2*dy + dx."""
+    b, h, w, c = z.shape
+    z = z.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+    return z.reshape(b, (h // 2) * (w // 2), 4 * c)
+
+
+def unpack_latents(x: jax.Array, h: int, w: int) -> jax.Array:
+    """(B, h/2 * w/2, 4C) -> (B, h, w, C); inverse of `pack_latents`."""
+    b, _, c4 = x.shape
+    c = c4 // 4
+    x = x.reshape(b, h // 2, w // 2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, h, w, c)
+
+
+@MODELS.register("flux1")
+class Flux1Adapter:
+    """FLUX.1 (dev / schnell / any size) behind the model-adapter contract.
+
+    Args:
+      transformer: the FluxTransformer module.
+      vae: the FluxVAE module (None if only velocities are needed).
+      vae_config: its config (scaling / shift factors, downsampling factor).
+      guidance_scale: default embedded guidance for guidance-distilled checkpoints.
+    """
+
+    def __init__(
+        self,
+        transformer: FluxTransformer,
+        vae: FluxVAE | None = None,
+        vae_config: FluxVAEConfig | None = None,
+        guidance_scale: float = 3.5,
+    ):
+        self.transformer = transformer
+        self.config = transformer.config
+        self.vae = vae
+        self.vae_config = vae_config or (vae.config if vae is not None else FluxVAEConfig())
+        self.guidance_scale = guidance_scale
+        self.latent_channels = self.config.in_channels // 4
+        self.vae_scale_factor = self.vae_config.downsample_factor
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, dtype: Any = "float32", guidance_scale: float = 3.5, **runtime
+    ) -> tuple[Flux1Adapter, dict[str, Any]]:
+        """From a Diffusers FluxPipeline folder: (adapter, {"transformer": p, "vae": p})."""
+        transformer, tp = load_transformer(
+            os.path.join(path, "transformer"), dtype=dtype, **runtime
+        )
+        vae, vp = load_vae(os.path.join(path, "vae"), dtype=dtype)
+        return cls(transformer, vae, vae.config, guidance_scale), {"transformer": tp, "vae": vp}
+
+    # ----------------------------------------------------------------- shapes and ids
+
+    def latent_hw(self, height: int, width: int) -> tuple[int, int]:
+        """Unpacked latent (h, w) of an H x W image; ValueError unless both divide 2 * f."""
+        m = 2 * self.vae_scale_factor  # 16 for FLUX.1: VAE factor 8, then 2x2 packing
+        if height <= 0 or width <= 0 or height % m or width % m:
+            raise ValueError(
+                f"FLUX.1 image size must be positive multiples of {m} (VAE factor"
+                f" {self.vae_scale_factor} x 2x2 packing); got height={height}, width={width}"
+            )
+        return height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int]:
+        """Packed latent shape (B, L_img, 4 * latent_channels) for an H x W image."""
+        h, w = self.latent_hw(height, width)
+        return batch, (h // 2) * (w // 2), self.config.in_channels
+
+    def image_ids(self, height: int, width: int) -> np.ndarray:
+        """float32[(h/2)(w/2), 3] RoPE ids (0, row, col) of the packed patches, row-major."""
+        h, w = self.latent_hw(height, width)
+        rows, cols = np.meshgrid(np.arange(h // 2), np.arange(w // 2), indexing="ij")
+        return np.stack([np.zeros_like(rows), rows, cols], -1).reshape(-1, 3).astype(np.float32)
+
+    def init_noise(self, key: jax.Array, batch: int, height: int, width: int) -> jax.Array:
+        """Standard normal packed latents float32[B, L_img, 4C] (sigma = 1)."""
+        return jax.random.normal(key, self.latent_shape(batch, height, width), jnp.float32)
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> np.ndarray:
+        """The FluxPipeline schedule float32[num_steps + 1] for this resolution."""
+        return flux_sigmas(num_steps, self.latent_shape(1, height, width)[1])
+
+    def make_cond(
+        self,
+        prompt_embeds,
+        pooled_prompt_embeds,
+        height: int,
+        width: int,
+        guidance_scale: float | None = None,
+    ) -> FluxCond:
+        """Bundles prompt embeddings (from the T5 / CLIP encoders) with ids and guidance."""
+        b, l_txt = prompt_embeds.shape[:2]
+        guidance = None
+        if self.config.guidance_embeds:
+            g = self.guidance_scale if guidance_scale is None else guidance_scale
+            guidance = jnp.full((b,), g, jnp.float32)
+        return FluxCond(
+            prompt_embeds=jnp.asarray(prompt_embeds),
+            pooled_prompt_embeds=jnp.asarray(pooled_prompt_embeds),
+            txt_ids=jnp.zeros((l_txt, 3), jnp.float32),
+            img_ids=jnp.asarray(self.image_ids(height, width)),
+            guidance=guidance,
+        )
+
+    # ----------------------------------------------------------------- the contract
+
+    def velocity(self, params: Any, x: jax.Array, sigma: jax.Array, cond: FluxCond) -> jax.Array:
+        """v = noise - x0 predicted at x_sigma.
+
+        Args:
+          params: transformer params.
+          x: float32[B, L_img, 4C] packed latents at noise level sigma.
+          sigma: float32[B] in [0, 1].
+          cond: FluxCond of the batch.
+
+        Returns:
+          float32[B, L_img, 4C].
+        """
+        dtype = jnp.dtype(self.config.dtype)
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
+        v = self.transformer.apply(
+            {"params": params},
+            x.astype(dtype),
+            cond.prompt_embeds.astype(dtype),
+            cond.pooled_prompt_embeds.astype(dtype),
+            sigma,  # the module multiplies by 1000: Diffusers' timestep convention
+            cond.img_ids,
+            cond.txt_ids,
+            cond.guidance,
+        )
+        return v.astype(jnp.float32)
+
+    def decode_latents(self, vae_params: Any, x: jax.Array, height: int, width: int) -> jax.Array:
+        """Packed transformer-space latents -> float32[B, H, W, 3] images in ~[-1, 1]."""
+        if self.vae is None:
+            raise ValueError("this adapter was built without a VAE")
+        h, w = self.latent_hw(height, width)
+        z = from_transformer_space(unpack_latents(x.astype(jnp.float32), h, w), self.vae_config)
+        img = self.vae.apply({"params": vae_params}, z, method="decode")
+        return img.astype(jnp.float32)
+
+    def decode(self, vae_params: Any, x: jax.Array, height: int, width: int) -> jax.Array:
+        """Packed latents -> uint8[B, H, W, 3], as Diffusers' image post-processing rounds."""
+        img = self.decode_latents(vae_params, x, height, width)
+        return jnp.round(jnp.clip(img / 2 + 0.5, 0.0, 1.0) * 255).astype(jnp.uint8)

@@ -1,0 +1,194 @@
+"""FLUX.1 configs, built from Diffusers `config.json` files and validated.
+
+`FluxTransformerConfig` mirrors `FluxTransformer2DModel`'s config (FLUX.1-dev,
+FLUX.1-schnell, or any size, tiny included) plus ffjax runtime fields (dtypes, remat,
+attention kernel). `FluxVAEConfig` mirrors the `AutoencoderKL` config of the FLUX VAE.
+Unknown keys and impossible values are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from ffjax.models.layers import ATTENTION_IMPLEMENTATIONS
+
+REMAT_POLICIES = ("none", "full", "save_dots")
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config.json that does not describe the expected model; the message names the key."""
+
+
+def read_config(path_or_dict: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+    """A config dict from a dict, a `config.json` path, or a folder containing one."""
+    if isinstance(path_or_dict, dict):
+        return dict(path_or_dict)
+    path = os.fspath(path_or_dict)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"no config.json at {path}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _build(cls, config: dict[str, Any], class_name: str, overrides: dict[str, Any]):
+    got = config.get("_class_name", class_name)
+    if got != class_name:
+        raise ConfigError(f"config.json _class_name is {got!r}, expected {class_name!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise ConfigError(
+            f"{class_name} config has unknown keys {unknown}; known: {sorted(fields)}"
+        )
+    kwargs.update(overrides)
+    for k, v in kwargs.items():
+        if isinstance(v, list):
+            kwargs[k] = tuple(v)
+    out = cls(**kwargs)
+    out.validate()
+    return out
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key}={value!r} is invalid; expected {allowed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FluxTransformerConfig:
+    """`FluxTransformer2DModel` hyper-parameters (Diffusers names) + ffjax runtime fields."""
+
+    patch_size: int = 1
+    in_channels: int = 64  # packed latent channels: 4 * VAE latent_channels
+    out_channels: int | None = None  # None: in_channels
+    num_layers: int = 19  # double-stream blocks
+    num_single_layers: int = 38  # single-stream blocks
+    attention_head_dim: int = 128
+    num_attention_heads: int = 24
+    joint_attention_dim: int = 4096  # T5 hidden size
+    pooled_projection_dim: int = 768  # CLIP pooled size
+    guidance_embeds: bool = False  # True for guidance-distilled FLUX.1-dev
+    axes_dims_rope: tuple[int, ...] = (16, 56, 56)  # RoPE dims for (text/index, row, col) ids
+    # ffjax runtime fields (never in a Diffusers config.json).
+    dtype: str = "float32"  # activation dtype
+    param_dtype: str = "float32"  # parameter storage dtype
+    remat: str = "none"  # per-block rematerialisation: none | full | save_dots
+    attention: str = "auto"  # attention kernel: auto | xla | cudnn | splash
+
+    @classmethod
+    def from_diffusers(
+        cls, config: str | os.PathLike | dict[str, Any], **overrides
+    ) -> FluxTransformerConfig:
+        """From a transformer `config.json` (path, folder or dict); `overrides` set runtime fields."""
+        return _build(cls, read_config(config), "FluxTransformer2DModel", overrides)
+
+    def to_diffusers(self) -> dict[str, Any]:
+        """The Diffusers config dict (runtime fields dropped)."""
+        d = dataclasses.asdict(self)
+        for k in ("dtype", "param_dtype", "remat", "attention"):
+            d.pop(k)
+        d["axes_dims_rope"] = list(self.axes_dims_rope)
+        return {"_class_name": "FluxTransformer2DModel", **d}
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def output_channels(self) -> int:
+        return self.patch_size**2 * (self.out_channels or self.in_channels)
+
+    def validate(self) -> None:
+        for k in ("patch_size", "in_channels", "attention_head_dim", "num_attention_heads",
+                  "joint_attention_dim", "pooled_projection_dim"):  # fmt: skip
+            v = getattr(self, k)
+            _check(isinstance(v, int) and v > 0, k, v, "a positive int")
+        for k in ("num_layers", "num_single_layers"):
+            v = getattr(self, k)
+            _check(isinstance(v, int) and v >= 0, k, v, "an int >= 0")
+        _check(
+            self.out_channels is None or self.out_channels > 0,
+            "out_channels",
+            self.out_channels,
+            "None or > 0",
+        )
+        dims = self.axes_dims_rope
+        _check(
+            len(dims) == 3 and all(d > 0 and d % 2 == 0 for d in dims) and sum(dims) == self.attention_head_dim,
+            "axes_dims_rope", dims, f"3 positive even ints summing to attention_head_dim={self.attention_head_dim}",
+        )  # fmt: skip
+        _check(self.dtype in _DTYPES, "dtype", self.dtype, f"one of {_DTYPES}")
+        _check(self.param_dtype in _DTYPES, "param_dtype", self.param_dtype, f"one of {_DTYPES}")
+        _check(self.remat in REMAT_POLICIES, "remat", self.remat, f"one of {REMAT_POLICIES}")
+        _check(
+            self.attention in ATTENTION_IMPLEMENTATIONS,
+            "attention",
+            self.attention,
+            f"one of {ATTENTION_IMPLEMENTATIONS}",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class FluxVAEConfig:
+    """`AutoencoderKL` hyper-parameters of the FLUX.1 VAE (Diffusers names) + dtypes."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",) * 4
+    up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",) * 4
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    act_fn: str = "silu"
+    latent_channels: int = 16
+    norm_num_groups: int = 32
+    sample_size: int | tuple[int, ...] = 1024
+    scaling_factor: float = 0.3611
+    shift_factor: float | None = 0.1159
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
+    force_upcast: bool = True
+    use_quant_conv: bool = False
+    use_post_quant_conv: bool = False
+    mid_block_add_attention: bool = True
+    # ffjax runtime fields.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @classmethod
+    def from_diffusers(
+        cls, config: str | os.PathLike | dict[str, Any], **overrides
+    ) -> FluxVAEConfig:
+        """From a VAE `config.json` (path, folder or dict); `overrides` set runtime fields."""
+        return _build(cls, read_config(config), "AutoencoderKL", overrides)
+
+    def to_diffusers(self) -> dict[str, Any]:
+        """The Diffusers config dict (runtime fields dropped)."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        d.pop("dtype")
+        d.pop("param_dtype")
+        return {"_class_name": "AutoencoderKL", **d}
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def validate(self) -> None:
+        n = len(self.block_out_channels)
+        _check(n >= 1 and all(c > 0 and c % self.norm_num_groups == 0 for c in self.block_out_channels),
+               "block_out_channels", self.block_out_channels, f"positive multiples of norm_num_groups={self.norm_num_groups}")  # fmt: skip
+        _check(self.down_block_types == ("DownEncoderBlock2D",) * n, "down_block_types",
+               self.down_block_types, f"{n} x 'DownEncoderBlock2D'")  # fmt: skip
+        _check(self.up_block_types == ("UpDecoderBlock2D",) * n, "up_block_types",
+               self.up_block_types, f"{n} x 'UpDecoderBlock2D'")  # fmt: skip
+        _check(self.act_fn == "silu", "act_fn", self.act_fn, "'silu'")
+        _check(self.latent_channels > 0, "latent_channels", self.latent_channels, "> 0")
+        _check(self.layers_per_block > 0, "layers_per_block", self.layers_per_block, "> 0")
+        _check(self.dtype in _DTYPES, "dtype", self.dtype, f"one of {_DTYPES}")
+        _check(self.param_dtype in _DTYPES, "param_dtype", self.param_dtype, f"one of {_DTYPES}")

@@ -1,0 +1,243 @@
+"""Linen layers shared by the model families: Dense, norms, RoPE, modulation, attention.
+
+Conventions: activations are (batch, length, features) with heads split as
+(batch, length, heads, head_dim); parameters carry logical axis names from
+`ffjax.parallel.axes`; numerically sensitive reductions (norms, softmax, RoPE) run in
+float32 whatever the activation dtype, as the Diffusers references do.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ffjax.parallel import axes
+
+Dtype = Any
+
+# --------------------------------------------------------------------------- dense / norms
+
+
+class Dense(nn.Module):
+    """y = x @ kernel + bias, kernel (in, out) annotated with logical `kernel_axes`.
+
+    Parameter names match `nn.Dense` (kernel, bias), so key tables stay uniform.
+    """
+
+    features: int
+    kernel_axes: tuple[str | None, str | None] = (axes.EMBED, axes.MLP)
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.lecun_normal(), self.kernel_axes),
+            (x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros_init(), self.kernel_axes[1:]),
+                (self.features,),
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """LayerNorm over the last axis without affine parameters, computed in float32."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * scale over the last axis (torch.nn.RMSNorm)."""
+
+    eps: float = 1e-6
+    scale_axes: tuple[str | None] = (axes.KV,)
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones_init(), self.scale_axes),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """AdaLN modulation x * (1 + scale) + shift; x (B, L, D), shift/scale (B, D)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def timestep_embedding(
+    t: jax.Array,
+    dim: int,
+    *,
+    flip_sin_to_cos: bool = True,
+    freq_shift: float = 0.0,
+    max_period: float = 10000.0,
+) -> jax.Array:
+    """Sinusoidal embedding of float32[B] timesteps -> float32[B, dim] (DDPM, Ho et al. 2020).
+
+    freq_j = exp(-log(max_period) j / (dim/2 - freq_shift)); output [sin, cos] (or
+    [cos, sin] with flip_sin_to_cos), as Diffusers' `get_timestep_embedding`.
+    """
+    half = dim // 2
+    freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / (half - freq_shift))
+    args = t.astype(jnp.float32)[:, None] * jnp.asarray(freqs, jnp.float32)[None]
+    sin, cos = jnp.sin(args), jnp.cos(args)
+    emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+def rope_frequencies(
+    ids: jax.Array, axes_dim: tuple[int, ...], theta: float
+) -> tuple[jax.Array, jax.Array]:
+    """Multi-axis rotary frequencies: ids float[L, n_axes] -> (cos, sin) float32[L, sum(axes_dim)].
+
+    Axis a contributes angles ids[:, a] * theta^(-2j / axes_dim[a]), j < axes_dim[a]/2,
+    each repeated twice (interleaved pairs), as FLUX's `FluxPosEmbed` (Su et al. 2021).
+    """
+    cos, sin = [], []
+    for a, d in enumerate(axes_dim):
+        inv = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)  # exact on host
+        ang = ids[:, a].astype(jnp.float32)[:, None] * jnp.asarray(inv, jnp.float32)[None]
+        cos.append(jnp.repeat(jnp.cos(ang), 2, axis=-1))
+        sin.append(jnp.repeat(jnp.sin(ang), 2, axis=-1))
+    return jnp.concatenate(cos, -1), jnp.concatenate(sin, -1)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates interleaved pairs: x (B, L, H, D), cos/sin (L, D); float32 math."""
+    x32 = x.astype(jnp.float32)
+    pairs = x32.reshape(*x.shape[:-1], -1, 2)
+    rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+    out = x32 * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+    return out.astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- attention
+
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+
+
+@functools.cache
+def _log_fallback(message: str) -> None:
+    # Traced once per compile anyway; the cache keeps a re-trace from repeating it.
+    logging.warning("attention: %s", message)
+
+
+def resolve_attention(
+    implementation: str, *, dtype: Dtype, seq_len: int, head_dim: int, platform: str | None = None
+) -> str:
+    """The attention kernel that will run: `implementation`, or a logged fallback to xla.
+
+    `auto` picks cudnn on GPU, splash on TPU, xla elsewhere. A requested kernel that
+    cannot run here (wrong platform, float32 for cuDNN, a length splash cannot tile)
+    falls back to xla with an absl warning naming the reason; never silently.
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attention implementation {implementation!r}; allowed: {ATTENTION_IMPLEMENTATIONS}"
+        )
+    platform = platform or jax.default_backend()
+    auto = implementation == "auto"
+    if auto:
+        implementation = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}.get(platform, "xla")
+    why = None
+    if implementation == "cudnn":
+        if platform not in ("gpu", "cuda"):
+            why = f"cudnn needs an NVIDIA GPU, platform is {platform!r}"
+        elif jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+            why = f"cudnn needs bfloat16/float16 inputs, got {jnp.dtype(dtype).name}"
+        elif head_dim % 8 or head_dim > 256:
+            why = f"cudnn needs head_dim a multiple of 8 and <= 256, got {head_dim}"
+    elif implementation == "splash":
+        if platform != "tpu":
+            why = f"splash needs a TPU, platform is {platform!r}"
+        elif seq_len % 128:
+            why = f"splash needs a sequence length divisible by 128, got {seq_len}"
+    if why is not None:
+        _log_fallback(f"{'auto chose' if auto else 'falling back to'} xla: {why}")
+        return "xla"
+    return implementation
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(D)) v with float32 logits; q (B, Lq, H, D), k/v (B, Lk, H, D)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum(
+        "bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+    ).astype(q.dtype)
+
+
+def _splash_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    # Pallas TPU kernel, single-device form over (H, L, D) per sample. Under a mesh that
+    # shards heads or length, wrap the caller in shard_map (not needed on one chip).
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
+    _, length, heads, head_dim = q.shape
+    block = min(512, length)
+    mask = sa.MultiHeadMask([sa.FullMask((length, length)) for _ in range(heads)])
+    kernel = sa.make_splash_mha_single_device(
+        mask,
+        block_sizes=sa.BlockSizes(
+            block_q=block,
+            block_kv=block,
+            block_q_dkv=block,
+            block_kv_dkv=block,
+            block_q_dq=block,
+            block_kv_dq=block,
+        ),
+    )
+    to_hld = lambda x: jnp.swapaxes(x, 1, 2)
+    q = q * (1.0 / math.sqrt(head_dim))  # the kernel applies no softmax scale
+    return to_hld(jax.vmap(kernel)(to_hld(q), to_hld(k), to_hld(v)))
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str = "auto"
+) -> jax.Array:
+    """Full (unmasked) multi-head attention, scale 1/sqrt(head_dim).
+
+    Args:
+      q, k, v: (B, L, H, D) in the activation dtype.
+      implementation: "xla" | "cudnn" | "splash" | "auto" (see `resolve_attention`).
+
+    Returns:
+      (B, L, H, D) in q's dtype.
+    """
+    impl = resolve_attention(
+        implementation, dtype=q.dtype, seq_len=q.shape[1], head_dim=q.shape[-1]
+    )
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    if impl == "splash":
+        return _splash_attention(q, k, v)
+    return xla_attention(q, k, v)

@@ -1,0 +1,483 @@
+"""Checkpoint machinery shared by every model family: safetensors I/O and key tables.
+
+A family's `convert.py` is a *table*: one `Rule` per parameter, mapping a path in our
+Flax params tree to a key in the Diffusers / transformers checkpoint, with the transform
+between the two layouts. This module runs any such table, strictly, in both directions:
+
+    rules = [*dense("x_embedder", "x_embedder"), ...]     # the family's table
+    params = load_params(rules, SafetensorsCheckpoint.open(folder), expected)
+    state = export_params(rules, params)                   # back to checkpoint keys
+
+Strict means: a checkpoint tensor the table does not consume, a table key the
+checkpoint lacks, or a tensor whose shape is not what the module expects is an error
+naming the key and both shapes; nothing is skipped or guessed.
+
+Safetensors files are read tensor by tensor (the header is parsed once, then each
+tensor is one `seek` + `read`), without torch, for every dtype including bfloat16 (via
+`ml_dtypes`), so no host ever holds a whole checkpoint twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+from flax.core import meta
+
+Shape = tuple[int, ...]
+
+# safetensors dtype tags <-> NumPy dtypes (safetensors data is little-endian).
+_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_TAGS = {v: k for k, v in _DTYPES.items()}
+
+
+class WeightsError(ValueError):
+    """Base class of checkpoint errors; the message says what and where."""
+
+
+class CheckpointFormatError(WeightsError):
+    """A file or folder that is not a readable checkpoint of the expected kind."""
+
+
+class ConversionError(WeightsError):
+    """Missing, unexpected or mis-shaped tensors between a checkpoint and a key table."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class TensorSource(Protocol):
+    """What a key table reads from: names, shapes, and one tensor at a time."""
+
+    def keys(self) -> Iterable[str]: ...
+
+    def shape(self, key: str) -> Shape: ...
+
+    def read(self, key: str) -> np.ndarray: ...
+
+
+class SafetensorsFile:
+    """One `.safetensors` file; the header is parsed and checked against the file size.
+
+    Raises CheckpointFormatError for a file that is truncated, has a corrupt header,
+    or uses an unknown dtype.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        size = os.path.getsize(self.path)
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointFormatError(
+                    f"{self.path}: truncated safetensors file ({size} bytes)"
+                )
+            (n,) = struct.unpack("<Q", head)
+            if 8 + n > size:
+                raise CheckpointFormatError(
+                    f"{self.path}: truncated safetensors file: header of {n} bytes does not fit"
+                    f" in {size} bytes"
+                )
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CheckpointFormatError(f"{self.path}: corrupt safetensors header: {e}") from e
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self._data_start = 8 + n
+        self._entries: dict[str, tuple[np.dtype, Shape, int, int]] = {}
+        for key, e in header.items():
+            if e.get("dtype") not in _DTYPES:
+                raise CheckpointFormatError(f"{self.path}: tensor {key!r} has unsupported dtype")
+            dtype, shape = _DTYPES[e["dtype"]], tuple(e["shape"])
+            begin, end = e["data_offsets"]
+            if end - begin != math.prod(shape) * dtype.itemsize:
+                raise CheckpointFormatError(
+                    f"{self.path}: tensor {key!r} size does not match shape"
+                )
+            if self._data_start + end > size:
+                raise CheckpointFormatError(
+                    f"{self.path}: truncated safetensors file: tensor {key!r} ends at byte"
+                    f" {self._data_start + end} but the file has {size} bytes"
+                )
+            self._entries[key] = (dtype, shape, begin, end)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, key: str) -> Shape:
+        return self._entries[key][1]
+
+    def dtype(self, key: str) -> np.dtype:
+        return self._entries[key][0]
+
+    def read(self, key: str) -> np.ndarray:
+        """The tensor `key` as a fresh NumPy array in its stored dtype."""
+        dtype, shape, begin, end = self._entries[key]
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            buf = f.read(end - begin)
+        return np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
+
+
+class SafetensorsCheckpoint:
+    """All tensors of a checkpoint: one file, or the shards named by `*.index.json`."""
+
+    def __init__(self, files: Sequence[SafetensorsFile]):
+        self._where: dict[str, SafetensorsFile] = {}
+        for f in files:
+            for k in f.keys():
+                if k in self._where:
+                    raise CheckpointFormatError(
+                        f"tensor {k!r} is in both {self._where[k].path} and {f.path}"
+                    )
+                self._where[k] = f
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, prefix: str | None = None) -> SafetensorsCheckpoint:
+        """Opens a `.safetensors` file, an `*.index.json`, or a folder holding either.
+
+        In a folder, `prefix` (e.g. "diffusion_pytorch_model", "model") picks the file
+        family when there are several; a sharded index wins over a single file.
+        """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            names = sorted(os.listdir(path))
+            if prefix is not None:
+                names = [n for n in names if n.startswith(prefix)]
+            index = [n for n in names if n.endswith(".safetensors.index.json")]
+            single = [n for n in names if n.endswith(".safetensors")]
+            if index:
+                path = os.path.join(path, index[0])
+            elif len(single) == 1:
+                path = os.path.join(path, single[0])
+            else:
+                found = "several: " + ", ".join(single) if single else "none"
+                raise CheckpointFormatError(
+                    f"{path}: expected one .safetensors file or a .safetensors.index.json"
+                    f"{f' starting with {prefix!r}' if prefix else ''}; found {found}"
+                )
+        if path.endswith(".json"):
+            with open(path) as f:
+                weight_map = json.load(f).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointFormatError(f"{path}: index has no 'weight_map'")
+            folder = os.path.dirname(path)
+            shards = {
+                s: SafetensorsFile(os.path.join(folder, s))
+                for s in sorted(set(weight_map.values()))
+            }
+            ckpt = cls(list(shards.values()))
+            for k, s in weight_map.items():
+                if ckpt._where.get(k) is not shards[s]:
+                    raise CheckpointFormatError(
+                        f"{path}: tensor {k!r} is not in its listed shard {s}"
+                    )
+            return ckpt
+        return cls([SafetensorsFile(path)])
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, key: str) -> Shape:
+        return self._where[key].shape(key)
+
+    def dtype(self, key: str) -> np.dtype:
+        return self._where[key].dtype(key)
+
+    def read(self, key: str) -> np.ndarray:
+        return self._where[key].read(key)
+
+
+class ArraySource:
+    """A TensorSource over an in-memory `{key: array}` (e.g. a torch state dict as NumPy)."""
+
+    def __init__(self, arrays: Mapping[str, Any]):
+        self._arrays = {k: np.asarray(v) for k, v in arrays.items()}
+
+    def keys(self) -> list[str]:
+        return list(self._arrays)
+
+    def shape(self, key: str) -> Shape:
+        return tuple(self._arrays[key].shape)
+
+    def read(self, key: str) -> np.ndarray:
+        return self._arrays[key]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata=None):
+    """Writes `tensors` as one safetensors file (readable by the `safetensors` package)."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset, arrays = 0, []
+    for key in sorted(tensors):
+        a = np.ascontiguousarray(tensors[key])
+        if a.dtype not in _TAGS:
+            raise WeightsError(f"tensor {key!r}: dtype {a.dtype} cannot be stored in safetensors")
+        header[key] = {
+            "dtype": _TAGS[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
+        offset += a.nbytes
+        arrays.append(a)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format aligns the data section to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for a in arrays:
+            f.write(a.tobytes())
+
+
+def save_sharded(
+    folder: str | os.PathLike, tensors: Mapping[str, np.ndarray], prefix: str, max_shard_bytes: int
+):
+    """Writes `prefix.safetensors`, or shards plus `prefix.safetensors.index.json` if larger."""
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for key in sorted(tensors):
+        nbytes = np.asarray(tensors[key]).nbytes
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensors[key]
+        size += nbytes
+    if len(shards) == 1:
+        save_safetensors(os.path.join(folder, f"{prefix}.safetensors"), shards[0])
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_safetensors(os.path.join(folder, name), shard)
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(np.asarray(t).nbytes for t in tensors.values())
+    with open(os.path.join(folder, f"{prefix}.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+# --------------------------------------------------------------------------- key tables
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """A layout change between a checkpoint tensor ("theirs") and our parameter ("ours")."""
+
+    name: str
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_theirs: Callable[[np.ndarray], np.ndarray]
+    ours_shape: Callable[[Shape], Shape]
+    theirs_shape: Callable[[Shape], Shape]
+
+
+IDENTITY = Transform("identity", lambda a: a, lambda a: a, tuple, tuple)
+
+
+def transpose(perm: Sequence[int]) -> Transform:
+    """ours = theirs.transpose(perm) (and back with the inverse permutation)."""
+    perm = tuple(perm)
+    inv = tuple(int(i) for i in np.argsort(perm))
+    return Transform(
+        f"transpose{perm}",
+        lambda a: np.transpose(a, perm),
+        lambda a: np.transpose(a, inv),
+        lambda s: tuple(s[i] for i in perm),
+        lambda s: tuple(s[i] for i in inv),
+    )
+
+
+LINEAR = transpose((1, 0))  # torch Linear weight (out, in) -> flax Dense kernel (in, out)
+CONV2D = transpose((2, 3, 1, 0))  # torch Conv2d (out, in, kh, kw) -> flax Conv (kh, kw, in, out)
+
+
+def reshape(theirs: Shape, ours: Shape) -> Transform:
+    """A fixed reshape between `theirs` and `ours` (e.g. a 1x1 conv stored as a linear)."""
+    theirs, ours = tuple(theirs), tuple(ours)
+    return Transform(
+        f"reshape{theirs}->{ours}",
+        lambda a: a.reshape(ours),
+        lambda a: a.reshape(theirs),
+        lambda s: ours if tuple(s) == theirs else tuple(s),
+        lambda s: theirs if tuple(s) == ours else tuple(s),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One row of a key table.
+
+    Attributes:
+      ours: '/'-joined path in our params tree, e.g. "double_blocks/attn/to_q/kernel".
+      theirs: checkpoint key; with `layers > 0` it contains "{i}", the layer index.
+      transform: theirs -> ours layout change.
+      layers: 0 for a plain tensor; N > 0 stacks theirs.format(i=0..N-1) along a new
+        leading axis of ours (the layer axis of an `nn.scan`).
+    """
+
+    ours: str
+    theirs: str
+    transform: Transform = IDENTITY
+    layers: int = 0
+
+    def theirs_keys(self) -> list[str]:
+        if self.layers:
+            return [self.theirs.format(i=i) for i in range(self.layers)]
+        return [self.theirs]
+
+
+def dense(ours: str, theirs: str, *, layers: int = 0, bias: bool = True) -> list[Rule]:
+    """Rules for a torch `nn.Linear` <-> flax `Dense` (kernel transposed)."""
+    rules = [Rule(f"{ours}/kernel", f"{theirs}.weight", LINEAR, layers)]
+    return rules + ([Rule(f"{ours}/bias", f"{theirs}.bias", IDENTITY, layers)] if bias else [])
+
+
+def conv(ours: str, theirs: str, *, layers: int = 0) -> list[Rule]:
+    """Rules for a torch `nn.Conv2d` <-> flax `Conv` (OIHW -> HWIO)."""
+    return [
+        Rule(f"{ours}/kernel", f"{theirs}.weight", CONV2D, layers),
+        Rule(f"{ours}/bias", f"{theirs}.bias", IDENTITY, layers),
+    ]
+
+
+def norm(ours: str, theirs: str, *, layers: int = 0, bias: bool = True) -> list[Rule]:
+    """Rules for an affine norm (LayerNorm / GroupNorm / RMSNorm): weight -> scale."""
+    rules = [Rule(f"{ours}/scale", f"{theirs}.weight", IDENTITY, layers)]
+    return rules + ([Rule(f"{ours}/bias", f"{theirs}.bias", IDENTITY, layers)] if bias else [])
+
+
+def _check_table(rules: Sequence[Rule], ours_paths: Iterable[str], what: str) -> None:
+    table = [r.ours for r in rules]
+    dup = sorted({p for p in table if table.count(p) > 1})
+    missing = sorted(set(ours_paths) - set(table))
+    extra = sorted(set(table) - set(ours_paths))
+    if dup or missing or extra:
+        raise ConversionError(
+            f"{what}: the key table does not match the module (a bug in the table):"
+            f" duplicated {dup[:5]}, params without a rule {missing[:5]}, rules without a"
+            f" param {extra[:5]}"
+        )
+
+
+def _raise(what: str, problems: list[str]) -> None:
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ConversionError(f"{what}: {len(problems)} problem(s):\n  {shown}{more}")
+
+
+def load_params(
+    rules: Sequence[Rule],
+    source: TensorSource,
+    expected: Mapping[str, Any],
+    *,
+    dtype: Any = None,
+    place: Callable[[str, np.ndarray], Any] | None = None,
+    what: str = "checkpoint",
+) -> dict[str, Any]:
+    """Runs a key table checkpoint -> ours, strictly.
+
+    Args:
+      rules: the family's key table.
+      source: checkpoint tensors (e.g. `SafetensorsCheckpoint.open(folder)`).
+      expected: {ours path: shape or array-like with `.shape`}, e.g. from
+        `flat_shapes(jax.eval_shape(module.init, ...))`.
+      dtype: cast every tensor to this dtype; None keeps the stored dtype (bit-exact).
+      place: called as place(ours_path, array) to put each parameter on its device /
+        sharding as soon as it is assembled; default returns the NumPy array.
+      what: names the checkpoint in error messages.
+
+    Returns:
+      The nested params dict (`{"x_embedder": {"kernel": ...}, ...}`).
+
+    Raises:
+      ConversionError naming every missing, unexpected and mis-shaped tensor (with the
+      checkpoint shape and the shape the module expects, in checkpoint layout).
+    """
+    shapes = {k: tuple(getattr(v, "shape", v)) for k, v in expected.items()}
+    _check_table(rules, shapes, what)
+    present = set(source.keys())
+    wanted = {k for r in rules for k in r.theirs_keys()}
+    problems = []
+    for r in rules:
+        want = r.transform.theirs_shape(shapes[r.ours][1:] if r.layers else shapes[r.ours])
+        for k in r.theirs_keys():
+            if k not in present:
+                problems.append(f"missing tensor {k!r} (expected shape {want})")
+            elif tuple(source.shape(k)) != want:
+                problems.append(
+                    f"tensor {k!r} has shape {tuple(source.shape(k))}, expected {want}"
+                    f" (for ffjax param {r.ours!r} {shapes[r.ours]})"
+                )
+    problems += [
+        f"unexpected tensor {k!r} with shape {tuple(source.shape(k))}"
+        for k in sorted(present - wanted)
+    ]
+    _raise(what, problems)
+
+    flat = {}
+    for r in rules:
+        parts = [r.transform.to_ours(source.read(k)) for k in r.theirs_keys()]
+        a = np.stack(parts) if r.layers else parts[0]
+        if dtype is not None:
+            a = a.astype(dtype)
+        flat[r.ours] = place(r.ours, a) if place else a
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def export_params(
+    rules: Sequence[Rule], params: Mapping[str, Any], *, dtype: Any = None, what: str = "params"
+) -> dict[str, np.ndarray]:
+    """Runs a key table ours -> checkpoint: returns `{checkpoint key: NumPy array}`.
+
+    `params` is the nested params dict (boxed or not); dtype None keeps each dtype.
+    Raises ConversionError if the tree and the table disagree or a shape is off.
+    """
+    flat = flat_params(params)
+    _check_table(rules, flat, what)
+    out: dict[str, np.ndarray] = {}
+    problems = []
+    for r in rules:
+        a = np.asarray(flat[r.ours])
+        if dtype is not None:
+            a = a.astype(dtype)
+        if r.layers and (a.ndim == 0 or a.shape[0] != r.layers):
+            problems.append(
+                f"param {r.ours!r} has shape {a.shape}, expected {r.layers} stacked layers"
+            )
+            continue
+        for i, k in enumerate(r.theirs_keys()):
+            out[k] = np.ascontiguousarray(r.transform.to_theirs(a[i] if r.layers else a))
+    _raise(what, problems)
+    return out
+
+
+def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """{'/'-joined path: leaf} of a nested params dict, with Flax metadata boxes removed."""
+    return traverse_util.flatten_dict(meta.unbox(dict(params)), sep="/")
+
+
+def flat_shapes(abstract_params: Mapping[str, Any]) -> dict[str, Shape]:
+    """{path: shape} of a (boxed or abstract) params tree."""
+    return {k: tuple(v.shape) for k, v in flat_params(abstract_params).items()}

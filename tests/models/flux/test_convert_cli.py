@@ -1,0 +1,59 @@
+"""`python -m ffjax.convert` (run in-process): Diffusers -> Orbax -> Diffusers, bit-exact."""
+
+import json
+import shutil
+
+import safetensors.numpy
+
+from ffjax.convert import main
+
+
+def _pipeline_folder(tmp_path, tiny_transformers, tiny_vaes):
+    root = tmp_path / "pipe"
+    root.mkdir()
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    shutil.copytree(tiny_transformers["guided"][1], root / "transformer")
+    shutil.copytree(tiny_vaes["flux"][1], root / "vae")
+    return root
+
+
+def test_cli_round_trip(tmp_path, tiny_transformers, tiny_vaes, capsys):
+    src = _pipeline_folder(tmp_path, tiny_transformers, tiny_vaes)
+    assert (
+        main(["--model", "flux1", "--from-diffusers", str(src), "--out", str(tmp_path / "jax")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "transformer: " in out and "vae: " in out and "tensors" in out and "float32" in out
+    assert (tmp_path / "jax" / "transformer" / "params").is_dir()
+    assert (
+        main(
+            [
+                "--model",
+                "flux1",
+                "--to-diffusers",
+                str(tmp_path / "jax"),
+                "--out",
+                str(tmp_path / "back"),
+            ]
+        )
+        == 0
+    )
+    for part in ("transformer", "vae"):
+        name = f"{part}/diffusion_pytorch_model.safetensors"
+        a, b = (
+            safetensors.numpy.load_file(src / name),
+            safetensors.numpy.load_file(tmp_path / "back" / name),
+        )
+        assert sorted(a) == sorted(b)
+        assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_cli_refuses_foreign_folder(tmp_path, capsys):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    assert (
+        main(["--model", "flux1", "--from-diffusers", str(tmp_path), "--out", str(tmp_path / "o")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "not a FLUX.1 checkpoint" in err and "WanPipeline" in err
