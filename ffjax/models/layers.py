@@ -187,10 +187,28 @@ def resolve_attention(
     return implementation
 
 
-def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """softmax(q k^T / sqrt(D)) v with float32 logits; q (B, Lq, H, D), k/v (B, Lk, H, D)."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
+def xla_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    scale: float | None = None,
+) -> jax.Array:
+    """softmax(scale * q k^T + bias) v with float32 logits.
+
+    Args:
+      q: (B, Lq, H, D); k, v: (B, Lk, H, D) in the activation dtype.
+      bias: additive, broadcastable to (B, H, Lq, Lk) (masks as large negatives), or None.
+      scale: logit scale; None means 1/sqrt(D) (T5 passes 1.0: its bias absorbs it).
+
+    Returns:
+      (B, Lq, H, D) in q's dtype.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
     probs = jax.nn.softmax(logits, axis=-1)
     return jnp.einsum(
         "bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32

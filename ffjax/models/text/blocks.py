@@ -36,27 +36,6 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
 
 
-def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, *, scale: float
-) -> jax.Array:
-    """softmax(scale * q k^T + bias) v with float32 logits.
-
-    Args:
-      q: (B, Lq, H, D); k, v: (B, Lk, H, D) in the activation dtype.
-      bias: additive, broadcastable to (B, H, Lq, Lk) (masks hold `MASK_VALUE`), or None.
-      scale: 1/sqrt(D) for CLIP / Qwen, 1.0 for T5 (its bias absorbs the scale).
-
-    Returns:
-      (B, Lq, H, D) in q's dtype.
-    """
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32)
-    return out.astype(q.dtype)
-
-
 def padding_bias(attention_mask: jax.Array | None) -> jax.Array | None:
     """int[B, L] mask (1 = token, 0 = padding) -> float32[B, 1, 1, L] additive key bias."""
     if attention_mask is None:

@@ -59,7 +59,7 @@ class CLIPAttention(nn.Module):
         head_dim = d // self.heads
         split = lambda t: t.reshape(*t.shape[:-1], self.heads, head_dim)
         proj = lambda n: split(layers.Dense(d, (axes.EMBED, axes.HEADS), name=n, **kw)(x))
-        o = blocks.attention(
+        o = layers.xla_attention(
             proj("q_proj"), proj("k_proj"), proj("v_proj"), bias, scale=head_dim**-0.5
         )
         return layers.Dense(d, (axes.HEADS, axes.EMBED), name="out_proj", **kw)(o.reshape(x.shape))

@@ -98,7 +98,7 @@ class DecoderLayer(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # Grouped-query attention: each k/v head serves heads // kv_heads query heads.
         k, v = jnp.repeat(k, heads // kv_heads, axis=2), jnp.repeat(v, heads // kv_heads, axis=2)
-        o = blocks.attention(q, k, v, bias, scale=head_dim**-0.5).reshape(
+        o = layers.xla_attention(q, k, v, bias, scale=head_dim**-0.5).reshape(
             *h.shape[:2], heads * head_dim
         )
         x = x + layers.Dense(

@@ -120,7 +120,7 @@ class T5Attention(nn.Module):
                 name="relative_attention_bias",
             )
             bias = blocks.combine(rel(buckets), bias)
-        o = blocks.attention(proj("q"), proj("k"), proj("v"), bias, scale=1.0)
+        o = layers.xla_attention(proj("q"), proj("k"), proj("v"), bias, scale=1.0)
         o = o.reshape(*o.shape[:2], inner)
         return layers.Dense(c.d_model, (axes.HEADS, axes.EMBED), use_bias=False, name="o", **kw)(o)
 
