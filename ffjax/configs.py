@@ -86,7 +86,29 @@ def base_config() -> ConfigDict:
     t.weight_decay = 1e-4  # AdamW weight decay on trainable parameters
     t.lora_rank = 32  # LoRA rank; 0 trains all weights (full fine-tune)
     t.lora_alpha = 64.0  # LoRA scale numerator (scale = alpha / rank)
+    t.lora_targets = ()  # regexes on Dense module paths to adapt; () = the adapter's default
+    t.lora_init = "gaussian"  # LoRA A init: gaussian (std 1 / rank) | kaiming (PEFT default); B = 0
+    t.grad_accum_steps = 1  # micro-batches averaged into one optimizer step
+    t.lr_schedule = "constant"  # constant | linear (decay to 0) | cosine (decay to 0)
+    t.warmup_steps = 0  # optimizer steps of linear warm-up from 0 to learning_rate
+    t.adam_b1 = 0.9  # AdamW beta1
+    t.adam_b2 = 0.999  # AdamW beta2
+    t.adam_eps = 1e-8  # AdamW epsilon
     t.eval_every = 10  # epochs between evaluations (0 disables)
+    t.eval_prompts = 0  # prompts of the evaluation set (0: data.prompts_per_epoch)
+
+    # EMA of the trainable weights, stepped once per epoch after the optimizer steps;
+    # the old policy of NFT (off-policy) / AWM's EMA-KL, and the weights evaluated.
+    c.ema = e = ConfigDict()
+    e.schedule = "constant"  # decay schedule: see ffjax.ema.SCHEDULES
+    e.decay = 0.9  # (final) decay; 0 disables EMA (evaluation then uses current weights)
+    e.start_decay = 0.0  # decay at epoch 0 for ramping schedules
+    e.ramp_epochs = 100  # epochs over which ramping schedules go from start_decay to decay
+    e.warmup_epochs = 0  # warmup_cosine: epochs held at start_decay before the cosine ramp
+    e.power = 0.75  # power schedule: decay = 1 - (1 + epoch / inv_gamma) ** -power, capped
+    e.inv_gamma = 1.0  # power schedule: inverse multiplicative factor of the epoch
+    e.boundaries = ()  # piecewise_linear: epochs of the knots (increasing)
+    e.values = ()  # piecewise_linear: decay at each knot (held beyond the ends)
 
     c.mesh = h = ConfigDict()
     h.data = -1  # data-parallel axis size (-1: all devices not used by other axes)
@@ -119,6 +141,9 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
     "sampling.dynamics": steps.DYNAMICS,
     "sampling.sde_window": ("random", "contiguous"),
     "sampling.storage_dtype": ("float32", "bfloat16"),
+    "train.lora_init": ("gaussian", "kaiming"),
+    "train.lr_schedule": ("constant", "linear", "cosine"),
+    "ema.schedule": ("constant", "power", "linear", "piecewise_linear", "cosine", "warmup_cosine"),
     "algorithm.name": lambda: (_registered("algorithms").names(), True),
 }
 
@@ -139,6 +164,13 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.micro_batch_size": (lambda v: v >= 1, ">= 1"),
     "train.inner_epochs": (lambda v: v >= 1, ">= 1"),
     "train.lora_rank": (lambda v: v >= 0, ">= 0 (0 = full fine-tune)"),
+    "train.grad_accum_steps": (lambda v: v >= 1, ">= 1"),
+    "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "train.eval_prompts": (lambda v: v >= 0, ">= 0"),
+    "ema.decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ema.start_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ema.ramp_epochs": (lambda v: v >= 1, ">= 1"),
+    "ema.warmup_epochs": (lambda v: v >= 0, ">= 0"),
     "model.height": (lambda v: v >= 1, ">= 1"),
     "model.width": (lambda v: v >= 1, ">= 1"),
     "model.num_frames": (lambda v: v >= 1, ">= 1"),

@@ -40,6 +40,6 @@ registry.ALGORITHMS.register(
         "awm",
         default_config,
         "final",
-        {"weighting": WEIGHTINGS, "timestep_sampler": schedule.TIMESTEP_SAMPLERS},
+        choices={"weighting": WEIGHTINGS, "timestep_sampler": schedule.TIMESTEP_SAMPLERS},
     ),
 )

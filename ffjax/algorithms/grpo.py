@@ -28,7 +28,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 _CHOICES = {"kl_type": ("x-based", "v-based")}
 
-registry.ALGORITHMS.register("grpo", AlgorithmSpec("grpo", default_config, "sde_steps", _CHOICES))
+registry.ALGORITHMS.register("grpo", AlgorithmSpec("grpo", default_config, "sde_steps", choices=_CHOICES))
 registry.ALGORITHMS.register(
-    "grpo-guard", AlgorithmSpec("grpo-guard", default_config, "sde_steps", _CHOICES)
+    "grpo-guard", AlgorithmSpec("grpo-guard", default_config, "sde_steps", choices=_CHOICES)
 )

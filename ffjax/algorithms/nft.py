@@ -32,5 +32,5 @@ def default_config() -> ml_collections.ConfigDict:
 
 registry.ALGORITHMS.register(
     "nft",
-    AlgorithmSpec("nft", default_config, "final", {"timestep_sampler": schedule.TIMESTEP_SAMPLERS}),
+    AlgorithmSpec("nft", default_config, "final", choices={"timestep_sampler": schedule.TIMESTEP_SAMPLERS}),
 )
