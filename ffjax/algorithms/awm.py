@@ -7,13 +7,19 @@ to the reference and to the EMA policy. Weightings: uniform, t, t^2, huber, ghub
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from ffjax import registry
-from ffjax.algorithms.spec import AlgorithmSpec
+from ffjax.algorithms import common
+from ffjax.algorithms.spec import AlgorithmSpec, LossFn, PolicyFn
 from ffjax.flow import schedule
 
 WEIGHTINGS = ("uniform", "t", "t2", "huber", "ghuber")
+
+# The reference's Huber smoothing: sqrt(m + 1e-10) - sqrt(1e-10) vanishes at m = 0.
+HUBER_EPS = 1e-10
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -34,12 +40,116 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def make_loss(config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: str) -> LossFn:
+    """AWM's loss on rows of the "final" layout (spec.py).
+
+    With x_t = (1 - t) x0 + t eps (t = sigma), target u = eps - x0, the matching error
+    m_theta = mean_d (v_theta(x_t) - u)^2 and its log-likelihood surrogate
+
+        uniform: log pi = -m            t:      log pi = -t m        t2: log pi = -t^2 m
+        huber:   log pi = -t (sqrt(m + e) - sqrt(e))                 (e = 1e-10)
+        ghuber:  log pi = -t ((m + e)^p - e^p) / p,
+
+    r = exp(log pi_theta - log pi_old) with pi_old from the rollout-time weights
+    `frozen.snapshot` (so r = 1 exactly before the first update), A clipped to
+    +-adv_clip_max:
+
+        L = mean_i max(-A r, -A clip(r, 1 - eps, 1 + eps))
+            + kl_beta mean_i mean_d (v_theta - v_ref)^2 + ema_kl_beta mean_i mean_d (v_theta - v_ema)^2.
+
+    Follows scxue/advantage_weighted_matching scripts/train_sd3_awm.py
+    (`compute_log_prob_awm`, loss_type "exp_first", kl_weight "Uniform") and
+    Flow-Factory trainers/rl/awm.py. The reference code's old policy is the epoch-start
+    weights (on-policy) or the EMA (its off_policy option, not offered here).
+
+    Precision: the reference forms m in float64 because the clip range (1e-4) is of
+    the order of float32 rounding in a mean over a whole latent. Here the log-ratio is
+    formed from elementwise differences,
+        m_theta - m_old = mean_d (v_theta - v_old)(v_theta + v_old - 2u),
+    with the weightings' differences rewritten stably (sqrt(a) - sqrt(b) =
+    (a - b) / (sqrt(a) + sqrt(b)); a^p - b^p = b^p expm1(p log1p((a - b) / b))), so its
+    float32 rounding is relative to the small difference, not to m itself.
+
+    Metrics: loss, policy_loss, kl (0 when kl_beta = 0), kl_ema (0 when ema_kl_beta = 0),
+    ratio_mean/min/max, clipfrac, approx_kl = 0.5 mean((log pi_theta - log pi_old)^2),
+    matching_mse = mean_i m_theta.
+    """
+    del dynamics
+    weighting = str(config.weighting)
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"awm: weighting {weighting!r}; allowed: {', '.join(WEIGHTINGS)}")
+    p = float(config.ghuber_p)
+    if weighting == "ghuber" and p <= 0:
+        raise ValueError(f"awm: ghuber_p must be > 0, got {p}")
+    eps = float(config.clip_range)
+    adv_clip_max = float(config.adv_clip_max)
+    kl_beta = float(config.kl_beta)
+    ema_kl_beta = float(config.ema_kl_beta)
+
+    def loss_fn(trainable, frozen, batch, key):
+        del key  # the trainer draws batch["noise"]
+        x0 = jnp.asarray(batch["x0"], jnp.float32)
+        noise = jnp.asarray(batch["noise"], jnp.float32)
+        sigma, cond = batch["sigma"], batch["cond"]
+        x_t = common.forward_noise(x0, noise, sigma)
+        target = noise - x0
+
+        snapshot = common.required(frozen.snapshot, "snapshot", "awm")
+        v_old = jax.lax.stop_gradient(policy(snapshot, frozen.base, x_t, sigma, cond))
+        v = policy(trainable, frozen.base, x_t, sigma, cond)
+
+        mse = common.batch_mean(jnp.square(v - target))
+        mse_old = common.batch_mean(jnp.square(v_old - target))
+        delta = common.batch_mean((v - v_old) * (v + v_old - 2 * target))  # mse - mse_old
+        log_ratio = _log_ratio(weighting, p, mse, mse_old, delta, sigma)
+        ratio = jnp.exp(log_ratio)
+        advantage = common.clip_advantages(batch["advantage"], adv_clip_max)
+        policy_loss = jnp.mean(common.ppo_clip_loss(ratio, advantage, eps))
+
+        kl = jnp.zeros((), jnp.float32)
+        if kl_beta > 0:  # Python-level: no reference forward at all otherwise
+            v_ref = jax.lax.stop_gradient(policy(frozen.ref, frozen.base, x_t, sigma, cond))
+            kl = common.velocity_mse(v, v_ref)
+        kl_ema = jnp.zeros((), jnp.float32)
+        if ema_kl_beta > 0:
+            ema = common.required(frozen.ema, "ema", "awm (ema_kl_beta > 0)")
+            v_ema = jax.lax.stop_gradient(policy(ema, frozen.base, x_t, sigma, cond))
+            kl_ema = common.velocity_mse(v, v_ema)
+        loss = policy_loss + kl_beta * kl + ema_kl_beta * kl_ema
+
+        metrics = common.ratio_metrics(ratio, log_ratio, eps)
+        metrics.update(
+            loss=loss, policy_loss=policy_loss, kl=kl, kl_ema=kl_ema, matching_mse=jnp.mean(mse)
+        )
+        return loss, common.as_metrics(metrics)
+
+    return loss_fn
+
+
+def _log_ratio(weighting, p, mse, mse_old, delta, sigma):
+    """log pi_theta - log pi_old for the weighting, from delta = mse - mse_old (float32[B])."""
+    t = jnp.asarray(sigma, jnp.float32)
+    if weighting == "uniform":
+        return -delta
+    if weighting == "t":
+        return -delta * t
+    if weighting == "t2":
+        return -delta * t**2
+    a, b = mse + HUBER_EPS, mse_old + HUBER_EPS
+    if weighting == "huber":
+        return -t * delta / (jnp.sqrt(a) + jnp.sqrt(b))
+    # ghuber: (b + delta)^p - b^p = b^p expm1(p log1p(delta / b))
+    return -t * b**p * jnp.expm1(p * jnp.log1p(delta / b)) / p
+
+
 registry.ALGORITHMS.register(
     "awm",
     AlgorithmSpec(
         "awm",
         default_config,
         "final",
+        make_loss=make_loss,
+        needs_snapshot=True,
         choices={"weighting": WEIGHTINGS, "timestep_sampler": schedule.TIMESTEP_SAMPLERS},
     ),
 )

@@ -1,18 +1,23 @@
-"""GRPO on flow models (Flow-GRPO, Liu et al. 2025; DanceGRPO, Xue et al. 2025).
+"""GRPO on flow models (Flow-GRPO, Liu et al. 2025; DanceGRPO, Xue et al. 2025) and GRPO-Guard.
 
-PPO-clip on the stored SDE steps: for step t of sample i with advantage A_i,
+PPO-clip on the stored SDE steps: for step t of sample i with clipped advantage A_i,
     r = exp(log p_theta(x_{t-1} | x_t) - log p_old(x_{t-1} | x_t)),
-    L = -mean(min(r A, clip(r, 1 - eps, 1 + eps) A)) + beta KL(p_theta || p_ref).
-`grpo-guard` (GRPO-Guard) normalises the per-step log-ratio before the clip so that
-its distribution is centred and comparable across steps.
+    L = mean(max(-A r, -A clip(r, 1 - eps, 1 + eps))) + beta KL(p_theta || p_ref).
+`grpo-guard` (GRPO-Guard, Wang et al. 2025, arXiv 2510.22319) replaces r by the
+ratio-normalised r~ (RatioNorm) and reweights each step's loss by 1 / (-dt) so that
+the PPO clip acts alike on every denoising step (see `make_guard_loss`).
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from ffjax import registry
-from ffjax.algorithms.spec import AlgorithmSpec
+from ffjax.algorithms import common
+from ffjax.algorithms.spec import AlgorithmSpec, LossFn, PolicyFn
+from ffjax.flow import steps
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -26,9 +31,158 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def guard_default_config() -> ml_collections.ConfigDict:
+    """The `config.algorithm` keys of GRPO-Guard: GRPO's plus its gradient reweighting."""
+    c = default_config()
+    # GRPO-Guard gradient reweighting: divide each step's clipped policy loss by
+    # -dt = sigma - sigma_next, as the reference code does (False keeps plain weighting).
+    c.grad_reweight = True
+    return c
+
+
+def make_loss(config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: str) -> LossFn:
+    """Flow-GRPO's loss on rows of the "sde_steps" layout (spec.py).
+
+    With v = policy(theta, x_t, sigma), (mu_theta, s, log p_theta) = step(x_t, v) scoring the
+    stored x_{t-1}, r = exp(log p_theta - log p_old) and A clipped to +-adv_clip_max:
+
+        L = mean_i max(-A_i r_i, -A_i clip(r_i, 1 - eps, 1 + eps)) + kl_beta KL,
+        KL (x-based) = mean_i mean_d (mu_theta - mu_ref)^2 / (2 s^2)   (Flow-GRPO's KL of
+                       two Gaussian steps with the same std s, per element),
+        KL (v-based) = mean_i mean_d (v_theta - v_ref)^2,
+
+    mu_ref, v_ref from the reference weights `frozen.ref` under stop_gradient; the
+    reference forward runs only when kl_beta > 0. Follows yifan123/flow_grpo
+    scripts/train_sd3.py and Flow-Factory trainers/rl/grpo.py. Note flow_grpo's code
+    divides by the diffusion coefficient squared without the step's -dt, so its KL
+    equals this one times -dt: scale kl_beta by 1/(-dt) to reuse its values.
+
+    Metrics: loss, policy_loss, kl (0 when kl_beta = 0), ratio_mean/min/max, clipfrac,
+    approx_kl = 0.5 mean((log p_theta - log p_old)^2).
+    """
+    return _make(config, policy, dynamics, guard=False)
+
+
+def make_guard_loss(
+    config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: str
+) -> LossFn:
+    """GRPO-Guard's loss: RatioNorm + gradient reweighting, otherwise as `make_loss`.
+
+    The plain log-ratio of one Gaussian step is centred below 0 (its mean is
+    -||mu_theta - mu_old||^2 / (2 s^2)) and its spread grows as 1 / s, so the PPO clip
+    misses positive-advantage updates on some steps. RatioNorm (GRPO-Guard eq. 8) adds
+    the mean back and rescales by the step's std s = std_dev_t sqrt(-dt):
+
+        log r~ = (log p_theta - log p_old + mean_d (mu_theta - mu_old)^2 / (2 s^2)) s
+               = mean_d (mu_theta - mu_old) (x_{t-1} - mu_old) / s,
+
+    and each step's clipped loss is divided by -dt = sigma - sigma_next (when
+    grad_reweight), equalising the gradient over noise levels:
+
+        L = mean_i max(-A_i r~_i, -A_i clip(r~_i, 1 - eps, 1 + eps)) / (-dt_i) + kl_beta KL.
+
+    mu_old is recomputed from the rollout-time weights `frozen.snapshot` (as the
+    reference recomputes it with its "old" adapter), so `needs_snapshot`. Follows
+    verl-omni trainer/diffusion/diffusion_algos.py `GRPOGuardLoss` and the flow_grpo
+    GRPO-Guard scripts (`compute_guard_grpo_loss`); Flow-Factory trainers/rl/grpo.py
+    `_guard_ratio` has the same ratio without the reweighting. The references apply
+    one scalar s and dt per micro-batch (all rows share a step there); rows here may
+    mix steps, so s and dt are per row. Only Gaussian steps (flow_sde, dance_sde).
+
+    Metrics: as `make_loss` (ratio_* and clipfrac of r~, approx_kl of the raw
+    log-ratio) plus guard_bias = mean_i mean_d (mu_theta - mu_old)^2 / (2 s^2).
+    """
+    return _make(config, policy, dynamics, guard=True)
+
+
+def _make(config, policy: PolicyFn, dynamics: str, *, guard: bool) -> LossFn:
+    name = "grpo-guard" if guard else "grpo"
+    if dynamics not in steps.DYNAMICS:
+        raise ValueError(f"{name}: unknown dynamics {dynamics!r}; allowed: {steps.DYNAMICS}")
+    if dynamics == "ode":
+        raise ValueError(f"{name} needs stochastic steps; dynamics='ode' has no log-prob")
+    if guard and dynamics == "cps":
+        raise ValueError(
+            "grpo-guard's RatioNorm assumes the Gaussian step log-prob of flow_sde or"
+            " dance_sde; cps uses a simplified log-prob"
+        )
+    kl_type = str(config.kl_type)
+    if kl_type not in _CHOICES["kl_type"]:
+        raise ValueError(f"{name}: kl_type {kl_type!r}; allowed: {_CHOICES['kl_type']}")
+    eps = float(config.clip_range)
+    adv_clip_max = float(config.adv_clip_max)
+    kl_beta = float(config.kl_beta)
+    reweight = guard and bool(config.grad_reweight)
+
+    def loss_fn(trainable, frozen, batch, key):
+        del key  # deterministic: the stored x_next is the action
+        snapshot = common.required(frozen.snapshot, "snapshot", name) if guard else None
+        # x_t goes to the policy in its stored dtype, exactly as the rollout passed it,
+        # so that the rollout-time weights reproduce the stored log-prob bit for bit.
+        x_t = batch["x_t"]
+        sigma, sigma_next, eta = batch["sigma"], batch["sigma_next"], batch["noise_level"]
+        cond, x_next = batch["cond"], batch["x_next"]
+
+        def score(weights, stop):
+            v = policy(weights, frozen.base, x_t, sigma, cond)
+            if stop:
+                v = jax.lax.stop_gradient(v)
+            _, mean, std, log_prob = steps.step(
+                dynamics, x_t, v, sigma, sigma_next, eta, x_next=x_next
+            )
+            return v, mean, std.reshape(-1), log_prob
+
+        v, mean, std, log_prob = score(trainable, stop=False)
+        log_ratio = log_prob - jnp.asarray(batch["log_prob"], jnp.float32)
+        advantage = common.clip_advantages(batch["advantage"], adv_clip_max)
+        # Rows with std 0 (an Euler step) carry no likelihood; keep them finite.
+        noisy = std > 0
+        safe_std = jnp.where(noisy, std, 1.0)
+        extra = {}
+        if guard:
+            _, mean_old, _, _ = score(snapshot, stop=True)
+            bias = common.batch_mean(jnp.square(mean - mean_old)) / (2 * safe_std**2)
+            ratio = jnp.exp(jnp.where(noisy, (log_ratio + bias) * safe_std, 0.0))
+            per_row = common.ppo_clip_loss(ratio, advantage, eps)
+            if reweight:
+                per_row = per_row / (jnp.asarray(sigma, jnp.float32) - sigma_next)
+            extra["guard_bias"] = jnp.mean(jnp.where(noisy, bias, 0.0))
+        else:
+            ratio = jnp.exp(log_ratio)
+            per_row = common.ppo_clip_loss(ratio, advantage, eps)
+        policy_loss = jnp.mean(per_row)
+
+        kl = jnp.zeros((), jnp.float32)
+        if kl_beta > 0:  # Python-level: no reference forward at all otherwise
+            v_ref, mean_ref, _, _ = score(frozen.ref, stop=True)
+            if kl_type == "v-based":
+                kl = common.velocity_mse(v, v_ref)
+            else:
+                per_row_kl = common.batch_mean(jnp.square(mean - mean_ref)) / (2 * safe_std**2)
+                kl = jnp.mean(jnp.where(noisy, per_row_kl, 0.0))
+        loss = policy_loss + kl_beta * kl
+
+        metrics = common.ratio_metrics(ratio, log_ratio, eps)
+        metrics.update(extra, loss=loss, policy_loss=policy_loss, kl=kl)
+        return loss, common.as_metrics(metrics)
+
+    return loss_fn
+
+
 _CHOICES = {"kl_type": ("x-based", "v-based")}
 
-registry.ALGORITHMS.register("grpo", AlgorithmSpec("grpo", default_config, "sde_steps", choices=_CHOICES))
 registry.ALGORITHMS.register(
-    "grpo-guard", AlgorithmSpec("grpo-guard", default_config, "sde_steps", choices=_CHOICES)
+    "grpo",
+    AlgorithmSpec("grpo", default_config, "sde_steps", make_loss=make_loss, choices=_CHOICES),
+)
+registry.ALGORITHMS.register(
+    "grpo-guard",
+    AlgorithmSpec(
+        "grpo-guard",
+        guard_default_config,
+        "sde_steps",
+        make_loss=make_guard_loss,
+        needs_snapshot=True,
+        choices=_CHOICES,
+    ),
 )

@@ -9,11 +9,17 @@ x0 is stored and re-noised at training time.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from ffjax import registry
-from ffjax.algorithms.spec import AlgorithmSpec
+from ffjax.algorithms import common
+from ffjax.algorithms.spec import AlgorithmSpec, LossFn, PolicyFn
 from ffjax.flow import schedule
+
+# Floor of the adaptive weight mean|x0_hat - x0| (the reference's `.clip(min=1e-5)`).
+WEIGHT_MIN = 1e-5
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -22,7 +28,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.beta = 1.0  # strength of the implicit policies (v+- = v_old +- beta (v - v_old))
     c.adv_clip_max = 5.0  # advantages are clipped before mapping to r in [0, 1]
     c.kl_beta = 0.0  # weight of the KL (velocity MSE) to the reference policy
-    c.off_policy = True  # old policy = EMA weights (True) or the current weights (False)
+    c.off_policy = True  # old policy = EMA weights (True) or the rollout-time weights (False)
     c.timestep_sampler = "discrete"  # training sigmas: see ffjax.flow.schedule.TIMESTEP_SAMPLERS
     c.num_train_timesteps = 0  # sigmas per sample and epoch; 0 = 0.9 * sampling.num_steps
     c.sigma_range = (0.0, 0.9)  # fraction range along denoising (0 = noise, 1 = clean)
@@ -30,7 +36,107 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def make_loss(config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: str) -> LossFn:
+    """DiffusionNFT's loss on rows of the "final" layout (spec.py).
+
+    With x_t = (1 - t) x0 + t eps (t = sigma), v = v_theta(x_t), v_old the old policy's
+    velocity under stop_gradient, and A clipped to +-a (a = adv_clip_max):
+
+        v+ = beta v + (1 - beta) v_old,          v- = (1 + beta) v_old - beta v,
+        x0+ = x_t - t v+,                        x0- = x_t - t v-,
+        w+- = sg(max(mean_d |x0+- - x0|, 1e-5))  (adaptive x0-error weight),
+        r = clip(A / a / 2 + 1/2, 0, 1),
+        L = mean_i [r mean_d (x0+ - x0)^2 / w+ + (1 - r) mean_d (x0- - x0)^2 / w-] a / beta
+            + kl_beta mean_i mean_d (v - v_ref)^2,
+
+    the paper's objective in the x0-prediction form its code trains, including the
+    code's overall factor a / beta. Follows NVlabs/DiffusionNFT scripts/train_nft_sd3.py and
+    Flow-Factory trainers/rl/nft.py.
+
+    The old policy is the policy the rollout sampled from, as in both references: with
+    `off_policy` it is the EMA weights (`frozen.ema`; the references sample with the
+    same EMA, updated between epochs), otherwise the rollout-time weights
+    (`frozen.snapshot`). `dynamics` is unused: any sampler works.
+
+    Precision: the reference casts to float64 for w because its x0 predictions are
+    bf16 under autocast; here every input of w is float32 and w only rescales each
+    row's loss (no gradient), so float32's ~1e-7 relative rounding of its mean is
+    immaterial, and w is computed in float32.
+
+    Metrics: loss, policy_loss, positive_loss, negative_loss (row means of the two
+    weighted errors), kl (0 when kl_beta = 0), old_deviate = mean (v - v_old)^2. No
+    ratio, clipfrac or approx_kl: NFT has no likelihood ratio.
+    """
+    del dynamics
+    beta = float(config.beta)
+    if beta <= 0:
+        raise ValueError(f"nft: beta must be > 0, got {beta}")
+    adv_clip_max = float(config.adv_clip_max)
+    if adv_clip_max <= 0:
+        raise ValueError(f"nft: adv_clip_max must be > 0, got {adv_clip_max}")
+    kl_beta = float(config.kl_beta)
+    off_policy = bool(config.off_policy)
+
+    def loss_fn(trainable, frozen, batch, key):
+        del key  # the trainer draws batch["noise"]
+        x0 = jnp.asarray(batch["x0"], jnp.float32)
+        sigma, cond = batch["sigma"], batch["cond"]
+        x_t = common.forward_noise(x0, batch["noise"], sigma)
+        old = (
+            common.required(frozen.ema, "ema", "nft (off_policy=True)")
+            if off_policy
+            else common.required(frozen.snapshot, "snapshot", "nft (off_policy=False)")
+        )
+        v_old = jax.lax.stop_gradient(policy(old, frozen.base, x_t, sigma, cond))
+        v = policy(trainable, frozen.base, x_t, sigma, cond)
+
+        t = common.per_sample(sigma, x0)
+        x0_pos = x_t - t * (beta * v + (1 - beta) * v_old)
+        x0_neg = x_t - t * ((1 + beta) * v_old - beta * v)
+        positive = _weighted_x0_error(x0_pos, x0)
+        negative = _weighted_x0_error(x0_neg, x0)
+
+        advantage = common.clip_advantages(batch["advantage"], adv_clip_max)
+        r = jnp.clip(advantage / adv_clip_max / 2 + 0.5, 0.0, 1.0)
+        policy_loss = jnp.mean((r * positive + (1 - r) * negative) / beta * adv_clip_max)
+
+        kl = jnp.zeros((), jnp.float32)
+        if kl_beta > 0:  # Python-level: no reference forward at all otherwise
+            v_ref = jax.lax.stop_gradient(policy(frozen.ref, frozen.base, x_t, sigma, cond))
+            kl = common.velocity_mse(v, v_ref)
+        loss = policy_loss + kl_beta * kl
+
+        metrics = {
+            "loss": loss,
+            "policy_loss": policy_loss,
+            "positive_loss": jnp.mean(positive),
+            "negative_loss": jnp.mean(negative),
+            "kl": kl,
+            "old_deviate": common.velocity_mse(v, v_old),
+        }
+        return loss, common.as_metrics(metrics)
+
+    return loss_fn
+
+
+def _weighted_x0_error(x0_hat: jax.Array, x0: jax.Array) -> jax.Array:
+    """Per-row mean_d (x0_hat - x0)^2 / sg(max(mean_d |x0_hat - x0|, 1e-5)), float32[B]."""
+    err = x0_hat - x0
+    w = jax.lax.stop_gradient(jnp.maximum(common.batch_mean(jnp.abs(err)), WEIGHT_MIN))
+    return common.batch_mean(jnp.square(err)) / w
+
+
 registry.ALGORITHMS.register(
     "nft",
-    AlgorithmSpec("nft", default_config, "final", choices={"timestep_sampler": schedule.TIMESTEP_SAMPLERS}),
+    AlgorithmSpec(
+        "nft",
+        default_config,
+        "final",
+        make_loss=make_loss,
+        # Old policy: the EMA when off_policy (rollouts then sample with it too, as
+        # DiffusionNFT's sampler does), else the rollout-time snapshot.
+        needs_snapshot=lambda c: not c.off_policy,
+        sample_with_ema=lambda c: c.off_policy,
+        choices={"timestep_sampler": schedule.TIMESTEP_SAMPLERS},
+    ),
 )

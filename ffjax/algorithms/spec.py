@@ -88,7 +88,11 @@ class AlgorithmSpec:
         decoupled methods that re-noise the final sample).
       make_loss: `make_loss(algorithm_config, policy, *, dynamics) -> loss_fn` (see the
         module docstring); `dynamics` is the rollout's step type (steps.DYNAMICS).
-      needs_snapshot: whether `Frozen.snapshot` must hold the rollout-time weights.
+      needs_snapshot: whether `Frozen.snapshot` must hold the rollout-time weights; a
+        bool or a function of `config.algorithm`.
+      sample_with_ema: whether rollouts sample with the EMA weights instead of the
+        current ones (off-policy methods whose old policy is the EMA); a bool or a
+        function of `config.algorithm`.
       choices: allowed values of string keys of the section, checked at start-up.
     """
 
@@ -96,5 +100,11 @@ class AlgorithmSpec:
     default_config: Callable[[], ml_collections.ConfigDict]
     record: str
     make_loss: Callable[..., LossFn] | None = None
-    needs_snapshot: bool = False
+    needs_snapshot: bool | Callable[[ml_collections.ConfigDict], bool] = False
+    sample_with_ema: bool | Callable[[ml_collections.ConfigDict], bool] = False
     choices: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def wants(self, field: str, algorithm_config: ml_collections.ConfigDict) -> bool:
+        """The value of the bool-or-function field `field` for this run's config."""
+        value = getattr(self, field)
+        return bool(value(algorithm_config) if callable(value) else value)
