@@ -50,6 +50,7 @@ def base_config() -> ConfigDict:
     m.height = 512  # image height in pixels (FLUX.1: multiple of 16)
     m.width = 512  # image width in pixels (FLUX.1: multiple of 16)
     m.num_frames = 1  # video frames (WAN: 4k + 1); 1 for image models
+    m.max_sequence_length = 512  # text tokens of the prompt encoder (FLUX.1 T5: <= 512)
 
     c.sampling = s = ConfigDict()
     s.num_steps = 10  # denoising steps of a training rollout
@@ -61,6 +62,7 @@ def base_config() -> ConfigDict:
     s.sde_num_steps = 0  # SDE steps per epoch drawn from the candidates; 0 = all candidates
     s.sde_window = "random"  # how they are drawn: random (Flow-GRPO-Fast) | contiguous (MixGRPO)
     s.storage_dtype = "float32"  # dtype of stored trajectory latents: float32 | bfloat16
+    s.batch_size = 0  # samples per rollout call (memory); 0 = the whole epoch at once
 
     c.algorithm = a = ConfigDict()
     a.name = "grpo"  # registered algorithm (ffjax.registry.ALGORITHMS) or "pkg.mod:Name"
@@ -94,6 +96,8 @@ def base_config() -> ConfigDict:
     t.adam_b1 = 0.9  # AdamW beta1
     t.adam_b2 = 0.999  # AdamW beta2
     t.adam_eps = 1e-8  # AdamW epsilon
+    t.advantage_method = "sum"  # multi-reward advantages: sum | gdpo (ffjax.algorithms.advantages)
+    t.advantage_std = "group"  # advantage normalisation: group (per prompt) | global (batch)
     t.eval_every = 10  # epochs between evaluations (0 disables)
     t.eval_prompts = 0  # prompts of the evaluation set (0: data.prompts_per_epoch)
 
@@ -104,11 +108,11 @@ def base_config() -> ConfigDict:
     e.decay = 0.9  # (final) decay; 0 disables EMA (evaluation then uses current weights)
     e.start_decay = 0.0  # decay at epoch 0 for ramping schedules
     e.ramp_epochs = 100  # epochs over which ramping schedules go from start_decay to decay
-    e.warmup_epochs = 0  # warmup_cosine: epochs held at start_decay before the cosine ramp
-    e.power = 0.75  # power schedule: decay = 1 - (1 + epoch / inv_gamma) ** -power, capped
+    e.warmup_epochs = 0  # warmup_cosine: epochs of linear ramp 0 -> start_decay before the cosine
+    e.power = 0.75  # power: decay = 1 - (1 + epoch / inv_gamma) ** -power in [start_decay, decay]
     e.inv_gamma = 1.0  # power schedule: inverse multiplicative factor of the epoch
     e.boundaries = ()  # piecewise_linear: epochs of the knots (increasing)
-    e.values = ()  # piecewise_linear: decay at each knot (held beyond the ends)
+    e.decays = ()  # piecewise_linear: decay at each knot (held beyond the ends)
 
     c.mesh = h = ConfigDict()
     h.data = -1  # data-parallel axis size (-1: all devices not used by other axes)
@@ -142,6 +146,8 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
     "sampling.sde_window": ("random", "contiguous"),
     "sampling.storage_dtype": ("float32", "bfloat16"),
     "train.lora_init": ("gaussian", "kaiming"),
+    "train.advantage_method": ("sum", "gdpo"),
+    "train.advantage_std": ("group", "global"),
     "train.lr_schedule": ("constant", "linear", "cosine"),
     "ema.schedule": ("constant", "power", "linear", "piecewise_linear", "cosine", "warmup_cosine"),
     "algorithm.name": lambda: (_registered("algorithms").names(), True),
@@ -165,6 +171,7 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.inner_epochs": (lambda v: v >= 1, ">= 1"),
     "train.lora_rank": (lambda v: v >= 0, ">= 0 (0 = full fine-tune)"),
     "train.grad_accum_steps": (lambda v: v >= 1, ">= 1"),
+    "sampling.batch_size": (lambda v: v >= 0, ">= 0 (0 = the whole epoch)"),
     "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "train.eval_prompts": (lambda v: v >= 0, ">= 0"),
     "ema.decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -174,6 +181,7 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.height": (lambda v: v >= 1, ">= 1"),
     "model.width": (lambda v: v >= 1, ">= 1"),
     "model.num_frames": (lambda v: v >= 1, ">= 1"),
+    "model.max_sequence_length": (lambda v: v >= 1, ">= 1"),
     "mesh.data": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),
     "mesh.fsdp": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),
     "mesh.tensor": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),
@@ -312,6 +320,13 @@ def _reward_problems(rewards: Any, section: str) -> list[str]:
 
 def _cross_key_problems(config: ConfigDict) -> list[str]:
     out = []
+    if isinstance(config.get("ema"), ConfigDict):
+        from ffjax import ema
+
+        try:
+            ema.validate(config.ema)
+        except ValueError as e:
+            out.append(str(e))
     n = _get(config, "sampling.num_steps")
     cand = _get(config, "sampling.sde_candidates")
     if isinstance(n, int) and cand:

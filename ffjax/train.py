@@ -12,6 +12,7 @@ default recipe (configs/demo.py) runs.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -37,7 +38,10 @@ def _define_flags() -> None:
         "config", str(DEFAULT_RECIPE), "Recipe file, optionally with ':variant'.", lock_config=False
     )
     _FLAGS["workdir"] = flags.DEFINE_string(
-        "workdir", None, "Output folder (metrics, checkpoints, samples)."
+        "workdir", None, "Output folder (metrics, checkpoints, samples); default runs/<time>."
+    )
+    _FLAGS["check_config"] = flags.DEFINE_bool(
+        "check_config", False, "Validate and print the resolved config, write it, and stop."
     )
 
 
@@ -103,14 +107,22 @@ def main(argv: list[str]) -> None:
     config = _parse_flags.config
     text = configs.to_text(config)
     print("resolved config:\n" + text)
-    if _FLAGS["workdir"].value:
-        workdir = Path(_FLAGS["workdir"].value)
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.txt").write_text(text + "\n")
-        logging.info("wrote %s", workdir / "config.txt")
-    # The epoch loop (rollout, rewards, advantages, optimisation) arrives with the RL
-    # core; until then the command validates and resolves the configuration only.
-    print("config is valid; the training loop is not implemented yet (see the RL-core issue).")
+    workdir = Path(_FLAGS["workdir"].value or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.txt").write_text(text + "\n")
+    logging.info("wrote %s", workdir / "config.txt")
+    if _FLAGS["check_config"].value:
+        print("config is valid (--check_config: not training).")
+        return
+    from ffjax import trainer
+
+    try:
+        history = trainer.train(config, workdir)
+    except (configs.ConfigError, trainer.TrainingError, FileNotFoundError) as e:
+        sys.stderr.write(f"ffjax.train: {e}\n")
+        sys.exit(1)
+    print(trainer.summary_table(history))
+    print(f"outputs in {workdir}: metrics.jsonl, tb/, samples/, checkpoints/")
 
 
 def run() -> None:

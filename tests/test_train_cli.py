@@ -19,6 +19,7 @@ def _run(*args):
 
 def test_default_recipe_validates_and_writes_config(tmp_path):
     r = _run(
+        "--check_config",
         "--workdir",
         str(tmp_path),
         "--config.train.num_epochs=3",

@@ -29,6 +29,12 @@ class Dense(nn.Module):
     """y = x @ kernel + bias, kernel (in, out) annotated with logical `kernel_axes`.
 
     Parameter names match `nn.Dense` (kernel, bias), so key tables stay uniform.
+
+    LoRA (Hu et al. 2021): when the variables passed to `apply` hold `a` [in, r] and
+    `b` [r, out] in collection "lora" and `scale` in collection "lora_scale" at this
+    module's path, y += scale * (x @ a) @ b, in the activation dtype like the main
+    matmul. Without a "lora" entry the layer is exactly the plain Dense. The adapters
+    are made by `ffjax.models.lora.init_lora`; they are never created here.
     """
 
     features: int
@@ -54,7 +60,21 @@ class Dense(nn.Module):
                 self.param_dtype,
             )
             y = y + bias.astype(self.dtype)
+        if self.has_variable("lora", "a"):
+            y = y + self._lora(x)
         return y
+
+    def _lora(self, x: jax.Array) -> jax.Array:
+        a, b = self.get_variable("lora", "a"), self.get_variable("lora", "b")
+        if not self.has_variable("lora_scale", "scale"):
+            raise ValueError(
+                f"Dense {'/'.join(self.scope.path)} has LoRA 'a' but no 'lora_scale/scale': "
+                "pass both collections made by ffjax.models.lora.init_lora"
+            )
+        scale = self.get_variable("lora_scale", "scale")
+        dt = self.dtype
+        h = jnp.dot(jnp.dot(x.astype(dt), a.astype(dt)), b.astype(dt))
+        return h * jnp.asarray(scale).astype(dt)
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:

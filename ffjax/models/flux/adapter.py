@@ -13,6 +13,7 @@ input embedding; there is no classifier-free guidance pass.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -36,9 +37,13 @@ class FluxCond:
     Attributes:
       prompt_embeds: float[B, L_txt, joint_attention_dim] T5 last hidden states.
       pooled_prompt_embeds: float[B, pooled_projection_dim] CLIP pooled output.
-      txt_ids: float32[L_txt, 3] zeros (text tokens share RoPE position 0).
-      img_ids: float32[L_img, 3] (0, row, col) of each packed latent patch.
+      txt_ids: float32[B, L_txt, 3] zeros (text tokens share RoPE position 0).
+      img_ids: float32[B, L_img, 3] (0, row, col) of each packed latent patch.
       guidance: float32[B] guidance scale, or None for models without guidance embedding.
+
+    Every leaf has the batch axis first, so a trainer can index, shuffle and shard a
+    FluxCond like any batch; the ids are the same for every row (the transformer
+    reads row 0).
     """
 
     prompt_embeds: jax.Array
@@ -88,6 +93,44 @@ class Flux1Adapter:
         self.guidance_scale = guidance_scale
         self.latent_channels = self.config.in_channels // 4
         self.vae_scale_factor = self.vae_config.downsample_factor
+        self.text = None  # FluxText (CLIP + T5 with tokenizers), set by `load`
+        self.embed_cache = None  # optional ffjax.data.embed_cache.EmbedCache
+        self.max_sequence_length = 512  # T5 tokens (FluxPipeline's default)
+
+    denoiser = "transformer"  # the weights RL trains (key in the `load` weights dict)
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """Default LoRA target regexes on Dense module paths (Flow-GRPO's FLUX targets)."""
+        from ffjax.models.lora import FLUX_TARGETS
+
+        return FLUX_TARGETS
+
+    @classmethod
+    def load(cls, config: Any) -> tuple[Flux1Adapter, dict[str, Any]]:
+        """From a run config (`config.model`, `config.sampling`): adapter with text encoders.
+
+        Returns (adapter, {"transformer": params, "vae": params}); weights are stored
+        in `config.model.param_dtype`, activations run in `config.model.dtype`.
+        """
+        m = config.model
+        transformer, tp = load_transformer(
+            os.path.join(m.path, "transformer"),
+            dtype=m.param_dtype,
+            attention=m.attention,
+            remat=m.remat,
+        )
+        # Weights stay in param_dtype; activations run in dtype (cast inside the layers).
+        transformer = FluxTransformer(dataclasses.replace(transformer.config, dtype=m.dtype))
+        vae, vp = load_vae(os.path.join(m.path, "vae"), dtype=m.param_dtype)
+        vae = FluxVAE(dataclasses.replace(vae.config, dtype=m.dtype))
+        adapter = cls(transformer, vae, vae.config, config.sampling.guidance_scale)
+        weights = {"transformer": tp, "vae": vp}
+        from ffjax.models.text.encode import load_flux_text
+
+        adapter.text = load_flux_text(m.path, dtype=m.dtype)
+        adapter.max_sequence_length = m.max_sequence_length
+        return adapter, weights
 
     @classmethod
     def from_pretrained(
@@ -145,21 +188,45 @@ class Flux1Adapter:
         if self.config.guidance_embeds:
             g = self.guidance_scale if guidance_scale is None else guidance_scale
             guidance = jnp.full((b,), g, jnp.float32)
+        img_ids = self.image_ids(height, width)
         return FluxCond(
             prompt_embeds=jnp.asarray(prompt_embeds),
             pooled_prompt_embeds=jnp.asarray(pooled_prompt_embeds),
-            txt_ids=jnp.zeros((l_txt, 3), jnp.float32),
-            img_ids=jnp.asarray(self.image_ids(height, width)),
+            txt_ids=jnp.zeros((b, l_txt, 3), jnp.float32),
+            img_ids=jnp.broadcast_to(jnp.asarray(img_ids), (b,) + img_ids.shape),
             guidance=guidance,
         )
 
+    def encode_prompts(
+        self, prompts: list[str], height: int, width: int, guidance_scale: float | None = None
+    ) -> FluxCond:
+        """Prompts -> FluxCond with the pipeline's own CLIP / T5 encoders (`load` them first).
+
+        Embeddings are exactly `FluxPipeline.encode_prompt`'s (T5 length
+        `self.max_sequence_length`); an embedding cache set on the adapter is used.
+        """
+        if self.text is None:
+            raise ValueError(
+                "this flux1 adapter has no text encoders; build it with Flux1Adapter.load"
+            )
+        from ffjax.models.text.encode import encode_prompts_flux
+
+        embeds, pooled, _ = encode_prompts_flux(
+            self.text,
+            list(prompts),
+            max_sequence_length=self.max_sequence_length,
+            cache=self.embed_cache,
+        )
+        return self.make_cond(embeds, pooled, height, width, guidance_scale)
+
     # ----------------------------------------------------------------- the contract
 
-    def velocity(self, params: Any, x: jax.Array, sigma: jax.Array, cond: FluxCond) -> jax.Array:
+    def velocity(self, variables: Any, x: jax.Array, sigma: jax.Array, cond: FluxCond) -> jax.Array:
         """v = noise - x0 predicted at x_sigma.
 
         Args:
-          params: transformer params.
+          variables: transformer variables {"params": ...} plus, when training LoRA,
+            the "lora" and "lora_scale" collections (ffjax.models.lora).
           x: float32[B, L_img, 4C] packed latents at noise level sigma.
           sigma: float32[B] in [0, 1].
           cond: FluxCond of the batch.
@@ -170,13 +237,13 @@ class Flux1Adapter:
         dtype = jnp.dtype(self.config.dtype)
         sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
         v = self.transformer.apply(
-            {"params": params},
+            variables,
             x.astype(dtype),
             cond.prompt_embeds.astype(dtype),
             cond.pooled_prompt_embeds.astype(dtype),
             sigma,  # the module multiplies by 1000: Diffusers' timestep convention
-            cond.img_ids,
-            cond.txt_ids,
+            cond.img_ids[0] if cond.img_ids.ndim == 3 else cond.img_ids,
+            cond.txt_ids[0] if cond.txt_ids.ndim == 3 else cond.txt_ids,
             cond.guidance,
         )
         return v.astype(jnp.float32)

@@ -177,7 +177,7 @@ def _stack(block: type[nn.Module], length: int, remat: str) -> type[nn.Module]:
         block = nn.remat(block, policy=_REMAT_POLICY[remat], prevent_cse=False)
     return nn.scan(
         block,
-        variable_axes={"params": 0},
+        variable_axes={"params": 0, "lora": 0, "lora_scale": 0},
         split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
         length=length,

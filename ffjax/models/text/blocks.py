@@ -93,7 +93,7 @@ def stack(
         block = nn.remat(block, prevent_cse=False)
     return nn.scan(
         block,
-        variable_axes={"params": 0},
+        variable_axes={"params": 0, "lora": 0, "lora_scale": 0},
         split_rngs={"params": True},
         in_axes=(nn.broadcast,) * n_broadcast,
         length=length,

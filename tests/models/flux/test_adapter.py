@@ -56,7 +56,7 @@ def test_velocity_and_decode_shapes(tiny_transformers, tiny_vaes):
     x = a.init_noise(jax.random.key(0), 2, 12, 8)
     cond = a.make_cond(np.ones((2, 3, 24), np.float32), np.ones((2, 20), np.float32), 12, 8)
     assert cond.guidance.tolist() == [2.0, 2.0]
-    v = jax.jit(a.velocity)(tp, x, jnp.array([1.0, 0.5]), cond)
+    v = jax.jit(a.velocity)({"params": tp}, x, jnp.array([1.0, 0.5]), cond)
     assert v.shape == x.shape and v.dtype == jnp.float32
     img = jax.jit(a.decode, static_argnums=(2, 3))(vp, x, 12, 8)
     assert img.shape == (2, 12, 8, 3) and img.dtype == jnp.uint8

@@ -90,7 +90,7 @@ def test_pipeline_parity(tiny_pipeline):
     velocity = jax.jit(adapter.velocity)
     x = jnp.asarray(noise.numpy())
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        v = velocity(params["transformer"], x, jnp.full((1,), s, jnp.float32), cond)
+        v = velocity({"params": params["transformer"]}, x, jnp.full((1,), s, jnp.float32), cond)
         x = x + v * (s_next - s)  # Euler ODE step (DESIGN.md time convention)
     assert rel_err(x, ref_latents) < 1e-4
 

@@ -1,0 +1,124 @@
+"""Run outputs: metrics.jsonl (one object per epoch), TensorBoard events, image grids.
+
+Only process 0 writes (multi-host runs call these on every process; the others are
+no-ops). Every write is flushed at once, so an interrupted run keeps all finished
+epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def _jsonable(value: Any) -> Any:
+    """Python scalars for JSON; NaN / inf become null (JSON has no NaN)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bool)):
+        return value
+    value = np.asarray(value)
+    if value.ndim:
+        return [_jsonable(v) for v in value.tolist()]
+    value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Appends one JSON object per call to WORKDIR/metrics.jsonl and mirrors it to TensorBoard.
+
+    Args:
+      workdir: run folder (created).
+      tensorboard: also write event files under WORKDIR/tb.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
+        self.active = jax.process_index() == 0
+        self.path = os.path.join(os.fspath(workdir), "metrics.jsonl")
+        self._tb = None
+        if not self.active:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(os.fspath(workdir), "tb"))
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Writes `metrics` (scalars, None for not-applicable) for `step` (the epoch)."""
+        if not self.active:
+            return
+        row = {k: _jsonable(v) for k, v in metrics.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def image(self, tag: str, step: int, image: np.ndarray) -> None:
+        """Logs a uint8[H, W, 3] image to TensorBoard."""
+        if self.active and self._tb is not None:
+            self._tb.add_image(tag, image, step, dataformats="HWC")
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of WORKDIR/metrics.jsonl, in order."""
+    with open(os.path.join(os.fspath(workdir), "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def image_grid(
+    images: np.ndarray,
+    captions: Sequence[str] | None = None,
+    *,
+    columns: int = 8,
+    scale: int = 1,
+    caption_height: int = 12,
+) -> np.ndarray:
+    """uint8[B, H, W, 3] -> one uint8 grid image, each tile optionally captioned below.
+
+    Tiny images are enlarged `scale` times (nearest neighbour) so they stay visible.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"image_grid needs uint8[B, H, W, 3], got {images.dtype} {images.shape}")
+    b, h, w, _ = images.shape
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    cols = max(1, min(columns, b))
+    rows = -(-b // cols)
+    cap = caption_height if captions else 0
+    grid = Image.new("RGB", (cols * w, rows * (h + cap)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i in range(b):
+        r, c = divmod(i, cols)
+        grid.paste(Image.fromarray(images[i]), (c * w, r * (h + cap)))
+        if captions:
+            draw.text((c * w + 1, r * (h + cap) + h), captions[i][: max(1, w // 6)], fill=(0, 0, 0))
+    return np.asarray(grid)
+
+
+def save_grid(path: str | os.PathLike, grid: np.ndarray) -> None:
+    """Writes a uint8 grid as PNG (process 0 only), creating the folder."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    Image.fromarray(grid).save(path)

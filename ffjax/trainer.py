@@ -1,0 +1,614 @@
+"""The epoch loop (DESIGN.md section 1): the only place that sequences the stages.
+
+    prompts -> encode -> rollout (jit) -> decode (jit) -> rewards (host) -> advantages
+    (host, float64) -> shuffled micro-batches x inner epochs -> train_step (jit, donated
+    state) -> EMA -> eval (ODE, EMA weights) -> checkpoint -> metrics.jsonl
+
+Model adapters are used through a small protocol (see `ffjax.models.flux.adapter`):
+`load(config) -> (adapter, weights)`, `denoiser` (the key of the trained weights),
+`lora_targets`, `encode_prompts(prompts, height, width)` (cond pytree, batch axis
+first), `init_noise(key, batch, height, width)`, `sigmas(num_steps, height, width)`,
+`velocity(variables, x, sigma, cond)`, `decode(vae_weights, x, height, width)` ->
+uint8 images. `weights["vae"]` is passed to `decode`.
+
+Training rows. A "sde_steps" algorithm trains on one row per (sample, recorded SDE
+step), a "final" algorithm on one row per (sample, training sigma); rows of samples
+whose reward is NaN are dropped. Each inner epoch visits the valid rows in a fresh
+random order; the last optimizer step of an inner epoch is filled up with randomly
+repeated valid rows, so every step sees the same shapes and nothing recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from tqdm.auto import tqdm
+
+from ffjax import configs, optim, registry
+from ffjax import ema as ema_lib
+from ffjax.algorithms.advantages import compute_advantages
+from ffjax.algorithms.spec import REQUIRED_METRICS, AlgorithmSpec, Frozen
+from ffjax.checkpoint import Checkpointer
+from ffjax.data.prompts import GroupSampler, PromptSet, load_prompts
+from ffjax.flow import rollout as rollout_lib
+from ffjax.flow import schedule
+from ffjax.logging import MetricsWriter, image_grid, save_grid
+from ffjax.rewards.base import Samples
+from ffjax.state import TrainState, init_state
+
+EVAL_SEED_OFFSET = 1_000_003  # eval noise is fixed for the whole run: compare epochs
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. every reward is NaN); finished epochs are kept."""
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@dataclasses.dataclass
+class Run:
+    """What stays fixed during a run, built once by `setup`."""
+
+    config: configs.ConfigDict
+    spec: AlgorithmSpec
+    adapter: Any
+    weights: dict[str, Any]
+    base: Any  # frozen variables passed to the policy
+    ref: Any  # reference weights (full fine-tune with KL) or None
+    lora: bool
+    prompts: PromptSet
+    eval_prompts: PromptSet
+    sampler: GroupSampler
+    rewards: dict[str, tuple[Any, float]]
+    eval_rewards: dict[str, tuple[Any, float]]
+    optimizer: optax.GradientTransformation
+    lr_fn: Callable[[int], Any]
+    rows_per_epoch: int
+    train_timesteps: int
+    train_step: Callable
+    decode: Callable
+    initial: TrainState
+
+
+def _build_rewards(section: configs.ConfigDict) -> dict[str, tuple[Any, float]]:
+    out = {}
+    for alias, entry in section.items():
+        cls = registry.REWARDS.get(entry.get("name", alias))
+        out[alias] = (cls(**dict(entry.get("args", {}))), float(entry.get("weight", 1.0)))
+    return out
+
+
+def _train_timesteps(config) -> int:
+    n = config.algorithm.get("num_train_timesteps", 0)
+    return n if n > 0 else max(1, int(0.9 * config.sampling.num_steps))
+
+
+def _sde_candidates(config) -> list[int]:
+    cand = list(config.sampling.sde_candidates)
+    return cand or list(range(max(config.sampling.num_steps - 1, 1)))
+
+
+def _sde_count(config) -> int:
+    return config.sampling.sde_num_steps or len(_sde_candidates(config))
+
+
+def _check_run_shapes(config, spec: AlgorithmSpec, process_count: int) -> int:
+    """Rows per epoch; ConfigError if the batch sizes do not divide them."""
+    t, d = config.train, config.data
+    if d.prompts_per_epoch % process_count:
+        raise configs.ConfigError(
+            f"config.data.prompts_per_epoch={d.prompts_per_epoch} must be divisible by the"
+            f" number of processes ({process_count})"
+        )
+    samples = d.prompts_per_epoch * d.group_size // process_count
+    if spec.record == "sde_steps":
+        per_sample, what = _sde_count(config), "SDE steps per sample (sampling.sde_num_steps)"
+    else:
+        per_sample, what = _train_timesteps(config), "training sigmas per sample"
+    rows = samples * per_sample
+    step_rows = t.micro_batch_size * t.grad_accum_steps
+    if rows % step_rows:
+        raise configs.ConfigError(
+            f"an epoch has {rows} training rows ({samples} samples x {per_sample} {what}),"
+            f" not divisible by config.train.micro_batch_size x config.train.grad_accum_steps"
+            f" = {t.micro_batch_size} x {t.grad_accum_steps} = {step_rows}; change one of them"
+        )
+    if config.sampling.batch_size and samples % config.sampling.batch_size:
+        raise configs.ConfigError(
+            f"config.sampling.batch_size={config.sampling.batch_size} must divide the"
+            f" {samples} samples of an epoch (data.prompts_per_epoch x data.group_size)"
+        )
+    return rows
+
+
+def _check_algorithm_needs(config, spec: AlgorithmSpec) -> None:
+    a = config.algorithm
+    if config.ema.decay == 0:
+        if spec.name == "nft" and a.get("off_policy", False):
+            raise configs.ConfigError(
+                "config.algorithm.off_policy=True uses the EMA as the old policy, but"
+                " config.ema.decay=0 disables the EMA; set ema.decay > 0 or off_policy=False"
+            )
+        if a.get("ema_kl_beta", 0) > 0:
+            raise configs.ConfigError(
+                "config.algorithm.ema_kl_beta > 0 needs the EMA; set config.ema.decay > 0"
+            )
+    if spec.make_loss is None:
+        raise configs.ConfigError(f"algorithm {spec.name!r} has no loss (make_loss) registered")
+
+
+def make_policy(adapter, lora: bool) -> Callable:
+    """policy(weights, base, x, sigma, cond) -> v for the algorithms (spec.py contract)."""
+
+    def policy(weights, base, x, sigma, cond):
+        if lora:
+            variables = {"params": base["params"]}
+            if weights is not None:
+                variables["lora"] = weights
+                variables["lora_scale"] = base["lora_scale"]
+        else:
+            if weights is None:
+                raise ValueError("full fine-tuning has no base-only policy; pass ref weights")
+            variables = {"params": weights}
+        return adapter.velocity(variables, x, sigma, cond)
+
+    return policy
+
+
+def setup(config: configs.ConfigDict) -> Run:
+    """Loads model, data and rewards and builds the jitted functions; no training yet."""
+    spec = registry.ALGORITHMS.get(config.algorithm.name)
+    _check_algorithm_needs(config, spec)
+    rows = _check_run_shapes(config, spec, jax.process_count())
+    if spec.record == "sde_steps" and config.sampling.noise_level == 0:
+        raise configs.ConfigError(
+            f"{spec.name} trains on stochastic steps; config.sampling.noise_level=0 makes"
+            " every step deterministic (set it > 0)"
+        )
+    if not config.rewards:
+        raise configs.ConfigError("config.rewards is empty; add at least one reward")
+
+    prompts = load_prompts(config.data.path, "train")
+    try:
+        eval_prompts = load_prompts(config.data.path, "test")
+    except FileNotFoundError:
+        eval_prompts = prompts
+    n_eval = config.train.eval_prompts or config.data.prompts_per_epoch
+    eval_prompts = PromptSet(eval_prompts.prompts[:n_eval], eval_prompts.metadata[:n_eval])
+    sampler = GroupSampler(
+        len(prompts.prompts),
+        config.data.prompts_per_epoch,
+        config.data.group_size,
+        config.seed,
+        shuffle=config.data.shuffle,
+    )
+    rewards = _build_rewards(config.rewards)
+    eval_rewards = _build_rewards(config.eval_rewards) if config.eval_rewards else rewards
+
+    adapter_cls = registry.MODELS.get(config.model.name)
+    adapter, weights = adapter_cls.load(config)
+    denoiser = weights[adapter.denoiser]
+    t = config.train
+    key = jax.random.key(config.seed)
+    lora = t.lora_rank > 0
+    if lora:
+        from ffjax.models.lora import init_lora
+
+        trainable, lora_scale = init_lora(
+            denoiser,
+            rank=t.lora_rank,
+            alpha=t.lora_alpha,
+            targets=tuple(t.lora_targets) or tuple(adapter.lora_targets),
+            init=t.lora_init,
+            key=jax.random.fold_in(key, 1),
+        )
+        base, ref = {"params": denoiser, "lora_scale": lora_scale}, None
+    else:
+        trainable, base = denoiser, {}
+        ref = jax.tree.map(jnp.copy, denoiser) if config.algorithm.get("kl_beta", 0) > 0 else None
+
+    steps_per_epoch = t.inner_epochs * rows // t.micro_batch_size
+    total_steps = max(1, t.num_epochs * steps_per_epoch // t.grad_accum_steps)
+    optimizer = optim.make_optimizer(t, total_steps)
+    lr_fn = optim.learning_rate_fn(t, total_steps)
+    policy = make_policy(adapter, lora)
+    loss_fn = spec.make_loss(config.algorithm, policy, dynamics=config.sampling.dynamics)
+    initial = init_state(trainable, optimizer, ema=config.ema.decay > 0)
+
+    return Run(
+        config=config,
+        spec=spec,
+        adapter=adapter,
+        weights=weights,
+        base=base,
+        ref=ref,
+        lora=lora,
+        prompts=prompts,
+        eval_prompts=eval_prompts,
+        sampler=sampler,
+        rewards=rewards,
+        eval_rewards=eval_rewards,
+        optimizer=optimizer,
+        lr_fn=lr_fn,
+        rows_per_epoch=rows,
+        train_timesteps=_train_timesteps(config),
+        train_step=_make_train_step(loss_fn, optimizer, spec.record),
+        decode=jax.jit(adapter.decode, static_argnums=(2, 3)),
+        initial=initial,
+    )
+
+
+# --------------------------------------------------------------------------- jitted step
+
+
+def _gather(samples: dict, rows: dict, idx: jax.Array, noise_key: jax.Array, record: str) -> dict:
+    """The micro-batch of rows `idx` in the algorithm's batch layout (spec.py)."""
+    sample = rows["sample"][idx]
+    batch = {"cond": jax.tree.map(lambda a: a[sample], samples["cond"])}
+    batch["advantage"] = rows["advantage"][idx]
+    batch["sigma"] = rows["sigma"][idx]
+    if record == "sde_steps":
+        for k in ("x_t", "x_next", "log_prob", "sigma_next", "noise_level"):
+            batch[k] = rows[k][idx]
+    else:
+        x0 = samples["x0"][sample].astype(jnp.float32)
+        # One fixed noise per row for the whole epoch, whatever order rows are visited in.
+        draw = lambda r: jax.random.normal(jax.random.fold_in(noise_key, r), x0.shape[1:])
+        batch["x0"] = x0
+        batch["noise"] = jax.vmap(draw)(rows["row_id"][idx])
+    return batch
+
+
+def _make_train_step(loss_fn, optimizer, record: str) -> Callable:
+    def train_step(state: TrainState, frozen: Frozen, samples, rows, idx, noise_key, key):
+        batch = _gather(samples, rows, idx, noise_key, record)
+        # The EMA lives in the donated state; hand the loss that copy, never an alias.
+        frozen = frozen.replace(ema=state.ema)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, metrics), grads = grad_fn(state.trainable, frozen, batch, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        state = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state)
+        return state, metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+@jax.jit
+def _ema_step(ema, trainable, decay):
+    return ema_lib.ema_update(ema, trainable, decay)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def _variables(run: Run, weights: Any) -> Any:
+    """Rollout-time model variables for trainable `weights` (LoRA or full)."""
+    if run.lora:
+        return {"params": run.base["params"], "lora": weights, "lora_scale": run.base["lora_scale"]}
+    return {"params": weights}
+
+
+def _sample(
+    run: Run,
+    weights: Any,
+    cond: Any,
+    noise: jax.Array,
+    sigmas: np.ndarray,
+    noise_levels: np.ndarray,
+    key: jax.Array,
+    record: np.ndarray | None,
+) -> tuple[jax.Array, Any]:
+    """Rollout in chunks of `sampling.batch_size`; trajectories concatenated on the batch axis."""
+    c = run.config.sampling
+    n = noise.shape[0]
+    chunk = c.batch_size or n
+    finals, trajs = [], []
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        final, traj = rollout_lib.rollout(
+            run.adapter.velocity,
+            _variables(run, weights),
+            jax.tree.map(lambda a, sl=sl: a[sl], cond),
+            noise[sl],
+            sigmas,
+            noise_levels,
+            jax.random.fold_in(key, start),
+            record,
+            dynamics=c.dynamics,
+            storage_dtype=jnp.dtype(c.storage_dtype),
+        )
+        finals.append(final)
+        trajs.append(traj)
+    final = jnp.concatenate(finals)
+    if record is None:
+        return final, None
+    if len(trajs) == 1:
+        return final, trajs[0]
+    cat = lambda name: jnp.concatenate([getattr(t, name) for t in trajs], axis=1)
+    traj = dataclasses.replace(
+        trajs[0], x_t=cat("x_t"), x_next=cat("x_next"), log_prob=cat("log_prob")
+    )  # sigma, sigma_next, step are the same for every chunk
+    return final, traj
+
+
+def _decode(run: Run, latents: jax.Array) -> np.ndarray:
+    m = run.config.model
+    return np.asarray(run.decode(run.weights["vae"], latents, m.height, m.width))
+
+
+def _score(rewards: dict[str, tuple[Any, float]], samples: Samples) -> dict[str, np.ndarray]:
+    out = {}
+    for alias, (reward, _) in rewards.items():
+        scores = np.asarray(reward(samples), np.float64).reshape(-1)
+        if scores.shape != (len(samples),):
+            raise TrainingError(
+                f"reward {alias!r} returned shape {scores.shape} for {len(samples)} samples"
+            )
+        out[alias] = scores
+    return out
+
+
+def _make_rows(
+    run: Run, traj: Any, advantages: np.ndarray, noise_levels: np.ndarray, rng, sigmas
+) -> dict[str, jax.Array]:
+    """All training rows of the epoch (see the module docstring), on device."""
+    n = advantages.shape[0]
+    adv = jnp.asarray(advantages, jnp.float32)
+    if run.spec.record == "sde_steps":
+        k = traj.x_t.shape[0]
+        flat = lambda a: a.reshape((k * n,) + a.shape[2:])
+        return {
+            "sample": jnp.tile(jnp.arange(n, dtype=jnp.int32), k),
+            "x_t": flat(traj.x_t),
+            "x_next": flat(traj.x_next),
+            "log_prob": flat(traj.log_prob),
+            "sigma": jnp.repeat(traj.sigma, n),
+            "sigma_next": jnp.repeat(traj.sigma_next, n),
+            "noise_level": jnp.repeat(jnp.asarray(noise_levels)[traj.step], n),
+            "advantage": jnp.tile(adv, k),
+        }
+    a = run.config.algorithm
+    t = run.train_timesteps
+    train_sigmas = np.stack([
+        schedule.sample_train_sigmas(rng, a.timestep_sampler, t, sigma_range=tuple(a.sigma_range),
+                                     schedule=sigmas, time_shift_value=a.get("time_shift", 1.0))
+        for _ in range(n)
+    ])  # fmt: skip
+    return {
+        "sample": jnp.repeat(jnp.arange(n, dtype=jnp.int32), t),
+        "row_id": jnp.arange(n * t, dtype=jnp.int32),
+        "sigma": jnp.asarray(train_sigmas.reshape(-1), jnp.float32),
+        "advantage": jnp.repeat(adv, t),
+    }
+
+
+def _row_order(rng: np.random.Generator, valid_rows: np.ndarray, step_rows: int) -> np.ndarray:
+    """A permutation of the valid rows, filled up to a multiple of `step_rows`."""
+    order = rng.permutation(valid_rows)
+    short = -len(order) % step_rows
+    if short:
+        order = np.concatenate([order, rng.choice(valid_rows, short, replace=True)])
+    return order.astype(np.int32)
+
+
+def _summarise(steps: list[dict[str, Any]]) -> dict[str, float]:
+    """Means over micro-steps; min / max for ratio_min / ratio_max."""
+    out = {}
+    for k in steps[0]:
+        vals = np.asarray([float(s[k]) for s in steps], np.float64)
+        out[k] = (
+            vals.min() if k.endswith("_min") else vals.max() if k.endswith("_max") else vals.mean()
+        )
+    return out
+
+
+def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], np.ndarray]:
+    """One rollout + optimisation epoch; returns (state, metrics, epoch images)."""
+    c = run.config
+    m, t = c.model, c.train
+    epoch = int(state.epoch)
+    key = jax.random.fold_in(jax.random.key(c.seed), epoch)
+    t0 = time.perf_counter()
+
+    prompt_idx, group_ids = run.sampler.samples(epoch)
+    prompts = [run.prompts.prompts[i] for i in prompt_idx]
+    metadata = [run.prompts.metadata[i] for i in prompt_idx]
+    k = c.data.group_size
+    unique = [prompts[i] for i in range(0, len(prompts), k)]
+    cond = run.adapter.encode_prompts(unique, m.height, m.width)
+    cond = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), cond)
+    n = len(prompts)
+
+    sigmas = run.adapter.sigmas(c.sampling.num_steps, m.height, m.width)
+    window = rollout_lib.sde_window(
+        c.seed, epoch, _sde_candidates(c), _sde_count(c),
+        contiguous=c.sampling.sde_window == "contiguous",
+    )  # fmt: skip
+    noise_levels = rollout_lib.noise_levels_for(
+        c.sampling.num_steps, window, c.sampling.noise_level
+    )
+    record = window if run.spec.record == "sde_steps" else None
+    noise = run.adapter.init_noise(jax.random.fold_in(key, 0), n, m.height, m.width)
+    snapshot = None
+    if run.spec.wants("needs_snapshot", c.algorithm):
+        snapshot = jax.tree.map(jnp.copy, state.trainable)  # the state is donated below
+    sample_weights = state.trainable
+    if run.spec.wants("sample_with_ema", c.algorithm):
+        sample_weights = state.ema
+    final, traj = _sample(run, sample_weights, cond, noise, sigmas, noise_levels,
+                          jax.random.fold_in(key, 1), record)  # fmt: skip
+    images = _decode(run, final)
+    t_rollout = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    raw = _score(run.rewards, Samples(prompts, images=images, metadata=metadata))
+    weights = {a: w for a, (_, w) in run.rewards.items()}
+    t_reward = time.perf_counter() - t1
+    combined = sum(weights[a] * raw[a] for a in raw)
+    try:
+        adv = compute_advantages(
+            raw, weights, group_ids, group_size=k, method=t.advantage_method, std=t.advantage_std
+        )
+    except ValueError as e:
+        bad = [a for a in raw if not np.isfinite(raw[a]).any()]
+        raise TrainingError(
+            f"epoch {epoch}: {e} (rewards with no finite value: {bad or 'none'}); stopping."
+            " Finished epochs, metrics and checkpoints are kept."
+        ) from None
+
+    t2 = time.perf_counter()
+    rng = np.random.default_rng([c.seed, epoch, 7])
+    rows = _make_rows(run, traj, np.nan_to_num(adv.values), noise_levels, rng, sigmas)
+    valid_rows = np.nonzero(np.asarray(adv.valid)[np.asarray(rows["sample"])])[0]
+    samples = {"cond": cond, "x0": final}
+    frozen = Frozen(base=run.base, ref=run.ref, ema=None, snapshot=snapshot)
+    step_rows = t.micro_batch_size * t.grad_accum_steps
+    noise_key = jax.random.fold_in(key, 2)
+    step_metrics = []
+    for inner in range(t.inner_epochs):
+        order = _row_order(rng, valid_rows, step_rows)
+        for j, start in enumerate(range(0, len(order), t.micro_batch_size)):
+            idx = jnp.asarray(order[start : start + t.micro_batch_size])
+            step_key = jax.random.fold_in(jax.random.fold_in(key, 3 + inner), j)
+            state, metrics = run.train_step(state, frozen, samples, rows, idx, noise_key, step_key)
+            step_metrics.append(metrics)
+    step_metrics = jax.device_get(step_metrics)
+    bad = [i for i, mt in enumerate(step_metrics) if not np.isfinite(mt["loss"])]
+    if bad or not all(np.isfinite(mt["grad_norm"]) for mt in step_metrics):
+        raise TrainingError(
+            f"epoch {epoch}: non-finite loss or gradient at optimizer step"
+            f" {bad[0] if bad else '?'} of the epoch; stopping before the weights are used."
+            " Finished epochs, metrics and checkpoints are kept; lower train.learning_rate"
+            " or check the rewards."
+        )
+    if state.ema is not None:
+        decay = ema_lib.ema_decay(c.ema, epoch)
+        state = state.replace(ema=_ema_step(state.ema, state.trainable, float(decay)))
+    state = state.replace(epoch=state.epoch + 1)
+    jax.block_until_ready(state.trainable)
+    t_train = time.perf_counter() - t2
+
+    valid = adv.valid
+    summary = _summarise(step_metrics)
+    out: dict[str, Any] = {
+        "epoch": epoch,
+        "reward_mean": float(np.mean(combined[valid])),
+        "reward_std": float(np.std(combined[valid])),
+    }
+    for a in raw:
+        out[f"reward/{a}"] = float(np.nanmean(raw[a])) if np.isfinite(raw[a]).any() else None
+    out["num_dropped"] = int(adv.num_dropped)
+    for key_name in REQUIRED_METRICS:
+        out[key_name] = summary.pop(key_name, None)
+    out["grad_norm"] = summary.pop("grad_norm")
+    out["lr"] = float(run.lr_fn(int(state.step) // t.grad_accum_steps))
+    out.update(summary)
+    out["time/rollout_s"] = t_rollout
+    out["time/reward_s"] = t_reward
+    out["time/train_s"] = t_train
+    out["time/epoch_s"] = time.perf_counter() - t0
+    out["samples_per_s"] = n / out["time/epoch_s"]
+    return state, out, images
+
+
+def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray, list[str]]:
+    """ODE samples of the eval prompts with the EMA (or current) weights.
+
+    Returns ({"eval/reward_mean": ..., "eval/reward/<alias>": ...}, uint8 images, captions).
+    """
+    c = run.config
+    m = c.model
+    prompts = run.eval_prompts.prompts
+    cond = run.adapter.encode_prompts(prompts, m.height, m.width)
+    key = jax.random.key(c.seed + EVAL_SEED_OFFSET)
+    noise = run.adapter.init_noise(key, len(prompts), m.height, m.width)
+    sigmas = run.adapter.sigmas(c.sampling.eval_num_steps, m.height, m.width)
+    levels = np.zeros(c.sampling.eval_num_steps, np.float32)
+    weights = state.ema if state.ema is not None else state.trainable
+    final, _ = _sample(run, weights, cond, noise, sigmas, levels, key, None)
+    images = _decode(run, final)
+    raw = _score(
+        run.eval_rewards, Samples(prompts, images=images, metadata=run.eval_prompts.metadata)
+    )
+    w = {a: wt for a, (_, wt) in run.eval_rewards.items()}
+    combined = sum(w[a] * raw[a] for a in raw)
+    out = {"eval/reward_mean": float(np.nanmean(combined))}
+    out.update({f"eval/reward/{a}": float(np.nanmean(v)) for a, v in raw.items()})
+    captions = [f"{combined[i]:.2f} {p}" for i, p in enumerate(prompts)]
+    return out, images, captions
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(config: configs.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True):
+    """Runs `config.train.num_epochs` epochs; writes everything under `workdir`.
+
+    Outputs: metrics.jsonl (one row per epoch), tb/ (TensorBoard), samples/ (eval
+    grids, epoch 0 = before training), checkpoints/ (Orbax, every
+    `checkpoint.every_epochs` and at the end). Returns the list of epoch metric rows.
+    """
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    run = setup(config)
+    c = run.config
+    writer = MetricsWriter(workdir, tensorboard=c.logging.tensorboard)
+    ckpt = Checkpointer(workdir, c.checkpoint.every_epochs, c.checkpoint.keep)
+    state = run.initial
+    history: list[dict[str, Any]] = []
+
+    def do_eval(epoch: int) -> dict[str, float]:
+        metrics, images, captions = evaluate(run, state)
+        grid = image_grid(images, captions, columns=8, scale=max(1, 128 // c.model.width))
+        save_grid(os.path.join(workdir, "samples", f"eval_epoch_{epoch:04d}.png"), grid)
+        writer.image("eval/samples", epoch, grid)
+        return metrics
+
+    try:
+        if c.train.eval_every:
+            before = do_eval(0)
+            logging.info("before training: %s", before)
+            writer.write(0, {"epoch": -1, **before})
+        bar = tqdm(range(c.train.num_epochs), desc="epochs", disable=not progress, unit="epoch")
+        for epoch in bar:
+            state, metrics, images = run_epoch(run, state)
+            done = epoch + 1
+            if c.train.eval_every and (
+                done % c.train.eval_every == 0 or done == c.train.num_epochs
+            ):
+                metrics.update(do_eval(done))
+            if c.logging.image_grid_every and done % c.logging.image_grid_every == 0:
+                grid = image_grid(images[: 4 * c.data.group_size], columns=c.data.group_size)
+                save_grid(os.path.join(workdir, "samples", f"train_epoch_{done:04d}.png"), grid)
+            writer.write(done, metrics)
+            history.append(metrics)
+            ckpt.maybe_save(done, state, force=done == c.train.num_epochs)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.4g}")
+    finally:
+        writer.close()
+        ckpt.close()
+    return history
+
+
+def summary_table(history: list[dict[str, Any]]) -> str:
+    """A fixed-width table of reward (and eval reward) per epoch."""
+    lines = [f"{'epoch':>5}  {'reward_mean':>11}  {'reward_std':>10}  {'eval_reward':>11}"]
+    for row in history:
+        ev = row.get("eval/reward_mean")
+        lines.append(
+            f"{row['epoch']:>5}  {row['reward_mean']:>11.4f}  {row['reward_std']:>10.4f}  "
+            + (f"{ev:>11.4f}" if ev is not None else f"{'':>11}")
+        )
+    return "\n".join(lines)
