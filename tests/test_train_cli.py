@@ -46,3 +46,22 @@ def test_variant_and_bad_keys_fail_with_clear_messages():
     assert r.returncode == 2
     assert "allowed: ode, flow_sde, dance_sde, cps" in r.stderr
     assert "allowed: uniform, t, t2, huber, ghuber" in r.stderr
+
+
+def test_cli_trains_and_prints_the_reward_table(tmp_path):
+    recipe = tmp_path / "toy_recipe.py"
+    recipe.write_text(
+        "import pathlib\n"
+        "from tests.toy_model import toy_config\n\n"
+        "def get_config(variant=''):\n"
+        f"    return toy_config(pathlib.Path({str(tmp_path)!r}), variant or 'grpo')\n"
+    )
+    r = _run("--config", f"{recipe}:nft", "--workdir", str(tmp_path / "run"),
+             "--config.sampling.noise_level=0", "--config.algorithm.num_train_timesteps=2")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "reward_mean" in r.stdout and "outputs in" in r.stdout
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    r = _run("--config", str(recipe), "--workdir", str(tmp_path / "bad"),
+             "--config.train.micro_batch_size=5")  # fmt: skip
+    assert r.returncode == 1 and "not divisible" in r.stderr and "Traceback" not in r.stderr
