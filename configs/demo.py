@@ -1,10 +1,13 @@
-"""The embedded default recipe: a tiny FLUX-architecture pipeline on CPU.
+"""The embedded default recipe: RL on a tiny FLUX-architecture "shapes" pipeline, on CPU.
 
     python -m ffjax.train                                   # this recipe, GRPO
     python -m ffjax.train --config configs/demo.py:nft      # DiffusionNFT
     python -m ffjax.train --config configs/demo.py:awm --config.train.num_epochs=5
 
-The pipeline folder (assets/demo) is built by tools/make_demo_pipeline.py.
+The pipeline folder (assets/demo: VAE, transformer, CLIP + T5 encoders, tokenizers and
+the prompt files) is built by tools/make_demo_pipeline.py; the reward is the GenEval-
+like `shapes` detector (ffjax/rewards/shapes.py): right colours, shapes, counts and
+positions of the objects the prompt asks for.
 """
 
 from pathlib import Path
@@ -25,19 +28,28 @@ def get_config(variant: str = "") -> configs.ConfigDict:
     c = configs.base_config()
     c.model.name = "flux1"
     c.model.path = str(ASSETS)
-    c.model.height = c.model.width = 32  # tiny: 2x2-packed 4x4 latent tokens
+    c.model.height = c.model.width = 32  # VAE factor 4 + 2x2 packing: 16 image tokens
+    c.model.max_sequence_length = 16  # the demo's T5 was built for 16 tokens
+    c.data.path = str(ASSETS / "prompts")  # train.txt / test.txt written by the builder
     c.sampling.num_steps = 8
     c.sampling.eval_num_steps = 8
-    c.sampling.guidance_scale = 1.0
-    c.data.group_size = 4
-    c.data.prompts_per_epoch = 4
-    c.train.num_epochs = 20
-    c.train.micro_batch_size = 8
+    c.sampling.guidance_scale = 1.0  # the demo transformer has no guidance embedding
+    c.data.group_size = 8
+    c.data.prompts_per_epoch = 8
+    c.train.num_epochs = 30
+    c.train.micro_batch_size = 32
     c.train.lora_rank = 8
     c.train.lora_alpha = 8.0
-    c.train.learning_rate = 3e-4
-    c.train.eval_every = 5
-    c.checkpoint.every_epochs = 5
+    c.train.learning_rate = 1e-3
+    c.train.eval_every = 10
+    c.train.eval_prompts = 32
+    c.checkpoint.every_epochs = 10
+    c.logging.image_grid_every = 10
     configs.set_algorithm(c, variant)
-    configs.add_reward(c, "brightness")
+    if variant == "grpo":
+        c.sampling.sde_num_steps = 4  # 4 of the 7 candidate steps per epoch (Flow-GRPO-Fast)
+    else:  # NFT / AWM sample with the ODE and re-noise the final images
+        c.sampling.noise_level = 0.0
+        c.algorithm.num_train_timesteps = 4
+    configs.add_reward(c, "shapes")
     return c

@@ -155,6 +155,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
 
 REQUIRED: dict[str, str] = {
     "model.path": "the Diffusers pipeline folder of the model to train",
+    "data.path": "the prompt file or folder (train.txt / train.jsonl) to train on",
 }
 
 # Numeric bounds: key -> (predicate, what is allowed).

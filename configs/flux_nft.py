@@ -1,0 +1,114 @@
+"""DiffusionNFT on FLUX.1-dev with Flow-Factory's published settings.
+
+    python -m ffjax.train --config configs/flux_nft.py --workdir /runs/flux_nft \
+        --config.model.path=/data/FLUX.1-dev --config.data.path=/data/pickscore
+    python -m ffjax.train --config configs/flux_nft.py:tiny --workdir /tmp/flux_nft
+    python -m ffjax.train --config configs/flux_nft.py --check_config ...  # validate only
+
+Variants:
+  ""      Flow-Factory's FLUX.1 DiffusionNFT LoRA example, 8 GPUs [FF].
+  "tiny"  the same algorithm settings at toy size, on CPU in minutes, on the demo
+          pipeline (assets/demo, tools/make_demo_pipeline.py) with the `shapes` reward.
+
+The default needs `model.path` (a Diffusers FLUX.1-dev folder) and `data.path`
+(train.txt / test.txt prompts, e.g. Flow-GRPO's dataset/pickscore).
+
+Sources, cited by tag in the comments below:
+  [FF]  X-GenGroup/Flow-Factory examples/nft/lora/flux1/default.yaml
+  [NFT] NVlabs/DiffusionNFT publishes SD3.5-M settings only (README: `config/nft.py:sd3_*`;
+        config/nft.py, as read in the jiaxi98/DiffusionNFT fork, accepts base_model "sd3"
+        alone), so there is no official FLUX.1 recipe and [FF] is the published one. The
+        SD3.5 recipe shares beta 1 (sd3_geneval / sd3_pickscore), guidance 1, 48 groups;
+        it differs in 24 samples per group, 10 steps, a 2nd-order solver and a KL weight
+        of 1e-4 (train.beta), which [FF] does not carry to FLUX.1.
+
+Batch sizes. ffjax counts global training rows, one per (sample, training sigma):
+micro_batch_size is [FF]'s per-GPU batch times its 8 GPUs and micro_batch_size x
+grad_accum_steps the rows of its one optimizer step per epoch. On fewer devices divide
+micro_batch_size and multiply grad_accum_steps by the same factor.
+
+Not carried over: [FF] trains on PickScore, which ffjax does not register yet; the
+placeholder is `jpeg_compressibility` (swap it with
+`--config.rewards.jpeg_compressibility.name=...`). [FF] evaluates at 1024 px; ffjax
+evaluates at model.height / width (384). Values not set here are the base or ffjax NFT
+defaults, which already match [FF] (eval 28 steps, beta 1, off-policy EMA old policy,
+"discrete" training sigmas, time shift 3, advantage clip 5, no KL, sum advantages with
+group std, AdamW wd 1e-4, grad-norm clip 1, constant lr).
+"""
+
+from pathlib import Path
+
+from ffjax import configs
+
+VARIANTS = ("", "tiny")
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
+
+
+def get_config(variant: str = "") -> configs.ConfigDict:
+    """Variant: "" (Flow-Factory FLUX.1, default), "tiny"."""
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"unknown variant {variant!r} of configs/flux_nft.py; allowed: "
+            f"{', '.join(map(repr, VARIANTS))}"
+        )
+    c = configs.base_config()
+    configs.set_algorithm(c, "nft")
+    _flow_factory(c)
+    if variant == "tiny":
+        _tiny(c)
+    return c
+
+
+def _flow_factory(c: configs.ConfigDict) -> None:
+    """[FF]: FLUX.1-dev at 384 px, PickScore, 8 GPUs x 1 sample per batch."""
+    c.seed = 42  # [FF] seed
+    c.model.dtype = "bfloat16"  # [FF] mixed_precision
+    c.model.height = c.model.width = 384  # [FF] train.resolution
+    c.sampling.num_steps = 8  # [FF] num_inference_steps
+    c.sampling.guidance_scale = 1.0  # [FF] guidance_scale (train and eval)
+    c.sampling.dynamics = "ode"  # [FF] dynamics_type "ODE": NFT trains on x0 only
+    c.sampling.batch_size = 8  # [FF] per_device_batch_size 1 x 8 GPUs per rollout call
+    c.data.group_size = 16  # [FF] group_size
+    c.data.prompts_per_epoch = 48  # [FF] unique_sample_num_per_epoch
+    c.train.learning_rate = 3e-4  # [FF] optimizers.learning_rate
+    c.train.micro_batch_size = 8  # [FF] per_device_batch_size 1 x 8 GPUs
+    c.train.grad_accum_steps = 192  # [FF] gradient_step_per_epoch 1: 48 x 16 x 2 / 8
+    c.train.lora_rank = 64  # [FF] lora_rank
+    c.train.lora_alpha = 128.0  # [FF] lora_alpha; target_modules "default" = lora.py's
+    c.train.eval_every = 20  # [FF] eval.eval_freq
+    c.checkpoint.every_epochs = 20  # [FF] log.save_freq
+    c.algorithm.num_train_timesteps = 2  # [FF] num_train_timesteps
+    c.algorithm.sigma_range = (0.0, 0.7)  # [FF] timestep_range 0.7 = [0, 0.7] along denoising
+    # The old policy (and sampler) is the EMA: [FF] ema_decay_schedule "piecewise_linear",
+    # flat_steps 0, ramp_rate 0.001, ema_decay 0.5, updated every epoch: decay 0 at epoch
+    # 0 rising by 0.001 an epoch to 0.5 at epoch 500 (ffjax/ema.py, "NFT style").
+    c.ema.schedule = "piecewise_linear"
+    c.ema.boundaries = (0, 500)
+    c.ema.decays = (0.0, 0.5)
+    c.ema.decay = 0.5  # the held value; > 0 keeps the EMA on
+    configs.add_reward(c, "jpeg_compressibility")  # placeholder for [FF] PickScore
+
+
+def _tiny(c: configs.ConfigDict) -> None:
+    """The default's algorithm settings at toy size: a CPU run of a few minutes."""
+    c.model.path = str(DEMO)
+    c.data.path = str(DEMO / "prompts")
+    c.model.dtype = "float32"  # CPUs have no fast bfloat16 matmuls
+    c.model.height = c.model.width = 32  # the demo VAE (factor 4): 4x4 packed latent tokens
+    c.model.max_sequence_length = 16  # tools/make_demo_pipeline.py MAX_SEQUENCE_LENGTH
+    c.sampling.num_steps = 8  # as [FF]
+    c.sampling.eval_num_steps = 8
+    c.sampling.batch_size = 0  # the whole epoch (16 samples) in one rollout call
+    c.data.group_size = 4
+    c.data.prompts_per_epoch = 4
+    c.train.num_epochs = 4
+    c.train.micro_batch_size = 8  # 4 x 4 samples x 2 sigmas = 32 rows: one optimizer
+    c.train.grad_accum_steps = 4  # step per epoch, as [FF]
+    c.train.lora_rank = 8
+    c.train.lora_alpha = 16.0  # alpha / rank = 2, as [FF]
+    c.train.eval_every = 2
+    c.checkpoint.every_epochs = 4
+    c.logging.tensorboard = True
+    c.logging.image_grid_every = 2
+    c.rewards = configs.ConfigDict()
+    configs.add_reward(c, "shapes")  # the demo draws coloured shapes (ffjax/rewards/shapes.py)
