@@ -3,8 +3,11 @@
 `load_flux_text(folder)` / `encode_prompts_flux(...)` reproduce `FluxPipeline.encode_prompt`
 (CLIP pooled output at 77 tokens, T5 hidden states at up to 512, zero `text_ids`);
 `load_wan_text(folder)` / `encode_prompts_wan(...)` reproduce `WanPipeline._get_t5_prompt_embeds`
-(UMT5 with the padding mask, states beyond each prompt's length zeroed). The Qwen-Image
-piece lives in `qwen2_5_vl.py`. Adapters call these; the on-disk cache wraps them
+(UMT5 with the padding mask, states beyond each prompt's length zeroed);
+`load_qwen_image_text(folder)` / `encode_prompts_qwen_image(...)` reproduce
+`QwenImagePipeline.encode_prompt` (chat template, Qwen2.5-VL last hidden state with the
+template's system prefix dropped, ragged rows re-padded with a mask; the language model
+itself is `qwen2_5_vl.py`). Adapters call these; the on-disk cache wraps them
 (`ffjax.data.embed_cache`).
 """
 
@@ -18,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from ffjax.models import text
 from ffjax.models.text.tokenize import Tokens, load_tokenizer, prompt_clean, tokenize
@@ -238,3 +242,164 @@ def encode_prompts_wan(
     parts = None if cache is None else _cache_parts("wan", [encoder], max_sequence_length)
     embeds = _maybe_cached(cache, [prompt_clean(p) for p in prompts], run, parts)["prompt_embeds"]
     return jnp.repeat(embeds, num_videos_per_prompt, axis=0)
+
+
+# --------------------------------------------------------------------------- Qwen-Image
+
+# QwenImagePipeline.__init__'s constants (diffusers 0.42); the folder does not store them.
+QWEN_IMAGE_TEMPLATE = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture,"
+    " quantity, text, spatial relationships of the objects and background:<|im_end|>\n"
+    "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+)
+QWEN_IMAGE_DROP_IDX = 34  # prompt_template_encode_start_idx: the system part's token count
+QWEN_IMAGE_TOKENIZER_MAX_LENGTH = 1024  # tokenizer_max_length; the tokenizer gets + drop_idx
+QWEN_IMAGE_MAX_SEQUENCE_LENGTH = 1024  # encode_prompt's default; check_inputs rejects longer
+_PAD_BUCKET = 64  # right-padded batches are padded up to a multiple of this (fewer compiles)
+
+
+def load_qwen_image_text(folder: str | os.PathLike, dtype: Any = "float32") -> TextEncoder:
+    """Qwen-Image's Qwen2.5-VL language model (`text_encoder`) and Qwen2 tokenizer (`tokenizer`)."""
+    return load_encoder(folder, "qwen2_5_vl", "text_encoder", "tokenizer", dtype)
+
+
+def _qwen_tokens(tokenizer: Any, texts: list[str], max_length: int) -> Tokens:
+    """`tokenizer(texts, max_length=..., padding=True, truncation=True)`, as the pipeline calls it.
+
+    Padding is to the batch's longest (not to `max_length`). Where the tokenizer pads on
+    the right the batch is padded further to a multiple of `_PAD_BUCKET` (capped at
+    `max_length`) so that a jit-compiled encoder sees few distinct lengths: under the
+    causal mask no valid token attends to a later position, so trailing padding cannot
+    change a valid token's state. Left padding is kept exact (it shifts the RoPE positions).
+    """
+    enc = tokenizer(
+        texts, max_length=max_length, padding=True, truncation=True, return_tensors="np"
+    )
+    ids = np.asarray(enc["input_ids"], np.int32)
+    mask = np.asarray(enc["attention_mask"], np.int32)
+    lengths = [len(x) for x in tokenizer(texts)["input_ids"]]
+    if max(lengths) > max_length:
+        logging.warning(
+            "Qwen-Image prompt truncated by the tokenizer to %d tokens (template included):"
+            " %d of %d prompts were longer (up to %d tokens)",
+            max_length,
+            sum(n > max_length for n in lengths),
+            len(lengths),
+            max(lengths),
+        )
+    if tokenizer.padding_side == "right":
+        width = min(-(-ids.shape[1] // _PAD_BUCKET) * _PAD_BUCKET, max_length)
+        extra = max(width - ids.shape[1], 0)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = np.pad(ids, ((0, 0), (0, extra)), constant_values=pad_id)
+        mask = np.pad(mask, ((0, 0), (0, extra)))
+    return Tokens(ids, mask)
+
+
+def _cached_rows(cache: Any, items: list[str], run, parts: dict | None) -> list[np.ndarray]:
+    """Like `embed_cache.cached_encode`, for rows of different lengths (one entry per prompt)."""
+    if cache is None:
+        return run(items)
+    from ffjax.data.embed_cache import cache_key
+
+    keys = [cache_key(item=item, **parts) for item in items]
+    rows = [cache.load(k) for k in keys]
+    todo: dict[str, int] = {}  # key -> first missing item with it (repeats encode once)
+    for i, r in enumerate(rows):
+        if r is None:
+            todo.setdefault(keys[i], i)
+    if todo:
+        fresh = dict(zip(todo, run([items[i] for i in todo.values()]), strict=True))
+        for key, row in fresh.items():
+            cache.save(key, {"hidden_states": row})
+        rows = [
+            {"hidden_states": fresh[k]} if r is None else r for r, k in zip(rows, keys, strict=True)
+        ]
+    return [r["hidden_states"] for r in rows]
+
+
+def encode_prompts_qwen_image(
+    encoder: TextEncoder,
+    prompts: Sequence[str],
+    *,
+    max_sequence_length: int = QWEN_IMAGE_MAX_SEQUENCE_LENGTH,
+    num_images_per_prompt: int = 1,
+    cache: Any = None,
+    template: str = QWEN_IMAGE_TEMPLATE,
+    drop_idx: int = QWEN_IMAGE_DROP_IDX,
+) -> tuple[jax.Array, jax.Array]:
+    """`QwenImagePipeline.encode_prompt`: (prompt_embeds, prompt_embeds_mask).
+
+    Each prompt p becomes `template.format(p)`, tokenized (padding to the batch's
+    longest, truncation at 1024 + drop_idx tokens) and run through the Qwen2.5-VL
+    language model with the padding mask (RoPE positions arange(L), as transformers
+    uses for text without images). Per prompt, the states of its valid tokens are kept
+    and the first `drop_idx` (the system part of the template) dropped: n_i states.
+    Rows are zero-padded to S = min(max_i n_i, max_sequence_length), longer rows cut to
+    S, and the mask is 1 on each row's first min(n_i, S) positions.
+
+    Args:
+      encoder: from `load_qwen_image_text`.
+      prompts: B prompts (negative prompts go through the same function).
+      max_sequence_length: S cap (<= 1024). The pipeline's `__call__` passes 512;
+        `encode_prompt`'s default is 1024.
+      num_images_per_prompt: repeats each prompt's rows (p0, p0, p1, p1, ...).
+      cache: an optional `ffjax.data.embed_cache.EmbedCache`; an entry holds one
+        prompt's valid states (template prefix included), keyed by the encoder, the
+        tokenizer, the template and the tokenizer length, so every `max_sequence_length`
+        shares it.
+      template, drop_idx: the pipeline's `prompt_template_encode` and
+        `prompt_template_encode_start_idx` (other Qwen-Image pipelines use others).
+
+    Returns:
+      prompt_embeds [B*n, S, hidden] (encoder dtype) with zeros where the mask is 0, and
+      prompt_embeds_mask int32[B*n, S]. Where Diffusers returns a None mask (every
+      position valid) this is all ones, which the transformer treats the same. Diffusers
+      0.42 tiles the mask (p0, p1, p0, p1) while it interleaves the embeddings for
+      num_images_per_prompt > 1 (diffusers PR #14147); here both are interleaved.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, not a string")
+    if max_sequence_length > QWEN_IMAGE_MAX_SEQUENCE_LENGTH:
+        raise ValueError(
+            f"`max_sequence_length` cannot be greater than 1024 but is {max_sequence_length}"
+        )
+    if max_sequence_length < 1:
+        raise ValueError(f"`max_sequence_length` must be positive, got {max_sequence_length}")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("encode_prompts_qwen_image needs at least one prompt")
+    tokenizer_length = QWEN_IMAGE_TOKENIZER_MAX_LENGTH + drop_idx
+
+    def run(texts: list[str]) -> list[np.ndarray]:
+        tokens = _qwen_tokens(encoder.tokenizer, texts, tokenizer_length)
+        states = np.asarray(encoder(tokens, use_mask=True)["last_hidden_state"])
+        return [s[m.astype(bool)] for s, m in zip(states, tokens.attention_mask, strict=True)]
+
+    parts = (
+        None if cache is None else _cache_parts("qwen-image", [encoder], tokenizer_length, template)
+    )
+    rows = [
+        r[drop_idx:] for r in _cached_rows(cache, [template.format(p) for p in prompts], run, parts)
+    ]
+    lengths = np.array([len(r) for r in rows])
+    if lengths.max() > max_sequence_length:
+        logging.warning(
+            "Qwen-Image prompt embeddings truncated to max_sequence_length=%d: %d of %d prompts"
+            " were longer (up to %d tokens after the template's %d-token prefix)",
+            max_sequence_length,
+            int((lengths > max_sequence_length).sum()),
+            len(rows),
+            int(lengths.max()),
+            drop_idx,
+        )
+    width = int(min(lengths.max(), max_sequence_length))
+    embeds = np.zeros((len(rows), width, rows[0].shape[-1]), rows[0].dtype)
+    for b, r in enumerate(rows):
+        embeds[b, : min(len(r), width)] = r[:width]
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int32)
+    n = num_images_per_prompt
+    return (
+        jnp.repeat(jnp.asarray(embeds), n, axis=0),
+        jnp.repeat(jnp.asarray(mask), n, axis=0),
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy as np
 import torch
@@ -119,3 +120,81 @@ def right_padded_mask(rng: np.random.RandomState, batch: int, length: int) -> np
     for b in range(1, batch):
         mask[b, rng.randint(1, length) :] = 0
     return mask
+
+
+# Qwen2.5-VL language model of the tiny Qwen-Image pipeline (vocab covers `qwen2_tokenizer`).
+QWEN_IMAGE_TEXT = dict(vocab_size=330, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                       bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                        "mrope_section": [1, 1, 2]})  # fmt: skip
+QWEN_IMAGE_VISION = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=32,
+                         fullatt_block_indexes=[0], patch_size=2, spatial_merge_size=1,
+                         temporal_patch_size=1, window_size=4)  # fmt: skip
+
+
+def qwen2_tokenizer(path: str | os.PathLike, padding_side: str = "right"):
+    """A byte-level BPE Qwen2Tokenizer that knows <|im_start|> / <|im_end|>, saved to `path`.
+
+    Trained on CORPUS wrapped in Qwen-Image's chat template, so the template's text gets
+    multi-byte tokens; every byte is in the vocabulary (no unknown tokens).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    from ffjax.models.text.encode import QWEN_IMAGE_TEMPLATE
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([QWEN_IMAGE_TEMPLATE.format(c) for c in CORPUS] * 3, trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]
+    out = Qwen2Tokenizer(
+        vocab=model["vocab"],
+        merges=merges,
+        extra_special_tokens=["<|im_start|>", "<|im_end|>"],
+        padding_side=padding_side,
+        model_max_length=131072,
+    )
+    out.save_pretrained(path)
+    return out
+
+
+def qwen_image_pipeline(path: str | os.PathLike, seed: int = 30):
+    """A tiny random QwenImagePipeline saved to `path` (text parts perturbed); returns it."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+
+    path = os.fspath(path)
+    text_encoder = build(
+        "Qwen2_5_VLForConditionalGeneration",
+        dict(text_config=QWEN_IMAGE_TEXT, vision_config=QWEN_IMAGE_VISION),
+        seed=seed,
+    )
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=QWEN_IMAGE_TEXT["hidden_size"], axes_dims_rope=(2, 2, 4),
+    )  # fmt: skip
+    vae = AutoencoderKLQwenImage(
+        base_dim=4, z_dim=4, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[False],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = qwen2_tokenizer(tmp)
+    pipe = QwenImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+        tokenizer=tokenizer, transformer=transformer,
+    )  # fmt: skip
+    pipe.save_pretrained(path)
+    return pipe
