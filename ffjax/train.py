@@ -40,6 +40,9 @@ def _define_flags() -> None:
     _FLAGS["workdir"] = flags.DEFINE_string(
         "workdir", None, "Output folder (metrics, checkpoints, samples); default runs/<time>."
     )
+    _FLAGS["resume"] = flags.DEFINE_bool(
+        "resume", True, "Continue from the latest checkpoint in --workdir if there is one."
+    )
     _FLAGS["check_config"] = flags.DEFINE_bool(
         "check_config", False, "Validate and print the resolved config, write it, and stop."
     )
@@ -117,7 +120,7 @@ def main(argv: list[str]) -> None:
     from ffjax import trainer
 
     try:
-        history = trainer.train(config, workdir)
+        history = trainer.train(config, workdir, resume=_FLAGS["resume"].value)
     except (configs.ConfigError, trainer.TrainingError, FileNotFoundError) as e:
         sys.stderr.write(f"ffjax.train: {e}\n")
         sys.exit(1)

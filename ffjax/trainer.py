@@ -21,6 +21,8 @@ repeated valid rows, so every step sees the same shapes and nothing recompiles.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -553,20 +555,86 @@ def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray,
 # --------------------------------------------------------------------------- the loop
 
 
-def train(config: configs.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True):
-    """Runs `config.train.num_epochs` epochs; writes everything under `workdir`.
+# Keys that may change when a run is resumed (length, logging and checkpoint cadence).
+RESUMABLE_CHANGES = ("train.num_epochs", "train.eval_every", "checkpoint.", "logging.")
 
-    Outputs: metrics.jsonl (one row per epoch), tb/ (TensorBoard), samples/ (eval
-    grids, epoch 0 = before training), checkpoints/ (Orbax, every
-    `checkpoint.every_epochs` and at the end). Returns the list of epoch metric rows.
+
+def params_digest(tree: Any) -> str:
+    """sha256 (hex, 16 chars) over the bytes of every leaf, in tree order: equal weights,
+    equal digest — the resume-equality check of metrics.jsonl."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _check_resumable(config_file: str, text: str) -> None:
+    """ConfigError naming the keys whose values differ from the checkpointed run's."""
+    with open(config_file) as f:
+        old = dict(line.split(" = ", 1) for line in f.read().splitlines() if " = " in line)
+    new = dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line)
+    changed = sorted(
+        k
+        for k in set(old) | set(new)
+        if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
+    )
+    if changed:
+        detail = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed[:8])
+        raise configs.ConfigError(
+            f"the checkpoints in {os.path.dirname(config_file)} come from a run with another"
+            f" config ({detail}); use a new --workdir or the same config"
+        )
+
+
+def _drop_rows_after(path: str, epoch: int) -> None:
+    """Keeps metrics.jsonl rows of epochs before `epoch` (they will be run again)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip()]
+    keep = [line for line in rows if json.loads(line).get("epoch", -1) < epoch]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
+def train(
+    config: configs.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    resume: bool = True,
+):
+    """Runs epochs until `config.train.num_epochs`; writes everything under `workdir`.
+
+    Outputs: metrics.jsonl (one row per epoch; `params_digest` on checkpoint epochs),
+    tb/ (TensorBoard), samples/ (eval grids, epoch 0 = before training), checkpoints/
+    (Orbax, every `checkpoint.every_epochs` and at the end). With `resume` and a
+    checkpoint in `workdir`, the run continues from the latest one (same config
+    required, except the keys in RESUMABLE_CHANGES) and ends with the parameters of an
+    uninterrupted run. Returns the metric rows of the epochs run by this call.
     """
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     run = setup(config)
     c = run.config
-    writer = MetricsWriter(workdir, tensorboard=c.logging.tensorboard)
     ckpt = Checkpointer(workdir, c.checkpoint.every_epochs, c.checkpoint.keep)
+    config_file = os.path.join(ckpt.directory, "config.txt")
+    text = configs.to_text(c)
     state = run.initial
+    latest = ckpt.latest() if resume else None
+    if latest is not None:
+        if os.path.exists(config_file):
+            _check_resumable(config_file, text)
+        state = ckpt.restore(latest, run.initial)
+        _drop_rows_after(os.path.join(workdir, "metrics.jsonl"), latest)
+        logging.info("resumed from %s/%d", ckpt.directory, latest)
+    elif jax.process_index() == 0:
+        with open(config_file, "w") as f:
+            f.write(text + "\n")
+    writer = MetricsWriter(workdir, tensorboard=c.logging.tensorboard)
     history: list[dict[str, Any]] = []
 
     def do_eval(epoch: int) -> dict[str, float]:
@@ -577,11 +645,19 @@ def train(config: configs.ConfigDict, workdir: str | os.PathLike, *, progress: b
         return metrics
 
     try:
-        if c.train.eval_every:
+        start = int(state.epoch)
+        if c.train.eval_every and start == 0:
             before = do_eval(0)
             logging.info("before training: %s", before)
             writer.write(0, {"epoch": -1, **before})
-        bar = tqdm(range(c.train.num_epochs), desc="epochs", disable=not progress, unit="epoch")
+        bar = tqdm(
+            range(start, c.train.num_epochs),
+            desc="epochs",
+            disable=not progress,
+            unit="epoch",
+            initial=start,
+            total=c.train.num_epochs,
+        )
         for epoch in bar:
             state, metrics, images = run_epoch(run, state)
             done = epoch + 1
@@ -592,9 +668,10 @@ def train(config: configs.ConfigDict, workdir: str | os.PathLike, *, progress: b
             if c.logging.image_grid_every and done % c.logging.image_grid_every == 0:
                 grid = image_grid(images[: 4 * c.data.group_size], columns=c.data.group_size)
                 save_grid(os.path.join(workdir, "samples", f"train_epoch_{done:04d}.png"), grid)
+            if ckpt.maybe_save(done, state, force=done == c.train.num_epochs):
+                metrics["params_digest"] = params_digest(state.trainable)
             writer.write(done, metrics)
             history.append(metrics)
-            ckpt.maybe_save(done, state, force=done == c.train.num_epochs)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.4g}")
     finally:
         writer.close()

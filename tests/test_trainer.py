@@ -46,7 +46,7 @@ def test_grpo_writes_metrics_grids_checkpoints(tmp_path):
         "eval_epoch_0000.png", "eval_epoch_0002.png", "train_epoch_0001.png",
         "train_epoch_0002.png",
     ]  # fmt: skip
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1", "2", "config.txt"]
     assert any((workdir / "tb").iterdir())
 
 
@@ -160,3 +160,20 @@ def test_learning_raises_reward(tmp_path, algorithm):
     last = np.mean([r["reward_mean"] for r in history[-2:]])
     print(f"{algorithm}: reward {first:.4f} -> {last:.4f}")
     assert last - first > spec["margin"], (first, last)
+
+
+def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
+    c = toy_config(tmp_path)
+    c.train.num_epochs = 4
+    c.checkpoint.every_epochs = 2
+    full, _ = _train(c, tmp_path, "full")
+    c.train.num_epochs = 2
+    _train(c, tmp_path, "parts")
+    c.train.num_epochs = 4
+    rest, workdir = _train(c, tmp_path, "parts")
+    assert [r["epoch"] for r in rest] == [2, 3]
+    assert rest[-1]["params_digest"] == full[-1]["params_digest"]
+    assert [r["epoch"] for r in read_metrics(workdir)] == [0, 1, 2, 3]
+    c.train.learning_rate = 0.5
+    with pytest.raises(configs.ConfigError, match="train.learning_rate"):
+        _train(c, tmp_path, "parts")
