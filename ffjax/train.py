@@ -124,6 +124,9 @@ def main(argv: list[str]) -> None:
     except (configs.ConfigError, trainer.TrainingError, FileNotFoundError) as e:
         sys.stderr.write(f"ffjax.train: {e}\n")
         sys.exit(1)
+    except trainer.Interrupted as e:
+        sys.stderr.write(f"ffjax.train: {e}\n")
+        sys.exit(143)
     print(trainer.summary_table(history))
     print(f"outputs in {workdir}: metrics.jsonl, tb/, samples/, checkpoints/")
 

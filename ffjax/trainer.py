@@ -24,6 +24,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +54,41 @@ EVAL_SEED_OFFSET = 1_000_003  # eval noise is fixed for the whole run: compare e
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. every reward is NaN); finished epochs are kept."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM / SIGINT arrived; the epoch in flight was finished and checkpointed."""
+
+
+class _StopSignals:
+    """Turns SIGTERM / SIGINT into a flag checked between epochs (preemption-safe stop).
+
+    A second signal of the same kind restores the default handler's behaviour.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # asked twice: stop now
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+        self.received = signum
+        logging.warning("signal %d: finishing this epoch, checkpointing, then stopping", signum)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
 
 
 # --------------------------------------------------------------------------- setup
@@ -644,7 +681,9 @@ def train(
         writer.image("eval/samples", epoch, grid)
         return metrics
 
+    stop = _StopSignals()
     try:
+        stop.__enter__()
         start = int(state.epoch)
         if c.train.eval_every and start == 0:
             before = do_eval(0)
@@ -668,12 +707,19 @@ def train(
             if c.logging.image_grid_every and done % c.logging.image_grid_every == 0:
                 grid = image_grid(images[: 4 * c.data.group_size], columns=c.data.group_size)
                 save_grid(os.path.join(workdir, "samples", f"train_epoch_{done:04d}.png"), grid)
-            if ckpt.maybe_save(done, state, force=done == c.train.num_epochs):
+            last = done == c.train.num_epochs or stop.received is not None
+            if ckpt.maybe_save(done, state, force=last):
                 metrics["params_digest"] = params_digest(state.trainable)
             writer.write(done, metrics)
             history.append(metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.4g}")
+            if stop.received is not None and done < c.train.num_epochs:
+                raise Interrupted(
+                    f"stopped by signal {stop.received} after epoch {done}; checkpoint"
+                    f" {ckpt.directory}/{done} written; run the same command to resume"
+                )
     finally:
+        stop.__exit__()
         writer.close()
         ckpt.close()
     return history

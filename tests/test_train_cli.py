@@ -65,3 +65,49 @@ def test_cli_trains_and_prints_the_reward_table(tmp_path):
     r = _run("--config", str(recipe), "--workdir", str(tmp_path / "bad"),
              "--config.train.micro_batch_size=5")  # fmt: skip
     assert r.returncode == 1 and "not divisible" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_checkpoints_and_the_resumed_run_matches(tmp_path):
+    import json
+    import signal
+    import time
+
+    from ffjax import trainer
+    from tests.toy_model import toy_config
+
+    recipe = tmp_path / "toy_recipe.py"
+    recipe.write_text(
+        "import pathlib\n"
+        "from tests.toy_model import toy_config\n\n"
+        "def get_config(variant=''):\n"
+        f"    c = toy_config(pathlib.Path({str(tmp_path)!r}))\n"
+        "    c.train.num_epochs = 40\n"
+        "    return c\n"
+    )
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ffjax.train", "--config", str(recipe), "--workdir", str(workdir)]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "run the same command to resume" in err
+    stopped = [json.loads(x) for x in metrics.read_text().splitlines()]
+    k = stopped[-1]["epoch"] + 1
+    assert 1 <= k < 40 and stopped[-1]["params_digest"]
+    assert (workdir / "checkpoints" / str(k)).is_dir()
+
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    resumed = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [row["epoch"] for row in resumed] == list(range(40))
+
+    c = toy_config(tmp_path)
+    c.train.num_epochs = 40
+    straight = trainer.train(c, tmp_path / "straight", progress=False)
+    assert resumed[-1]["params_digest"] == straight[-1]["params_digest"]
