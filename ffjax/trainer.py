@@ -236,6 +236,11 @@ def setup(config: configs.ConfigDict) -> Run:
 
     adapter_cls = registry.MODELS.get(config.model.name)
     adapter, weights = adapter_cls.load(config)
+    if config.algorithm.get("cfg_in_train", False) and not getattr(adapter, "supports_cfg", False):
+        raise configs.ConfigError(
+            f"config.algorithm.cfg_in_train=True, but model {config.model.name!r} has no"
+            " classifier-free guidance (FLUX.1 embeds guidance instead); set it to False"
+        )
     denoiser = weights[adapter.denoiser]
     t = config.train
     key = jax.random.key(config.seed)

@@ -27,7 +27,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.adv_clip_max = 5.0  # advantages are clipped to [-adv_clip_max, adv_clip_max]
     c.kl_beta = 0.0  # weight of the KL to the reference policy (0 disables)
     c.kl_type = "x-based"  # x-based: KL of the step Gaussians (means) | v-based: velocity MSE
-    c.cfg_in_train = False  # classifier-free guidance in the training forward (CFG models)
+    c.cfg_in_train = False  # CFG in the training forward; only for CFG models (not FLUX.1)
     return c
 
 
