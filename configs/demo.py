@@ -51,5 +51,14 @@ def get_config(variant: str = "") -> configs.ConfigDict:
     else:  # NFT / AWM sample with the ODE and re-noise the final images
         c.sampling.noise_level = 0.0
         c.algorithm.num_train_timesteps = 4
+        c.data.prompts_per_epoch = 16
+        c.train.learning_rate = 3e-3
+        c.train.num_epochs = 60
+        c.train.eval_every = 20
+        c.checkpoint.every_epochs = 20
+        c.logging.image_grid_every = 20
+    if variant == "nft":
+        # On-policy: the EMA (decay 0.9 per epoch) lags too far behind a 60-epoch run.
+        c.algorithm.off_policy = False
     configs.add_reward(c, "shapes")
     return c

@@ -1,0 +1,37 @@
+"""Smoke run of the embedded default recipe (configs/demo.py on assets/demo): a few
+epochs write finite metrics, grids and checkpoints. The full run is a benchmark
+(docs/benchmarks.md), not a test."""
+
+import math
+
+import pytest
+
+from configs import demo
+from ffjax import configs, trainer
+from ffjax.logging import read_metrics
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not demo.ASSETS.is_dir(), reason="assets/demo not built")
+@pytest.mark.parametrize("variant", ["grpo", "nft"])
+def test_default_recipe_smoke(tmp_path, variant):
+    c = demo.get_config(variant)
+    c.train.num_epochs = 2
+    c.train.eval_every = 2
+    c.train.eval_prompts = 8
+    c.checkpoint.every_epochs = 1
+    c.logging.image_grid_every = 1
+    configs.validate(c)
+    history = trainer.train(c, tmp_path, progress=False)
+    assert len(history) == 2
+    rows = read_metrics(tmp_path)
+    for row in rows:
+        for k, v in row.items():
+            if isinstance(v, float):
+                assert math.isfinite(v), (k, v)
+    assert 0 <= history[-1]["reward_mean"] <= 1
+    assert (tmp_path / "samples" / "eval_epoch_0000.png").exists()
+    assert (tmp_path / "samples" / "eval_epoch_0002.png").exists()
+    assert (tmp_path / "samples" / "train_epoch_0001.png").exists()
+    assert (tmp_path / "checkpoints" / "2").is_dir()
+    assert any((tmp_path / "tb").iterdir())
