@@ -4,6 +4,7 @@ the committed assets/demo is such a folder, small, with the settings configs/dem
 """
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -108,18 +109,44 @@ def test_quick_build_layout(quick_build):
     assert expected <= set(_files(quick_build))
 
 
-@pytest.mark.skipif(not ASSETS.is_dir(), reason="assets/demo not built")
+needs_assets = pytest.mark.skipif(not ASSETS.is_dir(), reason="assets/demo not built")
+
+
+@needs_assets
 def test_committed_demo_assets():
-    """The committed pipeline is small, loads in ffjax, and matches the tool's settings."""
+    """The committed pipeline is small, has the tool's configs, and loads in ffjax."""
     size = sum(os.path.getsize(p) for p in ASSETS.rglob("*") if p.is_file())
     assert size < 20 * 2**20
-    adapter, weights = Flux1Adapter.from_pretrained(ASSETS)
-    assert adapter.latent_shape(1, SIZE, SIZE)[1] == (SIZE // adapter.vae_scale_factor // 2) ** 2
-    assert not adapter.config.guidance_embeds
+    transformer = json.loads((ASSETS / "transformer" / "config.json").read_text())
+    assert {k: transformer[k] for k in tool.TRANSFORMER_CONFIG} == tool.TRANSFORMER_CONFIG
+    vae = json.loads((ASSETS / "vae" / "config.json").read_text())
+    fitted = {"scaling_factor", "shift_factor"}  # set from the trained VAE's latents
+    assert {k: vae[k] for k in tool.VAE_CONFIG if k not in fitted} == {
+        k: v for k, v in tool.VAE_CONFIG.items() if k not in fitted
+    }
+    adapter, _ = Flux1Adapter.from_pretrained(ASSETS)
+    assert not adapter.config.guidance_embeds  # guidance_scale does not matter
     text = load_flux_text(ASSETS)
     assert text.clip.tokenizer.model_max_length == LENGTH
     for name, n in (("train.txt", tool.N_TRAIN), ("test.txt", tool.N_TEST)):
         lines = (ASSETS / "prompts" / name).read_text().splitlines()
         assert len(lines) == n
-        ids = text.t5.tokenizer(lines)["input_ids"]
-        assert max(map(len, ids)) <= LENGTH  # no prompt is truncated at the recipe's length
+        for tokenizer in (text.clip.tokenizer, text.t5.tokenizer):
+            ids = tokenizer(lines)["input_ids"]
+            assert max(map(len, ids)) <= LENGTH  # no prompt is truncated in the recipe
+
+
+@needs_assets
+@pytest.mark.slow
+def test_committed_demo_is_partially_competent():
+    """8-step ODE samples score well above 0 and well below the true renders' 1: room
+    for RL to show."""
+    adapter, weights = Flux1Adapter.from_pretrained(ASSETS)
+    prompts = (ASSETS / "prompts" / "test.txt").read_text().splitlines()
+    embeds, pooled, _ = encode_prompts_flux(
+        load_flux_text(ASSETS), prompts, max_sequence_length=LENGTH
+    )
+    cond = adapter.make_cond(embeds, pooled, SIZE, SIZE)
+    images = tool.sample(adapter, weights, cond, jax.random.key(0), tool.EVAL_STEPS)
+    reward = tool.shapes_reward(prompts, images).mean()
+    assert 0.15 < reward < 0.7, reward
