@@ -1,0 +1,313 @@
+"""Export trained weights to Diffusers: a PEFT-LoRA safetensors file or a transformer folder.
+
+    python -m ffjax.export --workdir RUN_DIR [--epoch N] [--weights ema|current] --out PATH
+
+A LoRA run (train.lora_rank > 0) becomes one safetensors file that
+`FluxPipeline.load_lora_weights(PATH)` takes: `transformer.<Diffusers module>.lora_A.weight`
+[r, in] and `.lora_B.weight` [out, r] for every adapted Linear. `--out` ending in
+`.safetensors` names the file; any other `--out` is a folder that receives
+`pytorch_lora_weights.safetensors` (Diffusers' default name, so the folder loads too).
+A full fine-tune becomes a Diffusers `transformer/` folder (config.json + safetensors)
+for `FluxTransformer2DModel.from_pretrained(PATH)`.
+
+The run's `checkpoints/config.txt` says which model it trained (`model.path`, whose
+`transformer/config.json` fixes the layer names; `--model_path` replaces it when the
+pipeline moved) and the LoRA rank and alpha. Only the chosen weights are read from the
+checkpoint (not the optimizer state). Module names come from the strict key table of
+`ffjax.models.flux.convert`, so an export and a load use the same names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from ffjax import sample
+from ffjax.models.flux.config import ConfigError, FluxTransformerConfig
+from ffjax.models.flux.convert import save_diffusers, transformer_init_shapes, transformer_rules
+from ffjax.models.lora import lora_paths
+from ffjax.models.weights import (
+    LINEAR,
+    Rule,
+    WeightsError,
+    flat_params,
+    flat_shapes,
+    save_safetensors,
+)
+
+WEIGHTS = ("ema", "current")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what load_lora_weights(folder) reads
+# What an export needs of a run's config: the model, and the scale alpha / r of LoRA.
+_RUN_KEYS = ("model.name", "model.path", "train.lora_rank", "train.lora_alpha")
+
+
+class ExportError(RuntimeError):
+    """A bad argument, run folder or weight tree; the message is the whole story."""
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def lora_state_dict(
+    lora: dict, lora_scale: dict, rules: list[Rule], kernel_shapes: dict[str, tuple[int, ...]],
+    *, prefix: str = "transformer", dtype: Any = None,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Our LoRA collection -> `{"<prefix>.<module>.lora_A.weight": [r, in], ...lora_B: [out, r]}`.
+
+    Args:
+      lora, lora_scale: the collections of `ffjax.models.lora.init_lora` ({"a": [..., in,
+        r], "b": [..., r, out]} and {"scale": [...]} at each Dense path; `...` is the
+        layer axis of a scanned stack).
+      rules: the family's key table; an adapter's Diffusers name is that of its kernel's
+        row (`dense("double_blocks/attn/to_q", "transformer_blocks.{i}.attn.to_q")`),
+        one module per layer of a stacked row.
+      kernel_shapes: {"path/kernel": shape} of the model, to check every adapter fits.
+      dtype: output dtype; None keeps float32.
+
+    PEFT computes y += (lora_alpha / r) B A x and Diffusers, finding no alpha in a
+    file, takes lora_alpha = r (scale 1). We fold our scale into B, so any loader gives
+    our y += scale (x A) B with its default scale.
+
+    Raises ExportError naming the adapter that has no plain-Linear row in the table
+    (a fused or split projection cannot be one PEFT adapter) or does not fit its kernel.
+    """
+    by_module = {r.ours.removesuffix("/kernel"): r for r in rules if r.ours.endswith("/kernel")}
+    adapters, scales = flat_params(lora), flat_params(lora_scale)
+    out: dict[str, np.ndarray] = {}
+    for path in lora_paths(lora):
+        rule = by_module.get(path)
+        if rule is None:
+            raise ExportError(f"LoRA adapter {path!r} has no Dense kernel in the key table")
+        if rule.transform is not LINEAR or not rule.theirs.endswith(".weight"):
+            raise ExportError(
+                f"LoRA adapter {path!r}: its kernel maps to {rule.theirs!r} by"
+                f" {rule.transform.name}, not to one torch Linear; a fused or split module"
+                " cannot be exported as a PEFT adapter"
+            )
+        if f"{path}/scale" not in scales:
+            raise ExportError(f"LoRA adapter {path!r} has no lora_scale entry")
+        a, b = (np.asarray(adapters[f"{path}/{n}"], np.float32) for n in "ab")
+        scale = np.asarray(scales[f"{path}/scale"], np.float32)
+        *lead, n_in, n_out = kernel_shapes[rule.ours]
+        r = a.shape[-1]
+        if (a.shape, b.shape, scale.shape) != ((*lead, n_in, r), (*lead, r, n_out), tuple(lead)):
+            raise ExportError(
+                f"LoRA adapter {path!r}: a {a.shape}, b {b.shape}, scale {scale.shape} do not"
+                f" fit its kernel {tuple(kernel_shapes[rule.ours])} (a [..., in, r], b [...,"
+                " r, out], scale [...])"
+            )
+        b = b * scale[..., None, None]  # the fold (docstring); float32 before any cast
+        module = rule.theirs.removesuffix(".weight")
+        layers = [(module.format(i=i), a[i], b[i]) for i in range(rule.layers)]
+        for name, a_i, b_i in layers if rule.layers else [(module, a, b)]:
+            # torch Linear weights are [out, in]: A (in -> r) is [r, in], B (r -> out) [out, r].
+            for kind, w in (("lora_A", a_i.T), ("lora_B", b_i.T)):
+                out[f"{prefix}.{name}.{kind}.weight"] = np.ascontiguousarray(
+                    w if dtype is None else w.astype(dtype)
+                )
+    return out
+
+
+def export_lora(
+    lora: dict, lora_scale: dict, out_file: str | os.PathLike, *,
+    config: FluxTransformerConfig, dtype: Any = None,
+) -> int:  # fmt: skip
+    """Writes FLUX.1 LoRA adapters as a Diffusers/PEFT safetensors file; returns #tensors.
+
+    `config` is the transformer's (its layer counts fix the table); see
+    `lora_state_dict` for the layout and the scale.
+    """
+    _, abstract = transformer_init_shapes(config)
+    tensors = lora_state_dict(lora, lora_scale, transformer_rules(config), flat_shapes(abstract),
+                              dtype=dtype)  # fmt: skip
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(out_file, tensors, metadata={"format": "pt", "ffjax_lora_scale": "in lora_B"})
+    return len(tensors)
+
+
+# --------------------------------------------------------------------------- full
+
+
+def export_full(
+    transformer_params: dict, config: FluxTransformerConfig, out_dir: str | os.PathLike,
+    *, dtype: Any = None,
+) -> int:  # fmt: skip
+    """Writes full transformer params as a Diffusers folder (`save_diffusers`); returns #tensors.
+
+    Every parameter's shape is checked against `config`'s model first, so a tree of
+    another model fails here, naming the parameter, not in the loader.
+    """
+    _, abstract = transformer_init_shapes(config)
+    want, got = flat_shapes(abstract), flat_shapes(transformer_params)
+    bad = [k for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
+    if bad:
+        k = bad[0]
+        raise ExportError(
+            f"transformer params do not fit the model: {k} is {got.get(k, 'absent')} in the"
+            f" params, {want.get(k, 'absent')} in the model"
+            + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else "")
+        )
+    return save_diffusers("transformer", config, transformer_params, out_dir, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- a run
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    """{key: value} of `_RUN_KEYS` from the run's resolved config (`key = repr(value)` lines)."""
+    for path in (run_dir / "checkpoints" / "config.txt", run_dir / "config.txt"):
+        text = sample._read_config_text(str(path))
+        if text:
+            missing = [k for k in _RUN_KEYS if k not in text]
+            if missing:
+                raise ExportError(f"{path} has no {', '.join(missing)}: not a run's config")
+            return {k: ast.literal_eval(text[k]) for k in _RUN_KEYS}
+    raise ExportError(f"no config.txt in {run_dir}/checkpoints: cannot tell which model it trained")
+
+
+def restore_weights(run_dir: Path, epoch: int | None, which: str | None):
+    """(nested NumPy weights, "ema" | "current", checkpoint folder) of a run.
+
+    Only that subtree of the TrainState is read; the choice (`--weights`, default the EMA
+    when the checkpoint has one) is `ffjax.sample.pick_weights`'.
+    """
+    directory = run_dir / "checkpoints"
+    manager = ocp.CheckpointManager(
+        directory,
+        item_handlers=ocp.PyTreeCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+    )
+    try:
+        epoch = manager.latest_step() if epoch is None else epoch
+        if epoch is None:
+            raise ExportError(f"no checkpoint in {directory} (no finished epoch saved)")
+        if epoch not in manager.all_steps():
+            have = ", ".join(map(str, manager.all_steps())) or "none"
+            raise ExportError(f"no checkpoint of epoch {epoch} in {directory} (epochs: {have})")
+        folder = str(directory / str(epoch))
+        try:
+            meta = dict(manager.item_metadata(epoch))
+        except Exception as e:  # Orbax raises many kinds; the reason is in the message
+            raise ExportError(f"cannot read checkpoint {folder}: {sample._first_line(e)}") from None
+        saved = types.SimpleNamespace(trainable=meta["trainable"], ema=meta.get("ema") or None)
+        try:
+            tree, used = sample.pick_weights(None, saved, which)
+        except sample.SampleError as e:
+            raise ExportError(str(e)) from None
+        key = "ema" if used == "ema" else "trainable"
+        item = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)}
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+        restored = manager.restore(
+            epoch, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
+        )
+        return restored[key], used, folder
+    finally:
+        manager.close()
+
+
+def export_run(
+    workdir: str | os.PathLike, out: str | os.PathLike, *, epoch: int | None = None,
+    weights: str | None = None, model_path: str | None = None, dtype: str | None = None,
+) -> str:  # fmt: skip
+    """Exports a run's checkpoint to `out` (module docstring); returns a summary line.
+
+    Raises ExportError for a missing run, checkpoint or model, or weights that do not fit.
+    """
+    if weights not in (None, *WEIGHTS):
+        raise ExportError(f"--weights {weights!r} is not allowed; allowed: {', '.join(WEIGHTS)}")
+    try:
+        dtype = None if dtype is None else jnp.dtype(dtype)
+    except TypeError:
+        raise ExportError(f"--dtype {dtype!r} is not a dtype (e.g. float32, bfloat16)") from None
+    run_dir = Path(workdir).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise ExportError(f"run workdir {run_dir} does not exist")
+    try:
+        run_dir, located = sample.locate_checkpoint(run_dir)
+    except sample.SampleError as e:
+        raise ExportError(str(e)) from None
+    c = _run_config(run_dir)
+    if c.get("model.name") != "flux1":
+        raise ExportError(
+            f"export supports FLUX.1 runs (model.name 'flux1'), not {c.get('model.name')!r}"
+        )
+    folder = Path(model_path or c["model.path"]).expanduser() / "transformer"
+    if not (folder / "config.json").is_file():
+        raise ExportError(
+            f"{folder} has no config.json: the run's model is not there (pass --model_path)"
+        )
+    config = FluxTransformerConfig.from_diffusers(folder)
+    tree, used, ckpt = restore_weights(run_dir, located if epoch is None else epoch, weights)
+    out = Path(out)
+    if c["train.lora_rank"] > 0:
+        rank, alpha = c["train.lora_rank"], c["train.lora_alpha"]
+        flat = flat_params(tree)
+        a_shapes = {p: np.shape(flat[f"{p}/a"]) for p in lora_paths(tree)}
+        if {s[-1] for s in a_shapes.values()} != {rank}:
+            ranks = sorted({s[-1] for s in a_shapes.values()})
+            raise ExportError(f"checkpoint {ckpt} has LoRA rank {ranks}, its config.txt {rank}")
+        # The scale init_lora gave every adapter: alpha / r, over the layer axis of A.
+        lora_scale = traverse_util.unflatten_dict(
+            {f"{p}/scale": np.full(s[:-2], alpha / rank, np.float32) for p, s in a_shapes.items()},
+            sep="/",
+        )
+        file = out if out.suffix == ".safetensors" else out / LORA_WEIGHT_NAME
+        n = export_lora(tree, lora_scale, file, config=config, dtype=dtype)
+        what = f"{n // 2} LoRA adapters (rank {rank}, alpha {alpha:g}) as {file}"
+    else:
+        if out.suffix == ".safetensors":
+            raise ExportError("a full fine-tune exports a Diffusers folder: give --out a folder")
+        n = export_full(tree, config, out, dtype=dtype)
+        what = f"the transformer ({n} tensors) as the Diffusers folder {out}"
+    return f"exported the {used} weights of {ckpt}: {what}"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other ffjax.export error
+        self.exit(2, f"ffjax.export: {message}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 with one line on stderr for any error)."""
+    p = _Parser(prog="python -m ffjax.export", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True,
+                   help="the run's workdir (or WORKDIR/checkpoints[/<epoch>])")  # fmt: skip
+    p.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: latest)")
+    p.add_argument("--weights", choices=WEIGHTS, default=None,
+                   help="ema (default when the checkpoint has one) or current")  # fmt: skip
+    p.add_argument(
+        "--out", required=True, help="LoRA: FILE.safetensors or a folder; full: a folder"
+    )
+    p.add_argument("--model_path", default=None, help="the run's pipeline folder, if it moved")
+    p.add_argument(
+        "--dtype", default=None, help="cast the tensors (bfloat16, float16); default float32"
+    )
+    args = p.parse_args(argv)
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+    try:
+        print(export_run(args.workdir, args.out, epoch=args.epoch, weights=args.weights,
+                         model_path=args.model_path, dtype=args.dtype))  # fmt: skip
+    except (ExportError, WeightsError, ConfigError) as e:
+        sys.stderr.write(f"ffjax.export: {e}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
