@@ -127,7 +127,12 @@ def timestep_embedding(
     [cos, sin] with flip_sin_to_cos), as Diffusers' `get_timestep_embedding`.
     """
     half = dim // 2
-    freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / (half - freq_shift))
+    # The exponent in float32 in Diffusers' order of operations (bit-equal to its), then
+    # exp correctly rounded: within 1 ulp of torch's exp, where exp of the float64
+    # exponent was 10 ulps off, which t * 1000 magnifies to ~1e-5 in the embedding.
+    exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32)
+    exponent = exponent / np.float32(half - freq_shift)
+    freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)
     args = t.astype(jnp.float32)[:, None] * jnp.asarray(freqs, jnp.float32)[None]
     sin, cos = jnp.sin(args), jnp.cos(args)
     emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)

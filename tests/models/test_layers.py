@@ -105,4 +105,5 @@ def test_rope_and_timestep_embedding_match_diffusers():
     ref = get_timestep_embedding(
         torch.from_numpy(t), 256, flip_sin_to_cos=True, downscale_freq_shift=0
     ).numpy()
-    np.testing.assert_allclose(layers.timestep_embedding(jnp.asarray(t), 256), ref, atol=2e-4)
+    # Frequencies within 1 ulp of torch's exp; at t = 999 one ulp moves sin/cos by ~3e-5.
+    np.testing.assert_allclose(layers.timestep_embedding(jnp.asarray(t), 256), ref, atol=6e-5)
