@@ -11,6 +11,8 @@ default recipe (configs/demo.py) runs.
 
 from __future__ import annotations
 
+import logging as std_logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from ml_collections import config_flags
 
 from ffjax import configs
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 
 _OVERRIDE_PREFIX = "--config."
@@ -104,9 +107,20 @@ def _parse_flags(argv: list[str]) -> list[str]:
 _parse_flags.overrides = []
 
 
+class _OwnInfoOnly(std_logging.Filter):
+    """Passes ffjax's INFO lines and everyone's warnings: Orbax and JAX log a dozen INFO
+    lines per checkpoint, which would bury the progress bar."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        own = record.pathname.startswith(_PACKAGE_DIR)
+        return record.levelno >= std_logging.WARNING or own
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if flags.FLAGS["verbosity"].using_default_value:  # --verbosity=0 shows everything
+        logging.get_absl_handler().addFilter(_OwnInfoOnly())
     config = _parse_flags.config
     text = configs.to_text(config)
     print("resolved config:\n" + text)
