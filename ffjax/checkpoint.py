@@ -8,6 +8,11 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; the message names the folder and says which
+    complete checkpoint is still there."""
+
+
 class Checkpointer:
     """Saves a TrainState every `every` epochs, keeping the last `keep`.
 
@@ -29,8 +34,16 @@ class Checkpointer:
             return False
         if epoch in self._manager.all_steps():
             return False
-        self._manager.save(epoch, args=ocp.args.StandardSave(state))
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(epoch, args=ocp.args.StandardSave(state))
+            self._manager.wait_until_finished()
+        except Exception as e:  # OSError (disk full, permissions) or a tensorstore error
+            self._manager.reload()  # forget the failed step; list what is on disk
+            last = self.latest()
+            raise CheckpointError(
+                f"could not write checkpoint {epoch} under {self.directory}: {e}; the last"
+                f" complete checkpoint ({last if last is not None else 'none'}) is intact"
+            ) from e
         return True
 
     def latest(self) -> int | None:

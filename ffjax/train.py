@@ -125,17 +125,27 @@ def main(argv: list[str]) -> None:
     text = configs.to_text(config)
     print("resolved config:\n" + text)
     workdir = Path(_FLAGS["workdir"].value or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.txt").write_text(text + "\n")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.txt").write_text(text + "\n")
+    except OSError as e:
+        sys.stderr.write(f"ffjax.train: cannot write to --workdir {workdir}: {e}\n")
+        sys.exit(2)
     logging.info("wrote %s", workdir / "config.txt")
     if _FLAGS["check_config"].value:
         print("config is valid (--check_config: not training).")
         return
     from ffjax import trainer
+    from ffjax.checkpoint import CheckpointError
 
     try:
         history = trainer.train(config, workdir, resume=_FLAGS["resume"].value)
-    except (configs.ConfigError, trainer.TrainingError, FileNotFoundError) as e:
+    except (
+        configs.ConfigError,
+        trainer.TrainingError,
+        CheckpointError,
+        FileNotFoundError,
+    ) as e:
         sys.stderr.write(f"ffjax.train: {e}\n")
         sys.exit(1)
     except trainer.Interrupted as e:

@@ -111,3 +111,12 @@ def test_sigterm_checkpoints_and_the_resumed_run_matches(tmp_path):
     c.train.num_epochs = 40
     straight = trainer.train(c, tmp_path / "straight", progress=False)
     assert resumed[-1]["params_digest"] == straight[-1]["params_digest"]
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    r = _run("--check_config", "--workdir", str(blocker / "run"))
+    assert r.returncode == 2
+    assert f"cannot write to --workdir {blocker / 'run'}" in r.stderr
+    assert "Traceback" not in r.stderr
