@@ -120,3 +120,49 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
     assert r.returncode == 2
     assert f"cannot write to --workdir {blocker / 'run'}" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
+    """SIGKILL (no chance to checkpoint): the rerun continues from the last periodic
+    checkpoint and ends with the uninterrupted run's params_digest."""
+    import json
+    import signal
+    import time
+
+    from ffjax import trainer
+    from tests.toy_model import toy_config
+
+    epochs = 12
+    recipe = tmp_path / "toy_recipe.py"
+    recipe.write_text(
+        "import pathlib\n"
+        "from tests.toy_model import toy_config\n\n"
+        "def get_config(variant=''):\n"
+        f"    c = toy_config(pathlib.Path({str(tmp_path)!r}))\n"
+        f"    c.train.num_epochs = {epochs}\n"
+        "    c.checkpoint.every_epochs = 1\n"
+        "    return c\n"
+    )
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ffjax.train", "--config", str(recipe), "--workdir", str(workdir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        metrics.exists() and len(metrics.read_text().splitlines()) >= 3
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    done = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
+    assert 3 <= len(done) < epochs, done  # killed mid-run
+
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    resumed = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [row["epoch"] for row in resumed] == list(range(epochs))
+
+    c = toy_config(tmp_path)
+    c.train.num_epochs = epochs
+    straight = trainer.train(c, tmp_path / "straight", progress=False)
+    assert resumed[-1]["params_digest"] == straight[-1]["params_digest"]
