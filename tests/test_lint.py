@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TREE = ["ffjax", "tests", "configs", "tools"]
+TREE = ["ffjax", "tests", "configs", "tools", "examples"]
 
 
 def _ruff(*args):

@@ -1,4 +1,21 @@
-"""The reward interface: decoded samples in, one float32 score per sample out."""
+"""The reward interface: decoded samples in, one float32 score per sample out.
+
+Two kinds of reward (`Reward.kind`):
+
+- "pointwise": each sample's score depends on that sample alone, so the caller may
+  split a batch freely (the remote client does, by `batch_size`).
+- "groupwise": a sample's score depends on the other samples of its group (e.g. a
+  rank among the K images of one prompt, a pairwise preference). The trainer calls
+  it once per epoch with *all* of the epoch's samples and `Samples.group_ids`:
+  int[B], the sampler's group of each sample (the K samples drawn for one prompt
+  share an id; ids need not be contiguous or sorted). It still returns one score per
+  sample, float32[B]. Where no sampler assigned groups (evaluation), `group_ids` is
+  None and `ffjax.rewards.groupwise.group_ids_of` groups samples by prompt text.
+
+Failures: a score of NaN marks a failed sample (dropped from the advantages and
+counted); a reward that cannot score at all (a remote server gone) raises
+`RewardError`, which the trainer reports as a one-line `TrainingError`.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +26,25 @@ from typing import Any, Protocol
 import numpy as np
 
 
+class RewardError(RuntimeError):
+    """A reward could not score a batch at all (not a per-sample NaN)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Samples:
     """What a reward sees of a batch of B generations.
 
     images: uint8[B, H, W, 3] for image models (None for video);
     videos: uint8[B, T, H, W, 3] for video models (None for images);
-    prompts: B strings; metadata: B dicts (e.g. jsonl fields of the prompt).
+    prompts: B strings; metadata: B dicts (e.g. jsonl fields of the prompt);
+    group_ids: int[B] group of each sample (see the module docstring), or None.
     """
 
     prompts: Sequence[str]
     images: np.ndarray | None = None
     videos: np.ndarray | None = None
     metadata: Sequence[dict[str, Any]] | None = None
+    group_ids: np.ndarray | None = None
 
     def __post_init__(self):
         if (self.images is None) == (self.videos is None):
@@ -33,6 +56,15 @@ class Samples:
             raise ValueError(f"{kind} must be uint8 RGB, got {pixels.dtype} {pixels.shape}")
         if len(self.prompts) != pixels.shape[0]:
             raise ValueError(f"{len(self.prompts)} prompts for {pixels.shape[0]} samples")
+        if self.metadata is not None and len(self.metadata) != len(self.prompts):
+            raise ValueError(f"{len(self.metadata)} metadata dicts for {len(self.prompts)} samples")
+        if self.group_ids is not None:
+            ids = np.asarray(self.group_ids)
+            if ids.shape != (len(self.prompts),) or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(
+                    f"group_ids must be int[{len(self.prompts)}], got {ids.dtype} {ids.shape}"
+                )
+            object.__setattr__(self, "group_ids", ids)
 
     def __len__(self) -> int:
         return len(self.prompts)
