@@ -17,6 +17,7 @@ import dataclasses
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,9 +25,10 @@ from flax import struct
 
 from ffjax.flow.schedule import flux_sigmas
 from ffjax.models.flux.config import FluxVAEConfig
-from ffjax.models.flux.convert import load_transformer, load_vae
+from ffjax.models.flux.convert import load_transformer, load_vae, transformer_init_shapes
 from ffjax.models.flux.transformer import FluxTransformer
 from ffjax.models.flux.vae import FluxVAE, from_transformer_space
+from ffjax.models.flux.vae import init_shapes as vae_init_shapes
 from ffjax.registry import MODELS
 
 
@@ -142,6 +144,14 @@ class Flux1Adapter:
         )
         vae, vp = load_vae(os.path.join(path, "vae"), dtype=dtype)
         return cls(transformer, vae, vae.config, guidance_scale), {"transformer": tp, "vae": vp}
+
+    def logical_specs(self) -> dict[str, Any]:
+        """Logical `PartitionSpec`s (ffjax.parallel.axes names) of the `load` weights, by
+        weights key; the trainer maps them to mesh shardings. Shapes only, nothing allocated."""
+        specs = {"transformer": nn.get_partition_spec(transformer_init_shapes(self.config)[1])}
+        if self.vae is not None:
+            specs["vae"] = nn.get_partition_spec(vae_init_shapes(self.vae_config)[1])
+        return specs
 
     # ----------------------------------------------------------------- shapes and ids
 
