@@ -21,6 +21,7 @@ LOADERS: dict[str, dict[str, str]] = {
         "vae": "ffjax.models.flux.convert:load_vae",
     },
     "text": {c: f"ffjax.models.text:load_{c}" for c in ("clip_text", "t5", "umt5", "qwen2_5_vl")},
+    "clip": {"model": "ffjax.models.clip.convert:load_clip_model"},
 }
 
 

@@ -1,0 +1,161 @@
+"""Key tables between transformers `CLIPModel` checkpoints and our `CLIPModel`, and loaders.
+
+The text half is the text tower's own table (`ffjax.models.text.convert.clip_rules`,
+prefix "text_model.", whose `text_projection.weight` row is already the top-level key
+`CLIPModel` uses), re-rooted under our `text_model/`. The vision half is the table
+below, one row per tensor, layers stacked for `nn.scan`. The strict engine
+(`ffjax.models.weights`) runs both: a missing, unexpected or mis-shaped tensor is an
+error naming the key and both shapes. Old saves carry `*.embeddings.position_ids`
+buffers; they are not parameters and are hidden explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ffjax.models import weights as W
+from ffjax.models.clip.model import CLIPConfig, CLIPModel, CLIPVisionConfig
+from ffjax.models.text import convert as text_convert
+from ffjax.models.weights import CONV2D, LINEAR, Rule, dense, norm
+
+_BUFFERS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
+
+
+def vision_rules(cfg: CLIPVisionConfig, prefix: str = "vision_model.") -> list[Rule]:
+    """CLIPVisionModel[WithProjection] tensors (under `prefix`) <-> `CLIPVisionModel`."""
+    n, p, L = cfg.num_hidden_layers, prefix, f"{prefix}encoder.layers.{{i}}"
+    rules = [
+        Rule("class_embedding", f"{p}embeddings.class_embedding"),
+        Rule("patch_embedding/kernel", f"{p}embeddings.patch_embedding.weight", CONV2D),
+        Rule("position_embedding/embedding", f"{p}embeddings.position_embedding.weight"),
+        *norm("pre_layrnorm", f"{p}pre_layrnorm"),  # sic: transformers' spelling
+        *dense("layers/self_attn/q_proj", f"{L}.self_attn.q_proj", layers=n),
+        *dense("layers/self_attn/k_proj", f"{L}.self_attn.k_proj", layers=n),
+        *dense("layers/self_attn/v_proj", f"{L}.self_attn.v_proj", layers=n),
+        *dense("layers/self_attn/out_proj", f"{L}.self_attn.out_proj", layers=n),
+        *norm("layers/layer_norm1", f"{L}.layer_norm1", layers=n),
+        *dense("layers/mlp/fc1", f"{L}.mlp.fc1", layers=n),
+        *dense("layers/mlp/fc2", f"{L}.mlp.fc2", layers=n),
+        *norm("layers/layer_norm2", f"{L}.layer_norm2", layers=n),
+        *norm("post_layernorm", f"{p}post_layernorm"),
+    ]
+    if cfg.projection_dim is not None:
+        rules.append(Rule("visual_projection/kernel", "visual_projection.weight", LINEAR))
+    return rules
+
+
+def _under(root: str, rules: Sequence[Rule]) -> list[Rule]:
+    return [dataclasses.replace(r, ours=f"{root}/{r.ours}") for r in rules]
+
+
+def clip_model_rules(cfg: CLIPConfig) -> list[Rule]:
+    """transformers `CLIPModel` <-> our `CLIPModel` (text tower, vision tower, logit_scale)."""
+    return [
+        *_under("text_model", text_convert.clip_rules(cfg.text, "text_model.")),
+        *_under("vision_model", vision_rules(cfg.vision)),
+        Rule("logit_scale", "logit_scale"),
+    ]
+
+
+def expected_shapes(module: CLIPModel) -> dict[str, W.Shape]:
+    """{our param path: shape} of `module`, from an abstract init (no memory used)."""
+    s = module.config.vision.image_size
+    pixels = jax.ShapeDtypeStruct((1, s, s, module.config.vision.num_channels), jnp.float32)
+    ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return W.flat_shapes(jax.eval_shape(module.init, jax.random.key(0), pixels, ids)["params"])
+
+
+def convert_clip_model(
+    source: W.TensorSource,
+    cfg: CLIPConfig,
+    *,
+    dtype: Any = None,
+    what: str = "CLIPModel checkpoint",
+) -> dict[str, Any]:
+    """A `CLIPModel` checkpoint's tensors -> params of `CLIPModel(cfg)` (strict).
+
+    Args:
+      source: the checkpoint's tensors (e.g. `SafetensorsCheckpoint.open(folder)`).
+      cfg: the model config (`CLIPConfig.from_dict(config.json)`).
+      dtype: cast every tensor to it; None keeps the stored dtypes.
+      what: names the checkpoint in errors.
+
+    Returns:
+      The nested params dict for `CLIPModel(cfg).apply({"params": params}, ...)`.
+
+    Raises:
+      ConversionError naming every missing, unexpected and mis-shaped tensor.
+    """
+    source = text_convert.HiddenKeys(source, _BUFFERS)
+    expected = expected_shapes(CLIPModel(cfg))
+    return W.load_params(
+        clip_model_rules(cfg), source, expected, dtype=dtype, place=_place, what=what
+    )
+
+
+def export_clip_model(cfg: CLIPConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Our `CLIPModel` params -> {transformers key: array} (inverse of `convert_clip_model`)."""
+    return W.export_params(clip_model_rules(cfg), params)
+
+
+def _place(path: str, a: np.ndarray) -> jax.Array:
+    return jnp.asarray(a)
+
+
+def read_clip_config(path: str | os.PathLike) -> dict[str, Any]:
+    """`config.json` of a transformers `CLIPModel` folder (model_type "clip").
+
+    Raises:
+      FileNotFoundError without config.json; CheckpointFormatError for another model
+      type (a bare CLIPTextModel / CLIPVisionModel, an open_clip folder, ...).
+    """
+    file = os.path.join(os.fspath(path), "config.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(
+            f"{path}: no config.json; expected a transformers CLIPModel folder"
+            " (config.json + model.safetensors, as CLIPModel.save_pretrained writes)"
+        )
+    with open(file) as f:
+        cfg = json.load(f)
+    if cfg.get("model_type") != "clip":
+        raise W.CheckpointFormatError(
+            f"{path}: config.json says model_type {cfg.get('model_type')!r} (architectures"
+            f" {cfg.get('architectures')}), expected 'clip' (a CLIPModel with both towers)"
+        )
+    return cfg
+
+
+def load_clip_model(
+    path: str | os.PathLike, dtype: Any = "float32"
+) -> tuple[CLIPModel, dict[str, Any]]:
+    """(module, params) from a transformers `CLIPModel` folder (config.json + safetensors).
+
+    Args:
+      path: the folder (e.g. a local copy of openai/clip-vit-large-patch14 or
+        yuvalkirstain/PickScore_v1); shards are read lazily.
+      dtype: parameter and activation dtype; None keeps the checkpoint's.
+    """
+    cfg = CLIPConfig.from_dict(read_clip_config(path))
+    source = W.SafetensorsCheckpoint.open(path, prefix="model")
+    dt = text_convert._dtype(dtype, source)  # the text loaders' rule for None
+    module = CLIPModel(cfg, dtype=dt, param_dtype=dt)
+    return module, convert_clip_model(source, cfg, dtype=dt, what=os.fspath(path))
+
+
+__all__ = [
+    "clip_model_rules",
+    "convert_clip_model",
+    "export_clip_model",
+    "expected_shapes",
+    "load_clip_model",
+    "read_clip_config",
+    "vision_rules",
+]
