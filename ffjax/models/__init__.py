@@ -13,12 +13,14 @@ import os
 from typing import Any
 
 # family -> component -> "module:function" with signature (path, dtype=...) -> (module, params).
-# Planned rows: "qwen_image": {...},
-# "wan": {...}; each family's convert.py provides its loaders.
+# Planned rows: "wan": {...}; each family's convert.py provides its loaders.
 LOADERS: dict[str, dict[str, str]] = {
     "flux": {
         "transformer": "ffjax.models.flux.convert:load_transformer",
         "vae": "ffjax.models.flux.convert:load_vae",
+    },
+    "qwen_image": {
+        "transformer": "ffjax.models.qwen_image.convert:load_transformer",
     },
     "text": {c: f"ffjax.models.text:load_{c}" for c in ("clip_text", "t5", "umt5", "qwen2_5_vl")},
     "clip": {"model": "ffjax.models.clip.convert:load_clip_model"},

@@ -120,11 +120,13 @@ def timestep_embedding(
     flip_sin_to_cos: bool = True,
     freq_shift: float = 0.0,
     max_period: float = 10000.0,
+    scale: float = 1.0,
 ) -> jax.Array:
     """Sinusoidal embedding of float32[B] timesteps -> float32[B, dim] (DDPM, Ho et al. 2020).
 
-    freq_j = exp(-log(max_period) j / (dim/2 - freq_shift)); output [sin, cos] (or
-    [cos, sin] with flip_sin_to_cos), as Diffusers' `get_timestep_embedding`.
+    freq_j = exp(-log(max_period) j / (dim/2 - freq_shift)); angles scale * (t freq_j)
+    (the product first, as Diffusers rounds it); output [sin, cos] (or [cos, sin] with
+    flip_sin_to_cos), as Diffusers' `get_timestep_embedding`.
     """
     half = dim // 2
     # The exponent in float32 in Diffusers' order of operations (bit-equal to its), then
@@ -134,6 +136,8 @@ def timestep_embedding(
     exponent = exponent / np.float32(half - freq_shift)
     freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)
     args = t.astype(jnp.float32)[:, None] * jnp.asarray(freqs, jnp.float32)[None]
+    if scale != 1.0:
+        args = args * jnp.float32(scale)
     sin, cos = jnp.sin(args), jnp.cos(args)
     emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
     return jnp.pad(emb, ((0, 0), (0, dim % 2)))
@@ -265,13 +269,21 @@ def _splash_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str = "auto"
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    implementation: str = "auto",
+    mask: jax.Array | None = None,
 ) -> jax.Array:
-    """Full (unmasked) multi-head attention, scale 1/sqrt(head_dim).
+    """Multi-head attention, scale 1/sqrt(head_dim), optionally masked.
 
     Args:
       q, k, v: (B, L, H, D) in the activation dtype.
       implementation: "xla" | "cudnn" | "splash" | "auto" (see `resolve_attention`).
+      mask: bool, broadcastable to (B, H, Lq, Lk); False drops that key for that query
+        (e.g. padded text tokens, (B, 1, 1, Lk)). Every query must keep at least one
+        key. None: full attention.
 
     Returns:
       (B, L, H, D) in q's dtype.
@@ -279,8 +291,20 @@ def dot_product_attention(
     impl = resolve_attention(
         implementation, dtype=q.dtype, seq_len=q.shape[1], head_dim=q.shape[-1]
     )
+    if mask is not None and impl == "splash":
+        # The splash kernel here is built with a static full mask; a data-dependent one
+        # would need segment ids. Masked calls take the XLA path, and say so once.
+        _log_fallback("falling back to xla: splash is used unmasked only, a mask was given")
+        impl = "xla"
     if impl == "cudnn":
-        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+        if mask is not None:
+            # cuDNN wants the mask's query and key axes spelled out (batch/heads broadcast).
+            mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+            mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[1], k.shape[1]))
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
     if impl == "splash":
         return _splash_attention(q, k, v)
-    return xla_attention(q, k, v)
+    bias = None
+    if mask is not None:
+        bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    return xla_attention(q, k, v, bias)

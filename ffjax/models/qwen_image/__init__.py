@@ -1,0 +1,112 @@
+"""Qwen-Image (Qwen team 2025): transformer, config, converters.
+
+`call_like_diffusers` is the parity-test seam: it runs our modules with the arguments
+and array layouts of the Diffusers classes (NumPy in, NumPy out). The `qwen-image`
+adapter (prompt encoding, true CFG, schedule) is not part of this package yet.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ffjax.models.qwen_image.config import QwenImageTransformerConfig
+from ffjax.models.qwen_image.transformer import (
+    QwenImageTransformer,
+    pack_latents,
+    packed_grid,
+    rope_ids,
+    unpack_latents,
+)
+
+__all__ = [
+    "QwenImageTransformer",
+    "QwenImageTransformerConfig",
+    "call_like_diffusers",
+    "pack_latents",
+    "packed_grid",
+    "rope_ids",
+    "unpack_latents",
+]
+
+# QwenImageTransformer2DModel.forward arguments this seam takes, and those accepted only
+# when unset (features of other Qwen-Image variants that ffjax does not implement).
+_TRANSFORMER_ARGS = (
+    "hidden_states",
+    "encoder_hidden_states",
+    "encoder_hidden_states_mask",
+    "timestep",
+    "img_shapes",
+)
+_IGNORED_IF_NONE = (
+    "guidance",
+    "attention_kwargs",
+    "controlnet_block_samples",
+    "additional_t_cond",
+)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted(module: Any, method: str):
+    return jax.jit(lambda params, *args: module.apply({"params": params}, *args, method=method))
+
+
+def _transformer(module: QwenImageTransformer, params: Any, kwargs: dict) -> np.ndarray:
+    for k in _IGNORED_IF_NONE:
+        if kwargs.pop(k, None) is not None:
+            raise ValueError(f"call_like_diffusers: {k} is not supported for Qwen-Image")
+    kwargs.pop("return_dict", None)
+    # Older Diffusers took txt_seq_lens for the text RoPE length; it had to equal the
+    # padded length, which is what the installed version (and ffjax) use.
+    txt_seq_lens = kwargs.pop("txt_seq_lens", None)
+    unknown = sorted(set(kwargs) - set(_TRANSFORMER_ARGS))
+    if unknown:
+        raise TypeError(f"unexpected QwenImageTransformer2DModel.forward arguments {unknown}")
+    for k in ("hidden_states", "encoder_hidden_states", "timestep", "img_shapes"):
+        if kwargs.get(k) is None:
+            raise TypeError(f"call_like_diffusers('transformer'): {k} is required")
+    x = jnp.asarray(np.asarray(kwargs["hidden_states"], np.float32))
+    txt = jnp.asarray(np.asarray(kwargs["encoder_hidden_states"], np.float32))
+    n_txt = txt.shape[1]
+    if txt_seq_lens is not None and max(int(n) for n in txt_seq_lens) != n_txt:
+        raise ValueError(f"max(txt_seq_lens)={max(txt_seq_lens)} != text length {n_txt}")
+    mask = kwargs.get("encoder_hidden_states_mask")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != tuple(txt.shape[:2]):
+            raise ValueError(
+                f"encoder_hidden_states_mask shape {mask.shape} must be (batch, text length)"
+                f" = {tuple(txt.shape[:2])}"
+            )
+        mask = jnp.asarray(mask.astype(bool))
+    img_ids, txt_ids = rope_ids(kwargs["img_shapes"], n_txt)
+    if img_ids.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"img_shapes {kwargs['img_shapes']} describe {img_ids.shape[0]} image tokens,"
+            f" hidden_states has {x.shape[1]}"
+        )
+    t = jnp.asarray(np.asarray(kwargs["timestep"], np.float32).reshape(-1))
+    args = (x, txt, mask, t, jnp.asarray(img_ids), jnp.asarray(txt_ids))
+    return np.asarray(_jitted(module, "__call__")(params, *args), np.float32)
+
+
+def call_like_diffusers(kind: str, module: Any, params: Any, **kwargs) -> np.ndarray:
+    """Runs an ffjax Qwen-Image module as the corresponding Diffusers call would.
+
+    kinds:
+      "transformer": keyword args of `QwenImageTransformer2DModel.forward`:
+        hidden_states float[B, L_img, in_channels] (packed latents),
+        encoder_hidden_states float[B, L_txt, joint_attention_dim],
+        encoder_hidden_states_mask (optional) 0/1 or bool [B, L_txt],
+        timestep float[B] (t / 1000, i.e. sigma), img_shapes as Diffusers takes them
+        (e.g. `[[(1, h, w)]] * B`, packed-token grid); `txt_seq_lens` of older
+        Diffusers is accepted if it equals the padded length. Returns its `.sample`,
+        float32[B, L_img, patch_size^2 * out_channels].
+    """
+    if kind == "transformer":
+        return _transformer(module, params, dict(kwargs))
+    raise ValueError(f"unknown kind {kind!r}; allowed: 'transformer'")

@@ -1,0 +1,217 @@
+"""Qwen-Image configs, built from Diffusers `config.json` files and validated.
+
+`QwenImageTransformerConfig` mirrors `QwenImageTransformer2DModel`'s config (the 20B
+Qwen-Image, or any size, tiny included) plus ffjax runtime fields (dtypes, remat,
+attention kernel). `QwenImageVAEConfig` mirrors `AutoencoderKLQwenImage`. Unknown keys,
+impossible values and Diffusers options this port does not implement (the Edit /
+Layered variants' switches) are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from ffjax.models.layers import ATTENTION_IMPLEMENTATIONS
+
+REMAT_POLICIES = ("none", "full", "save_dots")
+_DTYPES = ("float32", "bfloat16", "float16")
+_RUNTIME = ("dtype", "param_dtype", "remat", "attention")
+
+TRANSFORMER_CLASS = "QwenImageTransformer2DModel"
+VAE_CLASS = "AutoencoderKLQwenImage"
+
+
+class ConfigError(ValueError):
+    """A config.json that does not describe the expected model; the message names the key."""
+
+
+def read_config(path_or_dict: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+    """A config dict from a dict, a `config.json` path, or a folder containing one."""
+    if isinstance(path_or_dict, dict):
+        return dict(path_or_dict)
+    path = os.fspath(path_or_dict)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"no config.json at {path}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _build(cls, config: dict[str, Any], class_name: str, overrides: dict[str, Any]):
+    # A folder of another family (FLUX, WAN, ...) fails here, naming both classes.
+    got = config.get("_class_name", class_name)
+    if got != class_name:
+        raise ConfigError(
+            f"config.json _class_name is {got!r}, expected {class_name!r} (not a Qwen-Image"
+            f" {'transformer' if class_name == TRANSFORMER_CLASS else 'VAE'} folder)"
+        )
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise ConfigError(
+            f"{class_name} config has unknown keys {unknown}; known: {sorted(fields)}"
+        )
+    kwargs.update(overrides)
+    for k, v in kwargs.items():
+        if isinstance(v, list):
+            kwargs[k] = tuple(v)
+    out = cls(**kwargs)
+    out.validate()
+    return out
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key}={value!r} is invalid; expected {allowed}")
+
+
+def _positive_ints(obj, keys) -> None:
+    for k in keys:
+        v = getattr(obj, k)
+        _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, k, v, "a positive int")
+
+
+@dataclasses.dataclass(frozen=True)
+class QwenImageTransformerConfig:
+    """`QwenImageTransformer2DModel` hyper-parameters (Diffusers names) + ffjax runtime fields."""
+
+    patch_size: int = 2  # latents are packed in patch_size^2 patches by the pipeline
+    in_channels: int = 64  # packed latent channels: patch_size^2 * VAE z_dim
+    out_channels: int | None = 16  # unpacked output channels (None: in_channels)
+    num_layers: int = 60  # dual-stream MMDiT blocks
+    attention_head_dim: int = 128
+    num_attention_heads: int = 24
+    joint_attention_dim: int = 3584  # Qwen2.5-VL hidden size
+    guidance_embeds: bool = False  # must stay False: Diffusers builds no guidance embedder
+    axes_dims_rope: tuple[int, ...] = (16, 56, 56)  # RoPE dims for (frame, row, col)
+    zero_cond_t: bool = False  # Qwen-Image-Edit-2511 switch; not implemented here
+    use_additional_t_cond: bool = False  # Qwen-Image-Layered switch; not implemented here
+    use_layer3d_rope: bool = False  # Qwen-Image-Layered switch; not implemented here
+    # ffjax runtime fields (never in a Diffusers config.json).
+    dtype: str = "float32"  # activation dtype
+    param_dtype: str = "float32"  # parameter storage dtype
+    remat: str = "none"  # per-block rematerialisation: none | full | save_dots
+    attention: str = "auto"  # attention kernel: auto | xla | cudnn | splash
+
+    @classmethod
+    def from_diffusers(
+        cls, config: str | os.PathLike | dict[str, Any], **overrides
+    ) -> QwenImageTransformerConfig:
+        """From a transformer `config.json` (path, folder or dict); `overrides` set runtime fields."""
+        return _build(cls, read_config(config), TRANSFORMER_CLASS, overrides)
+
+    def to_diffusers(self) -> dict[str, Any]:
+        """The Diffusers config dict (runtime fields dropped)."""
+        d = dataclasses.asdict(self)
+        for k in _RUNTIME:
+            d.pop(k)
+        d["axes_dims_rope"] = list(self.axes_dims_rope)
+        return {"_class_name": TRANSFORMER_CLASS, **d}
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def output_channels(self) -> int:
+        return self.patch_size**2 * (self.out_channels or self.in_channels)
+
+    def validate(self) -> None:
+        _positive_ints(self, ("patch_size", "in_channels", "attention_head_dim",
+                              "num_attention_heads", "joint_attention_dim"))  # fmt: skip
+        _check(isinstance(self.num_layers, int) and self.num_layers >= 0, "num_layers",
+               self.num_layers, "an int >= 0")  # fmt: skip
+        _check(self.out_channels is None or (isinstance(self.out_channels, int) and self.out_channels > 0),
+               "out_channels", self.out_channels, "None or a positive int")  # fmt: skip
+        dims = self.axes_dims_rope
+        _check(
+            len(dims) == 3 and all(d > 0 and d % 2 == 0 for d in dims) and sum(dims) == self.attention_head_dim,
+            "axes_dims_rope", dims, f"3 positive even ints summing to attention_head_dim={self.attention_head_dim}",
+        )  # fmt: skip
+        # Diffusers' forward breaks when guidance is passed (its timestep embedding takes
+        # no guidance argument), and the Edit / Layered switches change the forward in ways
+        # this port does not implement: refuse them rather than compute something else.
+        unsupported = {
+            "guidance_embeds": "Diffusers' QwenImageTransformer2DModel has no guidance embedder",
+            "zero_cond_t": "per-token zero-timestep modulation (Qwen-Image-Edit-2511)",
+            "use_additional_t_cond": "the additional timestep embedding (Qwen-Image-Layered)",
+            "use_layer3d_rope": "the layered 3-D RoPE (Qwen-Image-Layered)",
+        }
+        for key, what in unsupported.items():
+            if getattr(self, key):
+                raise ConfigError(
+                    f"config key {key}=True is not supported by ffjax's Qwen-Image transformer"
+                    f" ({what}); only {key}=False checkpoints load"
+                )
+        _check(self.dtype in _DTYPES, "dtype", self.dtype, f"one of {_DTYPES}")
+        _check(self.param_dtype in _DTYPES, "param_dtype", self.param_dtype, f"one of {_DTYPES}")
+        _check(self.remat in REMAT_POLICIES, "remat", self.remat, f"one of {REMAT_POLICIES}")
+        _check(self.attention in ATTENTION_IMPLEMENTATIONS, "attention", self.attention,
+               f"one of {ATTENTION_IMPLEMENTATIONS}")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class QwenImageVAEConfig:
+    """`AutoencoderKLQwenImage` hyper-parameters (Diffusers names) + dtypes.
+
+    The Qwen-Image VAE is the WAN 2.1 video VAE fine-tuned: causal 3-D convolutions,
+    8x spatial compression; ffjax runs it on single frames (images), where only the last
+    temporal slice of each causal kernel touches data.
+    """
+
+    base_dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = ()
+    temperal_downsample: tuple[bool, ...] = (False, True, True)  # Diffusers' spelling
+    dropout: float = 0.0  # inference only: dropout is the identity
+    input_channels: int = 3
+    latents_mean: tuple[float, ...] = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653,
+                                       -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632,
+                                       -0.1922, -0.9497, 0.2503, -0.2921)  # fmt: skip
+    latents_std: tuple[float, ...] = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052,
+                                      2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253,
+                                      2.8251, 1.9160)  # fmt: skip
+    # ffjax runtime fields.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @classmethod
+    def from_diffusers(
+        cls, config: str | os.PathLike | dict[str, Any], **overrides
+    ) -> QwenImageVAEConfig:
+        """From a VAE `config.json` (path, folder or dict); `overrides` set runtime fields."""
+        return _build(cls, read_config(config), VAE_CLASS, overrides)
+
+    def to_diffusers(self) -> dict[str, Any]:
+        """The Diffusers config dict (runtime fields dropped)."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        d.pop("dtype")
+        d.pop("param_dtype")
+        return {"_class_name": VAE_CLASS, **d}
+
+    @property
+    def downsample_factor(self) -> int:
+        """Pixels per latent along height / width (8 for Qwen-Image)."""
+        return 2 ** (len(self.dim_mult) - 1)
+
+    def validate(self) -> None:
+        _positive_ints(self, ("base_dim", "z_dim", "num_res_blocks", "input_channels"))
+        n = len(self.dim_mult)
+        _check(n >= 1 and all(isinstance(m, int) and m > 0 for m in self.dim_mult), "dim_mult",
+               self.dim_mult, "a non-empty list of positive ints")  # fmt: skip
+        _check(len(self.temperal_downsample) == n - 1, "temperal_downsample",
+               self.temperal_downsample, f"{n - 1} bools (one per downsampling stage)")  # fmt: skip
+        for key in ("latents_mean", "latents_std"):
+            v = getattr(self, key)
+            _check(len(v) == self.z_dim, key, v, f"{self.z_dim} floats (z_dim)")
+        _check(all(s > 0 for s in self.latents_std), "latents_std", self.latents_std, "> 0")
+        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "in [0, 1)")
+        _check(self.dtype in _DTYPES, "dtype", self.dtype, f"one of {_DTYPES}")
+        _check(self.param_dtype in _DTYPES, "param_dtype", self.param_dtype, f"one of {_DTYPES}")
