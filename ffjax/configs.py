@@ -100,6 +100,7 @@ def base_config() -> ConfigDict:
     t.advantage_std = "group"  # advantage normalisation: group (per prompt) | global (batch)
     t.eval_every = 10  # epochs between evaluations (0 disables)
     t.eval_prompts = 0  # prompts of the evaluation set (0: data.prompts_per_epoch)
+    t.eval_repeats = 1  # samples per evaluation prompt (different noise each)
 
     # EMA of the trainable weights, stepped once per epoch after the optimizer steps;
     # the old policy of NFT (off-policy) / AWM's EMA-KL, and the weights evaluated.
@@ -175,6 +176,7 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sampling.batch_size": (lambda v: v >= 0, ">= 0 (0 = the whole epoch)"),
     "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "train.eval_prompts": (lambda v: v >= 0, ">= 0"),
+    "train.eval_repeats": (lambda v: v >= 1, ">= 1"),
     "ema.decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema.start_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema.ramp_epochs": (lambda v: v >= 1, ">= 1"),

@@ -9,7 +9,14 @@ Model adapters are used through a small protocol (see `ffjax.models.flux.adapter
 `lora_targets`, `encode_prompts(prompts, height, width)` (cond pytree, batch axis
 first), `init_noise(key, batch, height, width)`, `sigmas(num_steps, height, width)`,
 `velocity(variables, x, sigma, cond)`, `decode(vae_weights, x, height, width)` ->
-uint8 images. `weights["vae"]` is passed to `decode`.
+uint8 images. `weights["vae"]` is passed to `decode`. Optional: `logical_specs()` ->
+{weights key: logical PartitionSpec tree}; weights without specs are replicated.
+
+Sharding (`ffjax.parallel`): `setup` builds the mesh of `config.mesh` and places the
+weights, the TrainState (trainable, optimizer state, EMA) and the frozen variables on
+the shardings of their logical axes (`ffjax.parallel.sharding`); rollout noise and
+conditioning, and every training micro-batch, are sharded by rows over (data, fsdp).
+The train step's output state has the shardings of its (donated) input state.
 
 Training rows. A "sde_steps" algorithm trains on one row per (sample, recorded SDE
 step), a "final" algorithm on one row per (sample, training sigma); rows of samples
@@ -46,10 +53,13 @@ from ffjax.data.prompts import GroupSampler, PromptSet, load_prompts
 from ffjax.flow import rollout as rollout_lib
 from ffjax.flow import schedule
 from ffjax.logging import MetricsWriter, image_grid, save_grid
-from ffjax.rewards.base import Samples
+from ffjax.parallel import sharding as sharding_lib
+from ffjax.parallel.mesh import make_mesh, maybe_initialize_distributed
+from ffjax.rewards.base import RewardError, Samples
 from ffjax.state import TrainState, init_state
 
 EVAL_SEED_OFFSET = 1_000_003  # eval noise is fixed for the whole run: compare epochs
+EVAL_GRID_IMAGES = 64  # images of an eval grid (the first repeat of each prompt first)
 
 
 class TrainingError(RuntimeError):
@@ -117,13 +127,17 @@ class Run:
     train_step: Callable
     decode: Callable
     initial: TrainState
+    mesh: jax.sharding.Mesh
 
 
 def _build_rewards(section: configs.ConfigDict) -> dict[str, tuple[Any, float]]:
     out = {}
     for alias, entry in section.items():
         cls = registry.REWARDS.get(entry.get("name", alias))
-        out[alias] = (cls(**dict(entry.get("args", {}))), float(entry.get("weight", 1.0)))
+        try:
+            out[alias] = (cls(**dict(entry.get("args", {}))), float(entry.get("weight", 1.0)))
+        except RewardError as e:  # e.g. a remote reward whose server is not up
+            raise TrainingError(f"reward {alias!r}: {e}") from None
     return out
 
 
@@ -204,8 +218,11 @@ def make_policy(adapter, lora: bool) -> Callable:
     return policy
 
 
-def setup(config: configs.ConfigDict) -> Run:
-    """Loads model, data and rewards and builds the jitted functions; no training yet."""
+def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
+    """Loads model, data and rewards and builds the jitted functions; no training yet.
+
+    `devices` (default: all) are laid out in the mesh of `config.mesh`.
+    """
     spec = registry.ALGORITHMS.get(config.algorithm.name)
     _check_algorithm_needs(config, spec)
     rows = _check_run_shapes(config, spec, jax.process_count())
@@ -223,7 +240,10 @@ def setup(config: configs.ConfigDict) -> Run:
     except FileNotFoundError:
         eval_prompts = prompts
     n_eval = config.train.eval_prompts or config.data.prompts_per_epoch
-    eval_prompts = PromptSet(eval_prompts.prompts[:n_eval], eval_prompts.metadata[:n_eval])
+    # Each eval prompt is sampled `eval_repeats` times (fixed noise): a reward read off
+    # one image per prompt is too noisy to show a change of a few hundredths.
+    r = config.train.eval_repeats
+    eval_prompts = PromptSet(eval_prompts.prompts[:n_eval] * r, eval_prompts.metadata[:n_eval] * r)
     sampler = GroupSampler(
         len(prompts.prompts),
         config.data.prompts_per_epoch,
@@ -241,7 +261,14 @@ def setup(config: configs.ConfigDict) -> Run:
             f"config.algorithm.cfg_in_train=True, but model {config.model.name!r} has no"
             " classifier-free guidance (FLUX.1 embeds guidance instead); set it to False"
         )
+    mesh = make_mesh(config.mesh, devices)
+    specs = adapter.logical_specs() if hasattr(adapter, "logical_specs") else {}
+    weights = {
+        k: jax.device_put(w, sharding_lib.logical_shardings(w, specs.get(k), mesh))
+        for k, w in weights.items()
+    }
     denoiser = weights[adapter.denoiser]
+    trainable_specs = specs.get(adapter.denoiser)
     t = config.train
     key = jax.random.key(config.seed)
     lora = t.lora_rank > 0
@@ -256,6 +283,14 @@ def setup(config: configs.ConfigDict) -> Run:
             init=t.lora_init,
             key=jax.random.fold_in(key, 1),
         )
+        scale_specs = None
+        if trainable_specs is not None:
+            from ffjax.models.lora import lora_partition_specs
+
+            trainable_specs, scale_specs = lora_partition_specs(trainable_specs, trainable)
+        lora_scale = jax.device_put(
+            lora_scale, sharding_lib.logical_shardings(lora_scale, scale_specs, mesh)
+        )
         base, ref = {"params": denoiser, "lora_scale": lora_scale}, None
     else:
         trainable, base = denoiser, {}
@@ -268,6 +303,10 @@ def setup(config: configs.ConfigDict) -> Run:
     policy = make_policy(adapter, lora)
     loss_fn = spec.make_loss(config.algorithm, policy, dynamics=config.sampling.dynamics)
     initial = init_state(trainable, optimizer, ema=config.ema.decay > 0)
+    state_shardings = _state_shardings(initial, trainable_specs, optimizer, mesh)
+    initial = jax.device_put(initial, state_shardings)
+    specs_used = sorted({str(sh.spec) for sh in jax.tree.leaves(state_shardings.trainable)})
+    logging.info("mesh %s; trainable weights sharded as %s", dict(mesh.shape), specs_used)
 
     return Run(
         config=config,
@@ -286,9 +325,24 @@ def setup(config: configs.ConfigDict) -> Run:
         lr_fn=lr_fn,
         rows_per_epoch=rows,
         train_timesteps=_train_timesteps(config),
-        train_step=_make_train_step(loss_fn, optimizer, spec.record),
+        train_step=_make_train_step(loss_fn, optimizer, spec.record, mesh, state_shardings),
         decode=jax.jit(adapter.decode, static_argnums=(2, 3)),
         initial=initial,
+        mesh=mesh,
+    )
+
+
+def _state_shardings(state: TrainState, trainable_specs, optimizer, mesh) -> TrainState:
+    """Shardings of a TrainState: trainable and EMA by their logical specs, optimizer
+    state like the trainable tree it mirrors, counters replicated."""
+    rep = sharding_lib.replicated(mesh)
+    trainable = sharding_lib.logical_shardings(state.trainable, trainable_specs, mesh)
+    return TrainState(
+        step=rep,
+        epoch=rep,
+        trainable=trainable,
+        opt_state=sharding_lib.opt_state_shardings(optimizer, state.opt_state, trainable, mesh),
+        ema=None if state.ema is None else trainable,
     )
 
 
@@ -313,9 +367,13 @@ def _gather(samples: dict, rows: dict, idx: jax.Array, noise_key: jax.Array, rec
     return batch
 
 
-def _make_train_step(loss_fn, optimizer, record: str) -> Callable:
+def _make_train_step(loss_fn, optimizer, record: str, mesh, state_shardings) -> Callable:
+    """jit(train_step): the state is donated and comes back with `state_shardings`; the
+    other arguments keep the shardings they were committed to."""
+
     def train_step(state: TrainState, frozen: Frozen, samples, rows, idx, noise_key, key):
         batch = _gather(samples, rows, idx, noise_key, record)
+        batch = jax.lax.with_sharding_constraint(batch, sharding_lib.batch_shardings(batch, mesh))
         # The EMA lives in the donated state; hand the loss that copy, never an alias.
         frozen = frozen.replace(ema=state.ema)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -326,7 +384,8 @@ def _make_train_step(loss_fn, optimizer, record: str) -> Callable:
         state = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state)
         return state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    out_shardings = (state_shardings, sharding_lib.replicated(mesh))  # metrics replicated
+    return jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
 @jax.jit
@@ -395,7 +454,13 @@ def _decode(run: Run, latents: jax.Array) -> np.ndarray:
 def _score(rewards: dict[str, tuple[Any, float]], samples: Samples) -> dict[str, np.ndarray]:
     out = {}
     for alias, (reward, _) in rewards.items():
-        scores = np.asarray(reward(samples), np.float64).reshape(-1)
+        try:
+            scores = np.asarray(reward(samples), np.float64).reshape(-1)
+        except RewardError as e:  # e.g. the reward server died: stop, keep what is done
+            raise TrainingError(
+                f"reward {alias!r}: {e}; stopping. Finished epochs, metrics and checkpoints"
+                " are kept."
+            ) from None
         if scores.shape != (len(samples),):
             raise TrainingError(
                 f"reward {alias!r} returned shape {scores.shape} for {len(samples)} samples"
@@ -485,6 +550,8 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     )
     record = window if run.spec.record == "sde_steps" else None
     noise = run.adapter.init_noise(jax.random.fold_in(key, 0), n, m.height, m.width)
+    rows_over_mesh = sharding_lib.batch_shardings((cond, noise), run.mesh)  # (data, fsdp)
+    cond, noise = jax.device_put((cond, noise), rows_over_mesh)
     snapshot = None
     if run.spec.wants("needs_snapshot", c.algorithm):
         snapshot = jax.tree.map(jnp.copy, state.trainable)  # the state is donated below
@@ -497,7 +564,9 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     t_rollout = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    raw = _score(run.rewards, Samples(prompts, images=images, metadata=metadata))
+    # group_ids: a groupwise reward scores within the sampler's groups (rewards/base.py).
+    epoch_samples = Samples(prompts, images=images, metadata=metadata, group_ids=group_ids)
+    raw = _score(run.rewards, epoch_samples)
     weights = {a: w for a, (_, w) in run.rewards.items()}
     t_reward = time.perf_counter() - t1
     combined = sum(weights[a] * raw[a] for a in raw)
@@ -658,6 +727,7 @@ def train(
     required, except the keys in RESUMABLE_CHANGES) and ends with the parameters of an
     uninterrupted run. Returns the metric rows of the epochs run by this call.
     """
+    maybe_initialize_distributed()  # a no-op unless this is one process of a multi-host job
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     run = setup(config)
@@ -681,7 +751,8 @@ def train(
 
     def do_eval(epoch: int) -> dict[str, float]:
         metrics, images, captions = evaluate(run, state)
-        grid = image_grid(images, captions, columns=8, scale=max(1, 128 // c.model.width))
+        n = min(len(images), EVAL_GRID_IMAGES)
+        grid = image_grid(images[:n], captions[:n], columns=8, scale=max(1, 128 // c.model.width))
         save_grid(os.path.join(workdir, "samples", f"eval_epoch_{epoch:04d}.png"), grid)
         writer.image("eval/samples", epoch, grid)
         return metrics
