@@ -21,6 +21,7 @@ LOADERS: dict[str, dict[str, str]] = {
     },
     "qwen_image": {
         "transformer": "ffjax.models.qwen_image.convert:load_transformer",
+        "vae": "ffjax.models.qwen_image.convert:load_vae",
     },
     "text": {c: f"ffjax.models.text:load_{c}" for c in ("clip_text", "t5", "umt5", "qwen2_5_vl")},
     "clip": {"model": "ffjax.models.clip.convert:load_clip_model"},

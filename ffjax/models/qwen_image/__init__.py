@@ -1,4 +1,4 @@
-"""Qwen-Image (Qwen team 2025): transformer, config, converters.
+"""Qwen-Image (Qwen team 2025): transformer, VAE, configs, converters.
 
 `call_like_diffusers` is the parity-test seam: it runs our modules with the arguments
 and array layouts of the Diffusers classes (NumPy in, NumPy out). The `qwen-image`
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffjax.models.qwen_image.config import QwenImageTransformerConfig
+from ffjax.models.qwen_image.config import QwenImageTransformerConfig, QwenImageVAEConfig
 from ffjax.models.qwen_image.transformer import (
     QwenImageTransformer,
     pack_latents,
@@ -22,10 +22,13 @@ from ffjax.models.qwen_image.transformer import (
     rope_ids,
     unpack_latents,
 )
+from ffjax.models.qwen_image.vae import QwenImageVAE
 
 __all__ = [
     "QwenImageTransformer",
     "QwenImageTransformerConfig",
+    "QwenImageVAE",
+    "QwenImageVAEConfig",
     "call_like_diffusers",
     "pack_latents",
     "packed_grid",
@@ -94,6 +97,20 @@ def _transformer(module: QwenImageTransformer, params: Any, kwargs: dict) -> np.
     return np.asarray(_jitted(module, "__call__")(params, *args), np.float32)
 
 
+def _frame_to_nhwc(a, name: str) -> jax.Array:
+    a = np.asarray(a, np.float32)
+    if a.ndim != 5 or a.shape[2] != 1:
+        raise ValueError(
+            f"{name} must be (batch, channels, 1, height, width) as AutoencoderKLQwenImage takes"
+            f" an image; got shape {a.shape} (ffjax's Qwen-Image VAE runs single frames only)"
+        )
+    return jnp.asarray(a[:, :, 0].transpose(0, 2, 3, 1))
+
+
+def _nhwc_to_frame(a) -> np.ndarray:
+    return np.asarray(a, np.float32).transpose(0, 3, 1, 2)[:, :, None]
+
+
 def call_like_diffusers(kind: str, module: Any, params: Any, **kwargs) -> np.ndarray:
     """Runs an ffjax Qwen-Image module as the corresponding Diffusers call would.
 
@@ -106,7 +123,24 @@ def call_like_diffusers(kind: str, module: Any, params: Any, **kwargs) -> np.nda
         (e.g. `[[(1, h, w)]] * B`, packed-token grid); `txt_seq_lens` of older
         Diffusers is accepted if it equals the padded length. Returns its `.sample`,
         float32[B, L_img, patch_size^2 * out_channels].
+      "vae_encode": `x` float[B, C_in, 1, H, W] (`AutoencoderKLQwenImage.encode`'s
+        argument name and layout); returns the latent distribution's mean,
+        float32[B, z_dim, 1, H/8, W/8].
+      "vae_decode": `z` float[B, z_dim, 1, h, w]; returns the decoded `.sample`,
+        float32[B, C_in, 1, 8h, 8w], clamped to [-1, 1].
     """
     if kind == "transformer":
         return _transformer(module, params, dict(kwargs))
-    raise ValueError(f"unknown kind {kind!r}; allowed: 'transformer'")
+    if kind in ("vae_encode", "vae_decode"):
+        name = "x" if kind == "vae_encode" else "z"
+        kwargs.pop("return_dict", None)
+        unknown = sorted(set(kwargs) - {name})
+        if unknown or name not in kwargs:
+            raise TypeError(
+                f"call_like_diffusers({kind!r}) takes only {name}=, got {sorted(kwargs)}"
+            )
+        x = _frame_to_nhwc(kwargs[name], name)
+        if kind == "vae_encode":
+            return _nhwc_to_frame(_jitted(module, "encode")(params, x)[0])
+        return _nhwc_to_frame(_jitted(module, "decode")(params, x))
+    raise ValueError(f"unknown kind {kind!r}; allowed: 'transformer', 'vae_encode', 'vae_decode'")

@@ -206,6 +206,10 @@ class QwenImageVAEConfig:
         n = len(self.dim_mult)
         _check(n >= 1 and all(isinstance(m, int) and m > 0 for m in self.dim_mult), "dim_mult",
                self.dim_mult, "a non-empty list of positive ints")  # fmt: skip
+        # Diffusers builds encoder attention blocks for attn_scales but cannot run them
+        # (its encode passes them the frame cache, which they do not take): refuse.
+        _check(self.attn_scales == (), "attn_scales", self.attn_scales,
+               "[] (Diffusers' AutoencoderKLQwenImage cannot run encoder attention blocks)")  # fmt: skip
         _check(len(self.temperal_downsample) == n - 1, "temperal_downsample",
                self.temperal_downsample, f"{n - 1} bools (one per downsampling stage)")  # fmt: skip
         for key in ("latents_mean", "latents_std"):

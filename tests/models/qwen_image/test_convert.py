@@ -11,7 +11,11 @@ import torch
 
 from ffjax.models import load_pretrained
 from ffjax.models.qwen_image import call_like_diffusers
-from ffjax.models.qwen_image.config import ConfigError, QwenImageTransformerConfig
+from ffjax.models.qwen_image.config import (
+    ConfigError,
+    QwenImageTransformerConfig,
+    QwenImageVAEConfig,
+)
 from ffjax.models.qwen_image.convert import identify, save_diffusers
 from ffjax.models.weights import CheckpointFormatError, ConversionError
 from tests.models.flux.tiny import rel_err
@@ -21,18 +25,20 @@ def _tensors(folder):
     return safetensors.numpy.load_file(folder / "diffusion_pytorch_model.safetensors")
 
 
-def test_round_trip_bit_exact(tiny_transformers, tmp_path):
-    for _, path in tiny_transformers.values():
-        _, params = load_pretrained("qwen_image", "transformer", path, dtype=None)
-        cfg = QwenImageTransformerConfig.from_diffusers(path)
-        n = save_diffusers("transformer", cfg, params, tmp_path / path.name)
+@pytest.mark.parametrize("kind,fixture,cfg_cls", [("transformer", "tiny_transformers", QwenImageTransformerConfig),
+                                                  ("vae", "tiny_vaes", QwenImageVAEConfig)])  # fmt: skip
+def test_round_trip_bit_exact(request, tmp_path, kind, fixture, cfg_cls):
+    for _, path in request.getfixturevalue(fixture).values():
+        _, params = load_pretrained("qwen_image", kind, path, dtype=None)
+        cfg = cfg_cls.from_diffusers(path)
+        n = save_diffusers(kind, cfg, params, tmp_path / path.name)
         original, back = _tensors(path), _tensors(tmp_path / path.name)
         assert n == len(original) and sorted(back) == sorted(original)
         for k, a in original.items():
             assert back[k].dtype == a.dtype and back[k].tobytes() == a.tobytes(), k
         # The written folder is a valid Diffusers checkpoint with the same config.
         saved = json.loads((tmp_path / path.name / "config.json").read_text())
-        assert QwenImageTransformerConfig.from_diffusers(saved) == cfg
+        assert cfg_cls.from_diffusers(saved) == cfg
 
 
 def test_export_loads_in_diffusers(tiny_transformers, tmp_path):
@@ -157,3 +163,41 @@ def test_config_validation_names_the_key():
         QwenImageTransformerConfig.from_diffusers({}, remat="some")
     full = QwenImageTransformerConfig.from_diffusers({"_class_name": "QwenImageTransformer2DModel"})
     assert full.inner_dim == 3072 and full.output_channels == 64 and full.num_layers == 60
+
+
+def test_vae_strictness_and_family(tiny_vaes, tmp_path):
+    path = _copy(tiny_vaes["small"][1], tmp_path)
+    good = _tensors(path)
+    file = path / "diffusion_pytorch_model.safetensors"
+    key = "decoder.up_blocks.0.upsamplers.0.time_conv.weight"  # unused on images, still required
+    safetensors.numpy.save_file({k: v for k, v in good.items() if k != key}, file)
+    with pytest.raises(
+        ConversionError, match=rf"missing tensor '{key}' \(expected shape \(32, 16, 3, 1, 1\)\)"
+    ):
+        load_pretrained("qwen_image", "vae", path)
+    key = "encoder.mid_block.attentions.0.norm.gamma"
+    safetensors.numpy.save_file(good | {key: np.ones((16, 1, 1, 1), np.float32)}, file)
+    with pytest.raises(
+        ConversionError, match=rf"'{key}' has shape \(16, 1, 1, 1\), expected \(16, 1, 1\)"
+    ):
+        load_pretrained("qwen_image", "vae", path)
+
+
+def test_flux_vae_folder_is_refused(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from tests.models.flux.tiny import VAE_CONFIGS
+
+    AutoencoderKL(**VAE_CONFIGS["quant"]).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="'AutoencoderKL', expected 'AutoencoderKLQwenImage'"):
+        load_pretrained("qwen_image", "vae", tmp_path)
+
+
+def test_vae_config_validation_names_the_key():
+    with pytest.raises(ConfigError, match="attn_scales=\\(0.5,\\) is invalid"):
+        QwenImageVAEConfig.from_diffusers({"attn_scales": [0.5]})
+    with pytest.raises(ConfigError, match="temperal_downsample"):
+        QwenImageVAEConfig.from_diffusers({"dim_mult": [1, 2]})
+    with pytest.raises(ConfigError, match="latents_mean"):
+        QwenImageVAEConfig.from_diffusers({"z_dim": 4})
+    assert QwenImageVAEConfig.from_diffusers({}).downsample_factor == 8
