@@ -57,8 +57,7 @@ class CausalConv3d(nn.Module):
         kernel = self.param(
             "kernel",
             nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(in_axis=(0, 1, 2, 3), out_axis=4),
-                (None, None, None, *_CONV_AXES),
+                nn.initializers.lecun_normal(), (None, None, None, *_CONV_AXES)
             ),
             (*self.kernel_size, cin, self.features),
             self.param_dtype,
