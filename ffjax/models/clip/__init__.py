@@ -6,6 +6,7 @@
                  `CLIPModel` folders.
   preprocess.py  `CLIPImageProcessor` (resize, centre crop, rescale, normalise) in JAX,
                  bit-exact PIL bicubic / bilinear resampling.
+  aesthetic.py   the LAION aesthetic predictor head and its published weight format.
 
 A folder of its own (not `models/text/`): CLIP is one model family with two towers,
 and the rewards need the whole model, its image processor and heads on top of it.
