@@ -144,10 +144,38 @@ def load_clip_model(
       dtype: parameter and activation dtype; None keeps the checkpoint's.
     """
     cfg = CLIPConfig.from_dict(read_clip_config(path))
-    source = W.SafetensorsCheckpoint.open(path, prefix="model")
-    dt = text_convert._dtype(dtype, source)  # the text loaders' rule for None
+    source = open_tensors(path)
+    if isinstance(source, W.SafetensorsCheckpoint):
+        dt = text_convert._dtype(dtype, source)  # the text loaders' rule for None
+    else:  # a torch file, read as float32
+        dt = jnp.dtype(dtype or "float32")
     module = CLIPModel(cfg, dtype=dt, param_dtype=dt)
     return module, convert_clip_model(source, cfg, dtype=dt, what=os.fspath(path))
+
+
+def open_tensors(path: str | os.PathLike) -> W.TensorSource:
+    """The tensors of a transformers folder: `model*.safetensors`, else `pytorch_model.bin`.
+
+    Hub folders saved before safetensors (some CLIP reward checkpoints) hold only the
+    torch pickle; it is read with `torch.load(weights_only=True)` (tensors only, no
+    code), floating tensors as float32. transformers 5 itself writes safetensors only.
+    """
+    path = os.fspath(path)
+    names = os.listdir(path)
+    if any(n.startswith("model") and ".safetensors" in n for n in names):
+        return W.SafetensorsCheckpoint.open(path, prefix="model")
+    if "pytorch_model.bin" not in names:
+        raise W.CheckpointFormatError(
+            f"{path}: no model.safetensors (or shards + index), nor pytorch_model.bin"
+        )
+    import torch  # only for this legacy format
+
+    state = torch.load(
+        os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True
+    )
+    return W.ArraySource(
+        {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
+    )
 
 
 __all__ = [
@@ -156,6 +184,7 @@ __all__ = [
     "export_clip_model",
     "expected_shapes",
     "load_clip_model",
+    "open_tensors",
     "read_clip_config",
     "vision_rules",
 ]

@@ -76,6 +76,7 @@ class CLIPVisionConfig:
 
     @property
     def num_patches(self) -> int:
+        """N = (image_size // patch_size)^2, the patch tokens after the class token."""
         return (self.image_size // self.patch_size) ** 2
 
 

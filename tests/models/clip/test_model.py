@@ -159,3 +159,19 @@ def test_bfloat16_load(tiny_clips, loaded):
     m32, p32 = loaded["gelu"]
     hi = m32.apply({"params": p32}, nhwc, method="get_image_features")
     assert _rel(np.asarray(lo, np.float32), hi) < 0.05
+
+
+def test_legacy_pytorch_model_bin(tiny_clips, loaded, tmp_path):
+    model, path = tiny_clips["gelu"]
+    shutil.copy(path / "config.json", tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    _, params = convert.load_clip_model(tmp_path)
+    ours, theirs = W.flat_params(params), W.flat_params(loaded["gelu"][1])
+    assert sorted(ours) == sorted(theirs)
+    for k in ours:
+        np.testing.assert_array_equal(ours[k], theirs[k], err_msg=k)
+    (tmp_path / "pytorch_model.bin").unlink()
+    with pytest.raises(
+        W.CheckpointFormatError, match="no model.safetensors.*nor pytorch_model.bin"
+    ):
+        convert.load_clip_model(tmp_path)
