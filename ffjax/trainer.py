@@ -801,13 +801,23 @@ def train(
     return history
 
 
-def summary_table(history: list[dict[str, Any]]) -> str:
-    """A fixed-width table of reward (and eval reward) per epoch."""
-    lines = [f"{'epoch':>5}  {'reward_mean':>11}  {'reward_std':>10}  {'eval_reward':>11}"]
+def summary_table(history: list[dict[str, Any]], eval_before: float | None = None) -> str:
+    """A fixed-width table of reward (and eval reward) per epoch; with `eval_before`
+    (the evaluation before training) a first row "before" and a closing line with the
+    change of the evaluation reward."""
+    lines = [f"{'epoch':>6}  {'reward_mean':>11}  {'reward_std':>10}  {'eval_reward':>11}"]
+    if eval_before is not None:
+        lines.append(f"{'before':>6}  {'':>11}  {'':>10}  {eval_before:>11.4f}")
     for row in history:
         ev = row.get("eval/reward_mean")
         lines.append(
-            f"{row['epoch']:>5}  {row['reward_mean']:>11.4f}  {row['reward_std']:>10.4f}  "
+            f"{row['epoch']:>6}  {row['reward_mean']:>11.4f}  {row['reward_std']:>10.4f}  "
             + (f"{ev:>11.4f}" if ev is not None else f"{'':>11}")
+        )
+    last = next((r["eval/reward_mean"] for r in reversed(history) if "eval/reward_mean" in r), None)
+    if eval_before is not None and last is not None:
+        lines.append(
+            f"eval reward: {eval_before:.4f} before training -> {last:.4f} after"
+            f" ({last - eval_before:+.4f})"
         )
     return "\n".join(lines)

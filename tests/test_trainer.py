@@ -177,3 +177,16 @@ def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
     c.train.learning_rate = 0.5
     with pytest.raises(configs.ConfigError, match="train.learning_rate"):
         _train(c, tmp_path, "parts")
+
+
+def test_summary_table_rows_and_eval_change():
+    history = [
+        {"epoch": 0, "reward_mean": 0.25, "reward_std": 0.1},
+        {"epoch": 1, "reward_mean": 0.5, "reward_std": 0.2, "eval/reward_mean": 0.375},
+    ]
+    lines = trainer.summary_table(history, eval_before=0.25).splitlines()
+    assert lines[1].split() == ["before", "0.2500"]
+    assert lines[2].split() == ["0", "0.2500", "0.1000"]
+    assert lines[3].split() == ["1", "0.5000", "0.2000", "0.3750"]
+    assert lines[4] == "eval reward: 0.2500 before training -> 0.3750 after (+0.1250)"
+    assert len(trainer.summary_table(history).splitlines()) == 3  # no eval before: no summary
