@@ -24,7 +24,7 @@ import numpy as np
 from flax import struct
 
 from ffjax.flow.schedule import flux_sigmas
-from ffjax.models.flux.config import FluxVAEConfig
+from ffjax.models.flux.config import FluxTransformerConfig, FluxVAEConfig
 from ffjax.models.flux.convert import load_transformer, load_vae, transformer_init_shapes
 from ffjax.models.flux.transformer import FluxTransformer
 from ffjax.models.flux.vae import FluxVAE, from_transformer_space
@@ -144,6 +144,57 @@ class Flux1Adapter:
         )
         vae, vp = load_vae(os.path.join(path, "vae"), dtype=dtype)
         return cls(transformer, vae, vae.config, guidance_scale), {"transformer": tp, "vae": vp}
+
+    @classmethod
+    def abstract_load(cls, config: Any) -> tuple[Flux1Adapter, dict[str, Any]]:
+        """`load` from the config.json files alone, for `--dry_run` (ffjax/dry_run.py).
+
+        Returns (adapter, weights) like `load`, with `jax.ShapeDtypeStruct` leaves in
+        `config.model.param_dtype` (what `load` stores); no weight is read or allocated,
+        so a 12B FLUX.1-dev needs only its config files. The adapter has no text
+        encoders; `abstract_text_encoders` gives their shapes.
+        """
+        m = config.model
+        tc = FluxTransformerConfig.from_diffusers(
+            os.path.join(m.path, "transformer"), dtype=m.dtype, param_dtype=m.param_dtype,
+            attention=m.attention, remat=m.remat,
+        )  # fmt: skip
+        vc = FluxVAEConfig.from_diffusers(
+            os.path.join(m.path, "vae"), dtype=m.dtype, param_dtype=m.param_dtype
+        )
+        adapter = cls(FluxTransformer(tc), FluxVAE(vc), vc, config.sampling.guidance_scale)
+        adapter.max_sequence_length = m.max_sequence_length
+        as_stored = lambda tree: jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, jnp.dtype(m.param_dtype)), nn.unbox(tree)
+        )
+        weights = {
+            "transformer": as_stored(transformer_init_shapes(tc)[1]),
+            "vae": as_stored(vae_init_shapes(vc)[1]),
+        }
+        return adapter, weights
+
+    @classmethod
+    def abstract_text_encoders(cls, config: Any) -> dict[str, Any]:
+        """{name: params as `jax.ShapeDtypeStruct`s} of the text encoders `load` sets up
+        (CLIP `text_encoder`, T5 `text_encoder_2`, in `config.model.dtype`), from their
+        config.json files alone."""
+        from ffjax.models.text.convert import abstract_clip, abstract_t5
+
+        m = config.model
+        return {
+            "text_encoder (CLIP)": abstract_clip(os.path.join(m.path, "text_encoder"), m.dtype),
+            "text_encoder_2 (T5)": abstract_t5(os.path.join(m.path, "text_encoder_2"), m.dtype),
+        }
+
+    def abstract_cond(self, batch: int, height: int, width: int) -> FluxCond:
+        """The `encode_prompts` result for `batch` prompts, as `jax.ShapeDtypeStruct`s
+        (embeddings in the activation dtype, as the encoders `load` builds return them)."""
+        dtype = jnp.dtype(self.config.dtype)
+        embeds = jax.ShapeDtypeStruct(
+            (batch, self.max_sequence_length, self.config.joint_attention_dim), dtype
+        )
+        pooled = jax.ShapeDtypeStruct((batch, self.config.pooled_projection_dim), dtype)
+        return jax.eval_shape(lambda e, p: self.make_cond(e, p, height, width), embeds, pooled)
 
     def logical_specs(self) -> dict[str, Any]:
         """Logical `PartitionSpec`s (ffjax.parallel.axes names) of the `load` weights, by

@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -245,6 +246,34 @@ def load_t5(
 def load_umt5(path: str | os.PathLike, dtype: Any = "float32") -> tuple[T5Encoder, dict[str, Any]]:
     """(module, params) from a UMT5EncoderModel folder (WAN's text encoder)."""
     return load_t5(path, dtype, umt5=True)
+
+
+def abstract_clip(path: str | os.PathLike, dtype: Any = "float32") -> dict[str, Any]:
+    """The params `load_clip(path, dtype)` would return, as `jax.ShapeDtypeStruct`s, from
+    config.json alone (the projection is taken from `architectures`; nothing is read or
+    allocated)."""
+    cfg_dict = read_config(path, "clip_text")
+    with_proj = "CLIPTextModelWithProjection" in (cfg_dict.get("architectures") or [])
+    cfg = CLIPTextConfig.from_dict(cfg_dict, with_projection=with_proj)
+    dt = jnp.dtype(dtype or cfg_dict.get("dtype") or "float32")
+    return _abstract(CLIPTextModel(cfg, dtype=dt, param_dtype=dt), dt)
+
+
+def abstract_t5(
+    path: str | os.PathLike, dtype: Any = "float32", *, umt5: bool = False
+) -> dict[str, Any]:
+    """The params `load_t5(path, dtype)` would return, as `jax.ShapeDtypeStruct`s, from
+    config.json alone."""
+    cfg_dict = read_config(path, "umt5" if umt5 else "t5")
+    cfg = T5Config.from_dict(cfg_dict, umt5=umt5)
+    dt = jnp.dtype(dtype or cfg_dict.get("dtype") or "float32")
+    return _abstract(T5Encoder(cfg, dtype=dt, param_dtype=dt), dt)
+
+
+def _abstract(module, dtype) -> dict[str, Any]:
+    ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    params = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), ids)["params"])
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype), params)
 
 
 def export_clip(

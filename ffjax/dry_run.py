@@ -1,0 +1,574 @@
+"""`python -m ffjax.train --dry_run`: the memory a run needs per device, compiled, never run.
+
+    python -m ffjax.train --config configs/flux_grpo.py:flow_factory --dry_run \
+        --config.model.path=/data/FLUX.1-dev --config.data.path=prompts.txt \
+        --config.model.param_dtype=bfloat16 --dry_run_device_memory_gb 80
+    python -m ffjax.train ... --dry_run --dry_run_devices 8 --config.mesh.fsdp=8
+
+Everything is built abstractly from the model's config.json files (the adapter's
+`abstract_load`; no weight is read or allocated, so FLUX.1-dev 12B dry-runs on a
+laptop): weights, LoRA adapters and the TrainState are `jax.ShapeDtypeStruct`s carrying
+the shardings the trainer gives them (`trainer._state_shardings`,
+`ffjax.parallel.sharding`). Three programs are lowered and compiled for the mesh, as
+the trainer calls them: one rollout call (`sampling.batch_size` samples, or the whole
+epoch), the VAE decode of the epoch, and one train step of `train.micro_batch_size`
+rows; XLA's `memory_analysis()` gives their per-device argument, output, alias and
+temporary bytes. `--dry_run_devices N` compiles for N CPU devices (real or fake)
+instead of the visible accelerators.
+
+Per device means the shard on device 0 (`sharding.shard_shape`), summed over leaves:
+
+    resident   what lives for the whole run: frozen weights (param_dtype), VAE, text
+               encoders (committed to device 0 only: the trainer does not shard them),
+               trainable weights (float32), optimizer state, EMA, reference copy (full
+               fine-tune with KL), the per-epoch old-policy snapshot.
+    epoch      the epoch's conditioning and noise, the rollout outputs (final latents
+               and trajectory) and the training rows built from them.
+    peak       resident + epoch + the largest (outputs - aliased + temporaries) of the
+               three programs.
+
+These are estimates for the backend compiled for: XLA on CPU fuses and picks kernels
+differently from a GPU or TPU (the CPU attention is the XLA one, which materialises the
+logits; on GPU `model.attention=auto` uses cuDNN's fused kernel). Run the dry run on
+the target machine, without `--dry_run_devices`, for that backend's own numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+import types
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ffjax import configs, optim, registry, trainer
+from ffjax.algorithms.spec import Frozen
+from ffjax.flow import rollout as rollout_lib
+from ffjax.parallel import sharding as sharding_lib
+from ffjax.parallel.mesh import make_mesh
+from ffjax.state import TrainState, init_state
+
+GIB = 2**30
+# XLA's CPU backend has no bfloat16 dot: it computes them in float32, and its
+# while-loop-invariant code motion then hoists the float32 conversion of every stacked
+# (nn.scan) weight out of the layer loop: a float32 copy of the whole model in the
+# temporaries (FLUX.1-dev bf16: +44 GiB), which no GPU or TPU compile has. Without that
+# pass the conversion stays per layer (one block's weights, < 1 GiB for FLUX.1-dev).
+CPU_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+_REEXEC_MARK = "FFJAX_DRY_RUN_REEXEC"
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def use_cpu_devices(n: int, reexec_argv: Sequence[str] | None = None) -> None:
+    """Makes JAX run on `n` CPU devices (fake ones: XLA's host platform device count).
+
+    This works only before JAX's backend starts; if something started it already
+    (with another device count), the process re-executes itself as
+    `python <reexec_argv>` with XLA_FLAGS=--xla_force_host_platform_device_count=n and
+    JAX_PLATFORMS=cpu set (RuntimeError without `reexec_argv`).
+    """
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+        jax.config.update("jax_platforms", "cpu")
+        return
+    except RuntimeError:  # the backend is already up
+        pass
+    if jax.default_backend() == "cpu" and jax.device_count() == n:
+        return
+    if reexec_argv is None or os.environ.get(_REEXEC_MARK):
+        raise RuntimeError(
+            f"--dry_run_devices {n}: JAX's backend started with {jax.device_count()}"
+            f" {jax.default_backend()} device(s) before the device count could be set; run"
+            f" with XLA_FLAGS=--xla_force_host_platform_device_count={n} JAX_PLATFORMS=cpu"
+        )
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={n}".strip(),
+        **{_REEXEC_MARK: "1"},
+    )
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *reexec_argv], env)
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+@dataclasses.dataclass(frozen=True)
+class Bytes:
+    """Bytes of a pytree of arrays (or ShapeDtypeStructs with shardings).
+
+    per_device: on device 0 (each leaf's shard; a leaf without sharding counts whole);
+    total: the arrays' own size, unsharded; replicated: bytes of the leaves every
+    device holds whole (per_device = replicated + the sharded leaves' shards);
+    count: elements (parameters, for weights).
+    """
+
+    per_device: int = 0
+    total: int = 0
+    replicated: int = 0
+    count: int = 0
+
+    def __add__(self, other: Bytes) -> Bytes:
+        pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+        return Bytes(*(a + b for a, b in pairs))
+
+
+def tree_bytes(tree: Any) -> Bytes:
+    """`Bytes` of every array leaf of `tree` (None leaves are empty subtrees)."""
+    out = Bytes()
+    for leaf in jax.tree.leaves(tree):
+        count = math.prod(leaf.shape)
+        itemsize = jnp.dtype(leaf.dtype).itemsize if hasattr(leaf, "dtype") else 0
+        sharding = getattr(leaf, "sharding", None)
+        shard = tuple(leaf.shape) if sharding is None else tuple(sharding.shard_shape(leaf.shape))
+        replicated = count * itemsize if shard == tuple(leaf.shape) else 0
+        out += Bytes(math.prod(shard) * itemsize, count * itemsize, replicated, count)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """XLA's per-device `memory_analysis()` of one compiled program (None: not reported)."""
+
+    name: str
+    what: str
+    argument: int | None
+    output: int | None
+    alias: int | None
+    temp: int | None
+    compile_s: float
+
+    @property
+    def transient(self) -> int | None:
+        """Bytes the call adds beyond its arguments: outputs not aliased + temporaries."""
+        if self.temp is None:
+            return None
+        return self.output - self.alias + self.temp
+
+
+@dataclasses.dataclass
+class Report:
+    """The dry run's findings; `text()` is what the CLI prints."""
+
+    title: str
+    mesh: dict[str, int]
+    platform: str
+    num_devices: int
+    resident: dict[str, tuple[Bytes, str]]  # name -> (bytes, note)
+    epoch: dict[str, tuple[Bytes, str]]
+    programs: dict[str, Program]
+    notes: list[str]
+
+    def resident_bytes(self) -> int:
+        return sum(b.per_device for b, _ in self.resident.values())
+
+    def epoch_bytes(self, phase: str) -> int:
+        """Epoch data alive during `phase` ("rollout", "decode" or "train")."""
+        keep = {"rollout": ("inputs", "outputs"), "decode": ("inputs", "outputs")}
+        names = keep.get(phase, tuple(self.epoch))
+        return sum(b.per_device for k, (b, _) in self.epoch.items() if k in names)
+
+    def peak(self, transient: dict[str, int] | None = None) -> tuple[int, str | None]:
+        """(peak bytes per device, the key of the program at the peak or None).
+
+        `transient` replaces programs' (outputs - aliased + temporaries) by key; programs
+        without memory stats are left out.
+        """
+        best, where = self.resident_bytes() + self.epoch_bytes("rollout"), None
+        for name, p in self.programs.items():
+            extra = (transient or {}).get(name, p.transient)
+            if extra is None:
+                continue
+            total = self.resident_bytes() + self.epoch_bytes(name) + extra
+            if where is None or total > best:
+                best, where = total, name
+        return best, where
+
+    def verdict(self, memory_gb: float | None) -> str:
+        """One line: the peak and, given the device memory in GiB, whether it fits."""
+        peak, where = self.peak()
+        at = (f" (during the {self.programs[where].name})" if where
+              else " (no temporaries reported by this backend)")  # fmt: skip
+        line = f"peak estimate per device: {peak / GIB:.2f} GiB{at}"
+        if not memory_gb:
+            return line
+        budget = memory_gb * GIB
+        if peak <= budget:
+            line += f"; FITS in {memory_gb:g} GiB ({100 * peak / budget:.0f}% used)"
+            if peak > 0.75 * budget:
+                line += (
+                    "; JAX on GPU preallocates 75% of memory by default: set"
+                    " XLA_PYTHON_CLIENT_MEM_FRACTION=0.95"
+                )
+        else:
+            line += (
+                f"; does NOT fit in {memory_gb:g} GiB (short by {(peak - budget) / GIB:.2f} GiB)"
+            )
+        return line
+
+    def text(self, memory_gb: float | None = None) -> str:
+        """The report: resident and epoch bytes, compiled programs, notes, the verdict."""
+        unit, u = (GIB, "GiB") if self.peak()[0] >= GIB else (2**20, "MiB")
+        mesh = " ".join(f"{k}={v}" for k, v in self.mesh.items())
+        lines = [
+            f"ffjax dry run: {self.title}",
+            f"mesh {mesh} on {self.num_devices} {self.platform} device(s); per device = the"
+            " shard on device 0",
+            "",
+            f"{'resident for the run':<40}{u + '/device':>12}{u + ' total':>11}{'params':>10}  note",
+        ]
+
+        def row(name, b, note, params=True):
+            n = "" if not params else (
+                f"{b.count / 1e9:.3f}B" if b.count >= 1e8 else f"{b.count / 1e6:.2f}M")  # fmt: skip
+            lines.append(
+                f"  {name:<38}{b.per_device / unit:>12.3f}{b.total / unit:>11.3f}{n:>10}  {note}"
+            )
+
+        for name, (b, note) in self.resident.items():
+            row(name, b, note)
+        lines.append(f"  {'= resident':<38}{self.resident_bytes() / unit:>12.3f}")
+        lines += ["", f"{'epoch data':<40}{u + '/device':>12}{u + ' total':>11}"]
+        for name, (b, note) in self.epoch.items():
+            row(name, b, note, params=False)
+        lines += [
+            "",
+            f"{'compiled (XLA memory_analysis)':<40}{'args':>9}{'out':>9}{'alias':>9}"
+            f"{'temp':>9}{'compile':>9}  ({u}/device)",
+        ]
+        for p in self.programs.values():
+            if p.temp is None:
+                vals = f"{'n/a':>9}" * 4
+            else:
+                vals = "".join(f"{v / unit:>9.3f}" for v in (p.argument, p.output, p.alias, p.temp))
+            lines.append(f"  {p.name + ' (' + p.what + ')':<38}{vals}{p.compile_s:>8.1f}s")
+        lines.append("")
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append(self.verdict(memory_gb))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def _key() -> jax.ShapeDtypeStruct:
+    """An abstract PRNG key (made on use: eval_shape at import could start the backend)."""
+    return jax.eval_shape(lambda: jax.random.key(0))
+
+
+def _with(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree`'s leaves carrying `shardings` (same structure)."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+    )
+
+
+def _rows_over_mesh(tree: Any, mesh, axis: int = 0) -> Any:
+    """`tree` with axis `axis` of every leaf over the batch mesh axes (data, fsdp)."""
+    spec = jax.sharding.PartitionSpec(*([None] * axis), sharding_lib.BATCH_AXES)
+    fitted = lambda a: jax.sharding.NamedSharding(mesh, sharding_lib.fit_spec(spec, a.shape, mesh))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=fitted(a)), tree)
+
+
+def _memory(compiled) -> dict[str, int | None]:
+    try:
+        m = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError, AttributeError):
+        m = None
+    names = ("argument", "output", "alias", "temp")
+    if m is None:
+        return dict.fromkeys(names)
+    return {k: int(getattr(m, f"{k}_size_in_bytes")) for k in names}
+
+
+def _compile(name: str, what: str, options, jitted, *args, **kwargs) -> Program:
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args, **kwargs).compile(options)
+    return Program(name, what, **_memory(compiled), compile_s=time.perf_counter() - t0)
+
+
+@dataclasses.dataclass
+class _Setup:
+    """What `trainer.setup` builds, with ShapeDtypeStructs (carrying shardings) as leaves."""
+
+    config: configs.ConfigDict
+    spec: Any
+    adapter: Any
+    mesh: jax.sharding.Mesh
+    weights: dict[str, Any]
+    text: dict[str, Any] | None  # text encoder params (device 0), None if not reported
+    lora: bool
+    base: Any
+    ref: Any
+    state: TrainState
+    state_shardings: TrainState
+    optimizer: Any
+    rows: int
+
+
+def abstract_setup(config: configs.ConfigDict, devices: Sequence[Any] | None = None) -> _Setup:
+    """`trainer.setup` without loading or allocating: the same checks (ConfigErrors for
+    batch sizes, mesh sizes, algorithm needs), shardings and TrainState, from the model's
+    config.json files (the adapter's `abstract_load`)."""
+    c, t = config, config.train
+    spec = registry.ALGORITHMS.get(c.algorithm.name)
+    trainer._check_algorithm_needs(c, spec)
+    rows = trainer._check_run_shapes(c, spec, 1)  # one process holds the whole epoch
+    if spec.record == "sde_steps" and c.sampling.noise_level == 0:
+        raise configs.ConfigError(
+            f"{spec.name} trains on stochastic steps; config.sampling.noise_level=0 makes"
+            " every step deterministic (set it > 0)"
+        )
+    adapter_cls = registry.MODELS.get(c.model.name)
+    if not hasattr(adapter_cls, "abstract_load"):
+        raise configs.ConfigError(
+            f"model {c.model.name!r} cannot be dry-run: its adapter has no"
+            " abstract_load(config) (see Flux1Adapter.abstract_load)"
+        )
+    text_fn = getattr(adapter_cls, "abstract_text_encoders", None)
+    try:
+        adapter, weights = adapter_cls.abstract_load(c)
+        text = text_fn(c) if text_fn is not None else None
+    except configs.ConfigError:
+        raise
+    except (ValueError, OSError) as e:  # a missing or wrong config.json
+        raise configs.ConfigError(f"config.model.path={c.model.path}: {e}") from None
+    mesh = make_mesh(c.mesh, devices)
+    specs = adapter.logical_specs() if hasattr(adapter, "logical_specs") else {}
+    weights = {
+        k: _with(w, sharding_lib.logical_shardings(w, specs.get(k), mesh))
+        for k, w in weights.items()
+    }
+    denoiser = weights[adapter.denoiser]
+    trainable_specs = specs.get(adapter.denoiser)
+    lora = t.lora_rank > 0
+    if lora:
+        from ffjax.models.lora import init_lora, lora_partition_specs
+
+        targets = tuple(t.lora_targets) or tuple(adapter.lora_targets)
+        trainable, lora_scale = jax.eval_shape(
+            lambda k: init_lora(denoiser, rank=t.lora_rank, alpha=t.lora_alpha,
+                                targets=targets, init=t.lora_init, key=k),
+            _key(),
+        )  # fmt: skip
+        scale_specs = None
+        if trainable_specs is not None:
+            trainable_specs, scale_specs = lora_partition_specs(trainable_specs, trainable)
+        scale_shardings = sharding_lib.logical_shardings(lora_scale, scale_specs, mesh)
+        base, ref = {"params": denoiser, "lora_scale": _with(lora_scale, scale_shardings)}, None
+    else:
+        trainable, base = denoiser, {}
+        ref = denoiser if c.algorithm.get("kl_beta", 0) > 0 else None  # setup copies it
+    steps_per_epoch = t.inner_epochs * rows // t.micro_batch_size
+    total_steps = max(1, t.num_epochs * steps_per_epoch // t.grad_accum_steps)
+    optimizer = optim.make_optimizer(t, total_steps)
+    ema = c.ema.decay > 0
+    state = jax.eval_shape(lambda tr: init_state(tr, optimizer, ema=ema), trainable)
+    state_shardings = trainer._state_shardings(state, trainable_specs, optimizer, mesh)
+    state = _with(state, state_shardings)
+    return _Setup(c, spec, adapter, mesh, weights, text, lora, base, ref, state,
+                  state_shardings, optimizer, rows)  # fmt: skip
+
+
+def _dtypes(tree: Any) -> str:
+    return ", ".join(sorted({jnp.dtype(a.dtype).name for a in jax.tree.leaves(tree)}))
+
+
+def _resident(su: _Setup) -> tuple[dict[str, tuple[Bytes, str]], list[str]]:
+    """Rows for what the trainer keeps alive for the whole run, and notes."""
+    c, t = su.config, su.config.train
+    what = su.adapter.denoiser
+    out: dict[str, tuple[Bytes, str]] = {}
+    notes = []
+    if su.lora:
+        out[f"{what} (frozen)"] = (tree_bytes(su.base), _dtypes(su.weights[what]) + " + lora_scale")
+    elif jnp.dtype(c.model.param_dtype) != jnp.float32:
+        out[f"{what} (as loaded)"] = (tree_bytes(su.weights[what]), _dtypes(su.weights[what]))
+        notes.append(
+            f"full fine-tune: trainer.setup keeps the loaded {c.model.param_dtype} {what}"
+            " (Run.weights) next to the float32 trainable copy"
+        )
+    for k, w in su.weights.items():
+        if k != what:
+            out[k] = (tree_bytes(w), _dtypes(w))
+    if su.text is None:
+        notes.append(f"text encoders of {c.model.name!r}: not reported by its adapter")
+    for k, w in (su.text or {}).items():
+        out[k] = (tree_bytes(w), f"{_dtypes(w)}, device 0 only (not sharded)")
+    kind = f"LoRA r={t.lora_rank}" if su.lora else "full"
+    st = su.state
+    out[f"trainable ({kind})"] = (tree_bytes(st.trainable), _dtypes(st.trainable))
+    accum = f", MultiSteps x{t.grad_accum_steps} grads" if t.grad_accum_steps > 1 else ""
+    out["optimizer state"] = (tree_bytes(st.opt_state), "AdamW mu, nu" + accum)
+    if st.ema is not None:
+        out["EMA"] = (tree_bytes(st.ema), f"decay {c.ema.decay:g}")
+    if su.ref is not None:
+        out["reference copy"] = (tree_bytes(su.ref), f"kl_beta > 0, {_dtypes(su.ref)}")
+    if su.spec.wants("needs_snapshot", c.algorithm):
+        out["old-policy snapshot"] = (tree_bytes(st.trainable), "copied every epoch")
+    return out, notes
+
+
+@dataclasses.dataclass
+class _Epoch:
+    """One epoch's abstract arrays, as `trainer.run_epoch` makes them (epoch 0)."""
+
+    samples: int
+    cond: Any
+    noise: Any
+    final: Any
+    traj: Any
+    rows: Any
+    sigmas: np.ndarray
+    levels: np.ndarray
+    record: np.ndarray | None
+    variables: Any  # the rollout's model variables
+
+
+def _epoch(su: _Setup) -> _Epoch:
+    c, m, s = su.config, su.config.model, su.config.sampling
+    n, h, w = c.data.prompts_per_epoch * c.data.group_size, m.height, m.width
+    cond = _rows_over_mesh(su.adapter.abstract_cond(n, h, w), su.mesh)
+    noise = jax.eval_shape(lambda k: su.adapter.init_noise(k, n, h, w), _key())
+    noise = _rows_over_mesh(noise, su.mesh)
+    sigmas = np.asarray(su.adapter.sigmas(s.num_steps, h, w), np.float32)
+    window = rollout_lib.sde_window(
+        c.seed, 0, trainer._sde_candidates(c), trainer._sde_count(c),
+        contiguous=s.sde_window == "contiguous",
+    )  # fmt: skip
+    levels = np.asarray(rollout_lib.noise_levels_for(s.num_steps, window, s.noise_level))
+    record = np.asarray(window, np.int32) if su.spec.record == "sde_steps" else None
+    if su.lora:
+        variables = {"params": su.base["params"], "lora": su.state.trainable,
+                     "lora_scale": su.base["lora_scale"]}  # fmt: skip
+    else:
+        variables = {"params": su.state.trainable}
+    final, traj = jax.eval_shape(
+        lambda cond, noise: rollout_lib._rollout_jit(
+            su.adapter.velocity, variables, cond, noise, sigmas, levels, jax.random.key(0),
+            record, dynamics=s.dynamics, storage_dtype=jnp.dtype(s.storage_dtype),
+        ), cond, noise,
+    )  # fmt: skip
+    final = _rows_over_mesh(final, su.mesh)
+    if traj is not None:  # [k, B, ...]: the samples are axis 1
+        traj = traj.replace(**{f: _rows_over_mesh(getattr(traj, f), su.mesh, axis=1)
+                               for f in ("x_t", "x_next", "log_prob")})  # fmt: skip
+    # The training rows as the trainer builds them from the trajectory, with the
+    # shardings XLA propagates to them (its reshapes of the sharded trajectory replicate).
+    fake_run = types.SimpleNamespace(spec=su.spec, config=c,
+                                     train_timesteps=trainer._train_timesteps(c))  # fmt: skip
+    rng = np.random.default_rng(0)
+    make_rows = jax.jit(
+        lambda tr: trainer._make_rows(fake_run, tr, np.zeros(n), levels, rng, sigmas)
+    )
+    rows = _with(jax.eval_shape(make_rows, traj), make_rows.lower(traj).compile().output_shardings)
+    return _Epoch(n, cond, noise, final, traj, rows, sigmas, levels, record, variables)
+
+
+def _programs(su: _Setup, ep: _Epoch) -> dict[str, Program]:
+    """Rollout call, epoch decode and train step, lowered and compiled for the mesh."""
+    c, m, s, t = su.config, su.config.model, su.config.sampling, su.config.train
+    options = CPU_COMPILER_OPTIONS if su.mesh.devices.flat[0].platform == "cpu" else None
+    chunk = s.batch_size or ep.samples
+    take = lambda tree: _rows_over_mesh(jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((chunk, *a.shape[1:]), a.dtype), tree), su.mesh)  # fmt: skip
+    out = {}
+    out["rollout"] = _compile(
+        "rollout", f"{chunk} samples x {s.num_steps} steps", options, rollout_lib._rollout_jit,
+        su.adapter.velocity, ep.variables, take(ep.cond), take(ep.noise), ep.sigmas, ep.levels,
+        _key(), ep.record, dynamics=s.dynamics, storage_dtype=jnp.dtype(s.storage_dtype),
+    )  # fmt: skip
+    decode = jax.jit(su.adapter.decode, static_argnums=(2, 3))  # as trainer.setup
+    out["decode"] = _compile(
+        "decode", f"{ep.samples} images {m.height}x{m.width}", options, decode,
+        su.weights["vae"], ep.final, m.height, m.width,
+    )  # fmt: skip
+    policy = trainer.make_policy(su.adapter, su.lora)
+    loss_fn = su.spec.make_loss(c.algorithm, policy, dynamics=s.dynamics)
+    step = trainer._make_train_step(
+        loss_fn, su.optimizer, su.spec.record, su.mesh, su.state_shardings
+    )
+    snapshot = su.state.trainable if su.spec.wants("needs_snapshot", c.algorithm) else None
+    frozen = Frozen(base=su.base, ref=su.ref, ema=None, snapshot=snapshot)
+    samples = {"cond": ep.cond, "x0": ep.final}
+    idx = jax.ShapeDtypeStruct((t.micro_batch_size,), jnp.int32)
+    out["train"] = _compile(
+        "train step", f"{t.micro_batch_size} rows", options, step,
+        su.state, frozen, samples, ep.rows, idx, _key(), _key(),
+    )  # fmt: skip
+    return out
+
+
+def plan(
+    config: configs.ConfigDict, devices: Sequence[Any] | None = None, *, compile: bool = True
+) -> Report:
+    """The dry run of `config` on `devices` (default: every visible device).
+
+    Mirrors `trainer.setup` and one `trainer.run_epoch` with abstract values. With
+    `compile=False` only the resident and epoch bytes are computed.
+    """
+    su = abstract_setup(config, devices)
+    resident, notes = _resident(su)
+    ep = _epoch(su)
+    storage = jnp.dtype(config.sampling.storage_dtype).name
+    epoch = {
+        "inputs": (tree_bytes((ep.cond, ep.noise)), f"{ep.samples} samples: conditioning + noise"),
+        "outputs": (tree_bytes((ep.final, ep.traj)), "final latents + recorded trajectory"),
+        "training rows": (tree_bytes(ep.rows), f"{su.rows} rows, {storage} latents"),
+    }
+    programs = _programs(su, ep) if compile else {}
+    m, s = config.model, config.sampling
+    platform = su.mesh.devices.flat[0].platform
+    kind = f"LoRA r={config.train.lora_rank}" if su.lora else "full fine-tune"
+    report = Report(f"{m.name} {m.path}, {kind}, {su.spec.name}, {m.height}x{m.width},"
+                    f" param_dtype={m.param_dtype}", dict(su.mesh.shape), platform,
+                    su.mesh.devices.size, resident, epoch, programs, notes)  # fmt: skip
+    _note_chunked_decode(report, ep.samples, s.batch_size or ep.samples)
+    notes.append(
+        f"compiled for {platform}, attention={m.attention}, remat={m.remat}, dtype={m.dtype};"
+        " another backend fuses and picks kernels differently"
+        + (": the CPU attention materialises the logits (GPU auto: cuDNN)" if platform == "cpu" else "")
+        + ("; compare with remat=full" if platform == "cpu" and m.remat != "full" else "")
+    )  # fmt: skip
+    return report
+
+
+def _note_chunked_decode(report: Report, images: int, chunk: int) -> None:
+    """When the epoch's one-call VAE decode is the peak, notes the peak with the decode
+    in rollout-sized chunks (its temporaries grow linearly with the images per call)."""
+    decode = report.programs.get("decode")
+    if decode is None or decode.temp is None or chunk >= images or report.peak()[1] != "decode":
+        return
+    peak, where = report.peak({"decode": (decode.output + decode.temp) * chunk // images})
+    report.notes.append(
+        f"the trainer decodes all {images} images of an epoch in one call ({decode.temp / GIB:.2f}"
+        f" GiB temporaries); decoded in chunks of sampling.batch_size={chunk} the peak would be"
+        f" {peak / GIB:.2f} GiB (during the {report.programs[where].name})"
+    )
+
+
+def main(
+    config: configs.ConfigDict,
+    *,
+    devices: int = 0,
+    memory_gb: float | None = None,
+    reexec_argv: Sequence[str] | None = None,
+) -> Report:
+    """The CLI's dry run: prints the report; `devices` > 0 compiles for that many CPU
+    devices (see `use_cpu_devices`)."""
+    if devices:
+        use_cpu_devices(devices, reexec_argv)
+    report = plan(config, jax.devices()[:devices] if devices else None)
+    print(report.text(memory_gb))
+    return report
