@@ -49,6 +49,18 @@ def _define_flags() -> None:
     _FLAGS["check_config"] = flags.DEFINE_bool(
         "check_config", False, "Validate and print the resolved config, write it, and stop."
     )
+    _FLAGS["dry_run"] = flags.DEFINE_bool(
+        "dry_run", False, "Compile rollout and train step, print memory per device, stop"
+        " (reads only the model's config.json files; writes nothing)."
+    )  # fmt: skip
+    _FLAGS["dry_run_devices"] = flags.DEFINE_integer(
+        "dry_run_devices", 0, "With --dry_run: compile for this many (fake) CPU devices;"
+        " 0 = the visible devices."
+    )  # fmt: skip
+    _FLAGS["dry_run_device_memory_gb"] = flags.DEFINE_float(
+        "dry_run_device_memory_gb", None, "With --dry_run: memory per device (GiB) to judge"
+        " the peak against, e.g. 80."
+    )  # fmt: skip
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -119,11 +131,20 @@ class _OwnInfoOnly(std_logging.Filter):
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if flags.FLAGS["verbosity"].using_default_value:  # --verbosity=0 shows everything
+    if not flags.FLAGS["verbosity"].present:  # --verbosity=0 shows everything
         logging.get_absl_handler().addFilter(_OwnInfoOnly())
+    dry = _FLAGS["dry_run"].value
+    if not dry and (_FLAGS["dry_run_devices"].value or _FLAGS["dry_run_device_memory_gb"].value):
+        sys.stderr.write(
+            "ffjax.train: --dry_run_devices / --dry_run_device_memory_gb need --dry_run\n"
+        )
+        sys.exit(2)
     config = _parse_flags.config
     text = configs.to_text(config)
     print("resolved config:\n" + text)
+    if dry:
+        _dry_run(config)
+        return
     workdir = Path(_FLAGS["workdir"].value or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -151,8 +172,30 @@ def main(argv: list[str]) -> None:
     except trainer.Interrupted as e:
         sys.stderr.write(f"ffjax.train: {e}\n")
         sys.exit(143)
-    print(trainer.summary_table(history))
+    from ffjax.logging import read_metrics
+
+    before = [r for r in read_metrics(workdir) if r.get("epoch") == -1]
+    print(trainer.summary_table(history, before[0]["eval/reward_mean"] if before else None))
     print(f"outputs in {workdir}: metrics.jsonl, tb/, samples/, checkpoints/")
+
+
+def _dry_run(config: configs.ConfigDict) -> None:
+    """--dry_run (ffjax/dry_run.py): nothing is loaded, run or written, --workdir unused."""
+    from ffjax import dry_run
+
+    # If JAX's backend is already up, --dry_run_devices re-runs this command line.
+    argv = ["-m", "ffjax.train", *sys.argv[1:]]
+    argv += [f"--config.{k}={v}" for k, v in _parse_flags.overrides]
+    try:
+        dry_run.main(
+            config,
+            devices=_FLAGS["dry_run_devices"].value,
+            memory_gb=_FLAGS["dry_run_device_memory_gb"].value,
+            reexec_argv=argv,
+        )
+    except configs.ConfigError as e:
+        sys.stderr.write(f"ffjax.train: {e}\n")
+        sys.exit(1)
 
 
 def run() -> None:
