@@ -490,9 +490,11 @@ def _programs(su: _Setup, ep: _Epoch) -> dict[str, Program]:
         _key(), ep.record, dynamics=s.dynamics, storage_dtype=jnp.dtype(s.storage_dtype),
     )  # fmt: skip
     decode = jax.jit(su.adapter.decode, static_argnums=(2, 3))  # as trainer.setup
+    # The trainer decodes in chunks of sampling.batch_size, like the rollout.
+    final = jax.ShapeDtypeStruct((chunk, *ep.final.shape[1:]), ep.final.dtype)
     out["decode"] = _compile(
-        "decode", f"{ep.samples} images {m.height}x{m.width}", options, decode,
-        su.weights["vae"], ep.final, m.height, m.width,
+        "decode", f"{chunk} images {m.height}x{m.width}", options, decode,
+        su.weights["vae"], final, m.height, m.width,
     )  # fmt: skip
     policy = trainer.make_policy(su.adapter, su.lora)
     loss_fn = su.spec.make_loss(c.algorithm, policy, dynamics=s.dynamics)
@@ -528,13 +530,12 @@ def plan(
         "training rows": (tree_bytes(ep.rows), f"{su.rows} rows, {storage} latents"),
     }
     programs = _programs(su, ep) if compile else {}
-    m, s = config.model, config.sampling
+    m = config.model
     platform = su.mesh.devices.flat[0].platform
     kind = f"LoRA r={config.train.lora_rank}" if su.lora else "full fine-tune"
     report = Report(f"{m.name} {m.path}, {kind}, {su.spec.name}, {m.height}x{m.width},"
                     f" param_dtype={m.param_dtype}", dict(su.mesh.shape), platform,
                     su.mesh.devices.size, resident, epoch, programs, notes)  # fmt: skip
-    _note_chunked_decode(report, ep.samples, s.batch_size or ep.samples)
     notes.append(
         f"compiled for {platform}, attention={m.attention}, remat={m.remat}, dtype={m.dtype};"
         " another backend fuses and picks kernels differently"
@@ -542,20 +543,6 @@ def plan(
         + ("; compare with remat=full" if platform == "cpu" and m.remat != "full" else "")
     )  # fmt: skip
     return report
-
-
-def _note_chunked_decode(report: Report, images: int, chunk: int) -> None:
-    """When the epoch's one-call VAE decode is the peak, notes the peak with the decode
-    in rollout-sized chunks (its temporaries grow linearly with the images per call)."""
-    decode = report.programs.get("decode")
-    if decode is None or decode.temp is None or chunk >= images or report.peak()[1] != "decode":
-        return
-    peak, where = report.peak({"decode": (decode.output + decode.temp) * chunk // images})
-    report.notes.append(
-        f"the trainer decodes all {images} images of an epoch in one call ({decode.temp / GIB:.2f}"
-        f" GiB temporaries); decoded in chunks of sampling.batch_size={chunk} the peak would be"
-        f" {peak / GIB:.2f} GiB (during the {report.programs[where].name})"
-    )
 
 
 def main(

@@ -447,8 +447,16 @@ def _sample(
 
 
 def _decode(run: Run, latents: jax.Array) -> np.ndarray:
+    """uint8 images of `latents`, decoded in chunks of `sampling.batch_size` (as the
+    rollout runs): one VAE call over a whole FLUX.1 epoch would need hundreds of GiB."""
     m = run.config.model
-    return np.asarray(run.decode(run.weights["vae"], latents, m.height, m.width))
+    n = latents.shape[0]
+    chunk = run.config.sampling.batch_size or n
+    parts = [
+        np.asarray(run.decode(run.weights["vae"], latents[i : i + chunk], m.height, m.width))
+        for i in range(0, n, chunk)
+    ]
+    return np.concatenate(parts)
 
 
 def _score(rewards: dict[str, tuple[Any, float]], samples: Samples) -> dict[str, np.ndarray]:

@@ -190,3 +190,26 @@ def test_summary_table_rows_and_eval_change():
     assert lines[3].split() == ["1", "0.5000", "0.2000", "0.3750"]
     assert lines[4] == "eval reward: 0.2500 before training -> 0.3750 after (+0.1250)"
     assert len(trainer.summary_table(history).splitlines()) == 3  # no eval before: no summary
+
+
+def test_decode_runs_in_chunks_of_the_rollout_batch(tmp_path):
+    """One VAE call per sampling.batch_size samples (a whole FLUX.1 epoch in one call
+    would need hundreds of GiB), and the same images as one call."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    c = toy_config(tmp_path)
+    c.sampling.batch_size = 4
+    configs.validate(c)
+    run = trainer.setup(c)
+    calls = []
+
+    def spy(vae, x, h, w):
+        calls.append(x.shape[0])
+        return run.decode(vae, x, h, w)
+
+    latents = jnp.linspace(-1, 1, 10 * 16, dtype=jnp.float32).reshape(10, 16)
+    images = trainer._decode(dataclasses.replace(run, decode=spy), latents)
+    assert calls == [4, 4, 2]
+    np.testing.assert_array_equal(images, np.asarray(run.decode(run.weights["vae"], latents, 8, 8)))
