@@ -20,6 +20,9 @@ Definitions (E_I, E_T the CLIP image / text embeddings, `get_image_features` /
   exp(logit_scale) * cos(E_I, E_T) / 26, about 0.8-0.9 for good images. `path`: a
   yuvalkirstain/PickScore_v1 copy (a CLIPModel); its processor and tokenizer are those
   of laion/CLIP-ViT-H-14-laion2B-s32B-b79K (`processor_path`).
+- `pickscore_rank` (groupwise): a sample's PickScore rank within its group / K (ties
+  averaged, `ffjax.rewards.groupwise.group_rank`): 1 for the group's best image,
+  1/K for its worst, whatever the prompt's typical PickScore. Same args as `pickscore`.
 - `aesthetic`: the LAION aesthetic predictor (improved-aesthetic-predictor):
   MLP(E_I / ||E_I||) with CLIP ViT-L/14 (`path`: openai/clip-vit-large-patch14) and
   the published head file (`head_path`: sac+logos+ava1-l14-linearMSE.pth); see
@@ -42,6 +45,7 @@ import numpy as np
 
 from ffjax import registry
 from ffjax.rewards.base import RewardError, Samples
+from ffjax.rewards.groupwise import group_ids_of, group_rank
 
 PICKSCORE_DIVISOR = 26.0  # Flow-Factory's "norm to 0-1" of PickScore
 CLIPSCORE_W = 2.5  # Hessel et al. 2021
@@ -220,6 +224,25 @@ class PickScore(_CLIPReward):
         image = self._image_features(params, pixels)
         text = self._text_features(params, input_ids, attention_mask)
         return pickscore_value(image, text, params["logit_scale"])
+
+
+@registry.REWARDS.register("pickscore_rank")
+class PickScoreRank:
+    """PickScore ranked within each group, divided by the group size (groupwise).
+
+    Samples of one prompt share a group (`Samples.group_ids`, or the prompt text when
+    they are None); a failed sample (NaN PickScore) stays NaN and is not counted in K.
+    """
+
+    name = "pickscore_rank"
+    kind = "groupwise"
+
+    def __init__(self, **args: Any):
+        self.pickscore = PickScore(**args)
+
+    def __call__(self, samples: Samples) -> np.ndarray:
+        scores = self.pickscore(samples)
+        return group_rank(scores, group_ids_of(samples)).astype(np.float32)
 
 
 @registry.REWARDS.register("aesthetic")

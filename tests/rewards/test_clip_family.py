@@ -226,3 +226,18 @@ def test_registered_through_the_package():
 
     for name in ("clip_score", "pickscore", "aesthetic"):
         assert registry.REWARDS.get(name).kind == "pointwise"
+
+
+def test_pickscore_rank_is_the_rank_of_pickscore_within_groups(folders):
+    _, model_dir, proc_dir = folders[next(iter(CLIP_MODEL_CONFIGS))]
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (6, 64, 48, 3), dtype=np.uint8)
+    samples = Samples(prompts=[CORPUS[0]] * 3 + [CORPUS[1]] * 3, images=images,
+                      group_ids=[0, 0, 0, 1, 1, 1])  # fmt: skip
+    pick = C.PickScore(path=model_dir, processor_path=proc_dir)(samples)
+    rank = registry.REWARDS.get("pickscore_rank")(path=model_dir, processor_path=proc_dir)
+    assert rank.kind == "groupwise"
+    got = rank(samples)
+    for g in (slice(0, 3), slice(3, 6)):  # ranks 1..3 of 3, by PickScore order
+        want = (np.argsort(np.argsort(pick[g])) + 1) / 3
+        np.testing.assert_allclose(got[g], want, rtol=0, atol=1e-7)
