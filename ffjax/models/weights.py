@@ -481,3 +481,24 @@ def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
 def flat_shapes(abstract_params: Mapping[str, Any]) -> dict[str, Shape]:
     """{path: shape} of a (boxed or abstract) params tree."""
     return {k: tuple(v.shape) for k, v in flat_params(abstract_params).items()}
+
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"  # Diffusers' weight file name stem
+
+
+def dtype_overrides(dtype: Any) -> dict[str, str]:
+    """Config overrides for loading in `dtype`: {"dtype", "param_dtype"} set to its name,
+    or {} for None (keep the stored dtype)."""
+    import jax.numpy as jnp  # jnp.dtype knows "bfloat16"; this module stays NumPy otherwise
+
+    if dtype is None:
+        return {}
+    name = jnp.dtype(dtype).name
+    return {"dtype": name, "param_dtype": name}
+
+
+def open_diffusers(path: str | os.PathLike, source: TensorSource | None = None) -> TensorSource:
+    """`source`, or the Diffusers component folder `path`'s safetensors (sharded or not)."""
+    return (
+        source if source is not None else SafetensorsCheckpoint.open(path, prefix=DIFFUSERS_WEIGHTS)
+    )

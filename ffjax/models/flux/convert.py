@@ -23,14 +23,15 @@ from ffjax.models.flux.vae import init_shapes as vae_init_shapes
 from ffjax.models.weights import (
     CheckpointFormatError,
     Rule,
-    SafetensorsCheckpoint,
     TensorSource,
     conv,
     dense,
+    dtype_overrides,
     export_params,
     flat_shapes,
     load_params,
     norm,
+    open_diffusers,
     save_sharded,
 )
 
@@ -194,18 +195,6 @@ def transformer_init_shapes(config: FluxTransformerConfig):
     return module, jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a), *args)["params"]
 
 
-def _dtype_overrides(dtype: Any) -> dict[str, str]:
-    return (
-        {}
-        if dtype is None
-        else {"dtype": jnp.dtype(dtype).name, "param_dtype": jnp.dtype(dtype).name}
-    )
-
-
-def _open(path: str | os.PathLike, source: TensorSource | None) -> TensorSource:
-    return source if source is not None else SafetensorsCheckpoint.open(path, prefix=WEIGHTS_PREFIX)
-
-
 def load_transformer(
     path: str | os.PathLike, dtype: Any = "float32", source: TensorSource | None = None, **runtime
 ) -> tuple[FluxTransformer, dict]:
@@ -220,9 +209,9 @@ def load_transformer(
     Returns:
       (module, params) with params as NumPy arrays in the nested Flax layout.
     """
-    config = FluxTransformerConfig.from_diffusers(path, **_dtype_overrides(dtype), **runtime)
+    config = FluxTransformerConfig.from_diffusers(path, **dtype_overrides(dtype), **runtime)
     module, abstract = transformer_init_shapes(config)
-    params = load_params(transformer_rules(config), _open(path, source), flat_shapes(abstract), dtype=dtype,
+    params = load_params(transformer_rules(config), open_diffusers(path, source), flat_shapes(abstract), dtype=dtype,
                          what=f"FLUX.1 transformer checkpoint {os.fspath(path)}")  # fmt: skip
     return module, params
 
@@ -231,9 +220,9 @@ def load_vae(
     path: str | os.PathLike, dtype: Any = "float32", source: TensorSource | None = None
 ) -> tuple[FluxVAE, dict]:
     """Loads a Diffusers `vae/` folder of the FLUX VAE; see `load_transformer`."""
-    config = FluxVAEConfig.from_diffusers(path, **_dtype_overrides(dtype))
+    config = FluxVAEConfig.from_diffusers(path, **dtype_overrides(dtype))
     module, abstract = vae_init_shapes(config)
-    params = load_params(vae_rules(config), _open(path, source), flat_shapes(abstract), dtype=dtype,
+    params = load_params(vae_rules(config), open_diffusers(path, source), flat_shapes(abstract), dtype=dtype,
                          what=f"FLUX.1 VAE checkpoint {os.fspath(path)}")  # fmt: skip
     return module, params
 

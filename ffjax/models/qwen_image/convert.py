@@ -14,8 +14,6 @@ import json
 import os
 from typing import Any
 
-import jax.numpy as jnp
-
 from ffjax.models.qwen_image.config import (
     TRANSFORMER_CLASS,
     VAE_CLASS,
@@ -31,15 +29,16 @@ from ffjax.models.weights import (
     IDENTITY,
     CheckpointFormatError,
     Rule,
-    SafetensorsCheckpoint,
     TensorSource,
     Transform,
     conv,
     dense,
+    dtype_overrides,
     export_params,
     flat_shapes,
     load_params,
     norm,
+    open_diffusers,
     save_sharded,
     transpose,
 )
@@ -164,16 +163,6 @@ def vae_rules(config: QwenImageVAEConfig) -> list[Rule]:
 # --------------------------------------------------------------------------- loaders
 
 
-def _dtype_overrides(dtype: Any) -> dict[str, str]:
-    if dtype is None:
-        return {}
-    return {"dtype": jnp.dtype(dtype).name, "param_dtype": jnp.dtype(dtype).name}
-
-
-def _open(path: str | os.PathLike, source: TensorSource | None) -> TensorSource:
-    return source if source is not None else SafetensorsCheckpoint.open(path, prefix=WEIGHTS_PREFIX)
-
-
 def load_transformer(
     path: str | os.PathLike, dtype: Any = "float32", source: TensorSource | None = None, **runtime
 ) -> tuple[QwenImageTransformer, dict]:
@@ -193,9 +182,9 @@ def load_transformer(
       unsupported config; ConversionError naming every missing, unexpected or
       mis-shaped tensor.
     """
-    config = QwenImageTransformerConfig.from_diffusers(path, **_dtype_overrides(dtype), **runtime)
+    config = QwenImageTransformerConfig.from_diffusers(path, **dtype_overrides(dtype), **runtime)
     module, abstract = transformer_init_shapes(config)
-    params = load_params(transformer_rules(config), _open(path, source), flat_shapes(abstract),
+    params = load_params(transformer_rules(config), open_diffusers(path, source), flat_shapes(abstract),
                          dtype=dtype, what=f"Qwen-Image transformer checkpoint {os.fspath(path)}")  # fmt: skip
     return module, params
 
@@ -204,9 +193,9 @@ def load_vae(
     path: str | os.PathLike, dtype: Any = "float32", source: TensorSource | None = None
 ) -> tuple[QwenImageVAE, dict]:
     """Loads a Diffusers Qwen-Image `vae/` folder (`AutoencoderKLQwenImage`); see `load_transformer`."""
-    config = QwenImageVAEConfig.from_diffusers(path, **_dtype_overrides(dtype))
+    config = QwenImageVAEConfig.from_diffusers(path, **dtype_overrides(dtype))
     module, abstract = vae_init_shapes(config)
-    params = load_params(vae_rules(config), _open(path, source), flat_shapes(abstract), dtype=dtype,
+    params = load_params(vae_rules(config), open_diffusers(path, source), flat_shapes(abstract), dtype=dtype,
                          what=f"Qwen-Image VAE checkpoint {os.fspath(path)}")  # fmt: skip
     return module, params
 
