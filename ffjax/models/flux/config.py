@@ -9,56 +9,18 @@ Unknown keys and impossible values are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
+# ConfigError and read_config are re-exported: callers import them from here.
+from ffjax.models.config_json import ConfigError as ConfigError
+from ffjax.models.config_json import build_config
+from ffjax.models.config_json import check as _check
+from ffjax.models.config_json import read_config as read_config
 from ffjax.models.layers import ATTENTION_IMPLEMENTATIONS
 
 REMAT_POLICIES = ("none", "full", "save_dots")
 _DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A config.json that does not describe the expected model; the message names the key."""
-
-
-def read_config(path_or_dict: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
-    """A config dict from a dict, a `config.json` path, or a folder containing one."""
-    if isinstance(path_or_dict, dict):
-        return dict(path_or_dict)
-    path = os.fspath(path_or_dict)
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
-    if not os.path.exists(path):
-        raise ConfigError(f"no config.json at {path}")
-    with open(path) as f:
-        return json.load(f)
-
-
-def _build(cls, config: dict[str, Any], class_name: str, overrides: dict[str, Any]):
-    got = config.get("_class_name", class_name)
-    if got != class_name:
-        raise ConfigError(f"config.json _class_name is {got!r}, expected {class_name!r}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-        raise ConfigError(
-            f"{class_name} config has unknown keys {unknown}; known: {sorted(fields)}"
-        )
-    kwargs.update(overrides)
-    for k, v in kwargs.items():
-        if isinstance(v, list):
-            kwargs[k] = tuple(v)
-    out = cls(**kwargs)
-    out.validate()
-    return out
-
-
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key {key}={value!r} is invalid; expected {allowed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +49,7 @@ class FluxTransformerConfig:
         cls, config: str | os.PathLike | dict[str, Any], **overrides
     ) -> FluxTransformerConfig:
         """From a transformer `config.json` (path, folder or dict); `overrides` set runtime fields."""
-        return _build(cls, read_config(config), "FluxTransformer2DModel", overrides)
+        return build_config(cls, read_config(config), "FluxTransformer2DModel", overrides)
 
     def to_diffusers(self) -> dict[str, Any]:
         """The Diffusers config dict (runtime fields dropped)."""
@@ -166,7 +128,7 @@ class FluxVAEConfig:
         cls, config: str | os.PathLike | dict[str, Any], **overrides
     ) -> FluxVAEConfig:
         """From a VAE `config.json` (path, folder or dict); `overrides` set runtime fields."""
-        return _build(cls, read_config(config), "AutoencoderKL", overrides)
+        return build_config(cls, read_config(config), "AutoencoderKL", overrides)
 
     def to_diffusers(self) -> dict[str, Any]:
         """The Diffusers config dict (runtime fields dropped)."""
