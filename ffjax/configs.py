@@ -51,6 +51,9 @@ def base_config() -> ConfigDict:
     m.width = 512  # image width in pixels (FLUX.1: multiple of 16)
     m.num_frames = 1  # video frames (WAN: 4k + 1); 1 for image models
     m.max_sequence_length = 512  # text tokens of the prompt encoder (FLUX.1 T5: <= 512)
+    # Qwen-Image guides (true CFG, scale sampling.guidance_scale > 1) only with a negative
+    # prompt, as QwenImagePipeline does; its docs recommend " ". FLUX.1 ignores the key.
+    m.negative_prompt = " "  # negative prompt of true classifier-free guidance
 
     c.sampling = s = ConfigDict()
     s.num_steps = 10  # denoising steps of a training rollout

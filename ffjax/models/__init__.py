@@ -57,6 +57,7 @@ def load_pretrained(
 def _register_adapters() -> None:
     # Importing a family registers its adapter in ffjax.registry.MODELS (e.g. "flux1").
     importlib.import_module("ffjax.models.flux")
+    importlib.import_module("ffjax.models.qwen_image")
 
 
 _register_adapters()

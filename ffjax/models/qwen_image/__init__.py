@@ -1,8 +1,8 @@
-"""Qwen-Image (Qwen team 2025): transformer, VAE, configs, converters.
+"""Qwen-Image (Qwen team 2025): transformer, VAE, configs, converters and the
+`qwen-image` adapter (prompt encoding, true CFG, schedule; `adapter.py`).
 
 `call_like_diffusers` is the parity-test seam: it runs our modules with the arguments
-and array layouts of the Diffusers classes (NumPy in, NumPy out). The `qwen-image`
-adapter (prompt encoding, true CFG, schedule) is not part of this package yet.
+and array layouts of the Diffusers classes (NumPy in, NumPy out).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ffjax.models.qwen_image.adapter import QwenImageAdapter, QwenImageCond
 from ffjax.models.qwen_image.config import QwenImageTransformerConfig, QwenImageVAEConfig
 from ffjax.models.qwen_image.transformer import (
     QwenImageTransformer,
@@ -25,6 +26,8 @@ from ffjax.models.qwen_image.transformer import (
 from ffjax.models.qwen_image.vae import QwenImageVAE
 
 __all__ = [
+    "QwenImageAdapter",
+    "QwenImageCond",
     "QwenImageTransformer",
     "QwenImageTransformerConfig",
     "QwenImageVAE",
