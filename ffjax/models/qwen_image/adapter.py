@@ -50,15 +50,19 @@ from ffjax.models.qwen_image.vae import QwenImageVAE, from_transformer_space
 from ffjax.models.qwen_image.vae import init_shapes as vae_init_shapes
 from ffjax.registry import MODELS
 
-# Default LoRA targets (regexes on Dense module paths): attention q/k/v and output
-# projections of both streams and both streams' MLPs, i.e. Diffusers' attn.to_q/k/v,
-# attn.add_q/k/v_proj, attn.to_out.0, attn.to_add_out, {img,txt}_mlp.net.0.proj / net.2.
-# This is the set Flow-GRPO / Flow-Factory adapt in FLUX's dual-stream blocks, applied to
-# Qwen-Image's (all of its blocks are dual-stream). The modulation (img_mod / txt_mod),
-# embedding and output layers stay frozen.
+# Default LoRA targets (regexes on Dense module paths): Flow-Factory's Qwen-Image
+# `default_target_modules` (src/flow_factory/models/qwen_image/qwen_image.py) as PEFT
+# matches them: attn.to_q/k/v, attn.to_out.0 (image stream), attn.add_q/k/v_proj,
+# attn.to_add_out (text stream) and the MLP inputs {img,txt}_mlp.net.0.proj. Its list
+# also names "{img,txt}_mlp.net.2.proj", which is no module (net.2 is the Linear
+# itself), so the MLP outputs are not adapted there; QWEN_IMAGE_TARGETS_WITH_MLP_OUT adds
+# them. Modulation (img_mod / txt_mod), embeddings and the output layer stay frozen.
 QWEN_IMAGE_TARGETS: tuple[str, ...] = (
     r"^transformer_blocks/attn/(to_[qkv]|add_[qkv]_proj|to_out|to_add_out)$",
-    r"^transformer_blocks/(img|txt)_mlp/proj_(in|out)$",
+    r"^transformer_blocks/(img|txt)_mlp/proj_in$",
+)
+QWEN_IMAGE_TARGETS_WITH_MLP_OUT: tuple[str, ...] = QWEN_IMAGE_TARGETS + (
+    r"^transformer_blocks/(img|txt)_mlp/proj_out$",
 )
 TEXT_PAD_MULTIPLE = 64  # prompt embeddings are padded (masked) to a multiple of this
 

@@ -137,3 +137,24 @@ def test_flux_folder_is_refused(tmp_path):
     path = build_flux_pipeline(tmp_path / "flux")
     with pytest.raises(CheckpointFormatError, match="not a Qwen-Image checkpoint.*FluxPipeline"):
         QwenImageAdapter.load(_config(path, 4.0))
+
+
+def test_lora_targets_select_the_attention_and_mlp_inputs(qwen_pipeline):
+    import re
+
+    from ffjax.models.lora import dense_kernels
+    from ffjax.models.qwen_image.adapter import QWEN_IMAGE_TARGETS_WITH_MLP_OUT
+
+    adapter, weights = QwenImageAdapter.from_pretrained(qwen_pipeline[1])
+    paths = dense_kernels(weights["transformer"])
+
+    def chosen(targets):
+        return sorted(p for p in paths if any(re.search(t, p) for t in targets))
+
+    block = "transformer_blocks/"
+    attn = [f"{block}attn/{n}" for n in ("add_k_proj", "add_q_proj", "add_v_proj")]
+    attn += [f"{block}attn/{n}" for n in ("to_add_out", "to_k", "to_out", "to_q", "to_v")]
+    mlp_in = [f"{block}img_mlp/proj_in", f"{block}txt_mlp/proj_in"]
+    mlp_out = [f"{block}img_mlp/proj_out", f"{block}txt_mlp/proj_out"]
+    assert chosen(adapter.lora_targets) == sorted(attn + mlp_in)
+    assert chosen(QWEN_IMAGE_TARGETS_WITH_MLP_OUT) == sorted(attn + mlp_in + mlp_out)
