@@ -76,6 +76,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.train.advantage_method = "gdpo"  # [FF] advantage_aggregation
     c.train.advantage_std = "group"  # [FF] global_std false
     c.algorithm.kl_type = "v-based"  # [FF] kl_type (kl_beta 0: unused)
+    c.algorithm.cfg_in_train = True  # [FQ] forward() guides like inference does
     c.train.eval_every = 20  # [FF] eval.eval_freq
     c.checkpoint.every_epochs = 20  # [FF] log.save_freq
     # [FF] ema_decay 0.9 every 4 epochs; one EMA step per epoch with the same horizon

@@ -32,6 +32,7 @@ def test_variants_validate_and_divide_into_two_optimizer_steps(variant):
     rows = trainer._check_run_shapes(c, spec, 1)
     assert rows // (c.train.micro_batch_size * c.train.grad_accum_steps) == 2
     assert c.model.name == "qwen-image" and c.sampling.guidance_scale > 1
+    assert c.algorithm.cfg_in_train  # the qwen-image velocity guides in training too
 
 
 def test_tiny_trains_two_epochs(tmp_path):

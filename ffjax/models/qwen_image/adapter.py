@@ -275,6 +275,43 @@ class QwenImageAdapter:
         }
         return adapter, weights
 
+    @classmethod
+    def abstract_text_encoders(cls, config: Any) -> dict[str, Any]:
+        """{name: params as `jax.ShapeDtypeStruct`s} of the Qwen2.5-VL language model `load`
+        sets up (`text_encoder`, in `config.model.dtype`), from its config.json alone."""
+        from ffjax.models.text.convert import read_config
+        from ffjax.models.text.qwen2_5_vl import Qwen2_5_VLTextConfig, Qwen2_5_VLTextEncoder
+
+        m = config.model
+        path = os.path.join(m.path, "text_encoder")
+        dt = jnp.dtype(m.dtype)
+        module = Qwen2_5_VLTextEncoder(
+            Qwen2_5_VLTextConfig.from_dict(read_config(path, "qwen2_5_vl")),
+            dtype=dt,
+            param_dtype=dt,
+        )
+        ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+        params = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), ids, None)["params"])
+        return {"text_encoder (Qwen2.5-VL)": jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, dt), params)}  # fmt: skip
+
+    def abstract_cond(self, batch: int, height: int, width: int) -> QwenImageCond:
+        """The `encode_prompts` result for `batch` prompts at the longest text
+        (`max_sequence_length` tokens), as `jax.ShapeDtypeStruct`s; with guidance the
+        negative prompt is one padding bucket long (a short prompt such as " ")."""
+        dtype = jnp.dtype(self.config.dtype)
+        d = self.config.joint_attention_dim
+
+        def text(s):
+            return (jax.ShapeDtypeStruct((batch, s, d), dtype),
+                    jax.ShapeDtypeStruct((batch, s), jnp.int32))  # fmt: skip
+
+        pos = text(self.max_sequence_length)
+        neg = text(min(self.text_pad_multiple, self.max_sequence_length)) if self.do_cfg else None
+        return jax.eval_shape(
+            lambda p, n: self.make_cond(*p, height, width, *(n or (None, None))), pos, neg
+        )
+
     def logical_specs(self) -> dict[str, Any]:
         """Logical `PartitionSpec`s (ffjax.parallel.axes names) of the `load` weights, by
         weights key; the trainer maps them to mesh shardings. Shapes only, nothing allocated."""
