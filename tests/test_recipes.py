@@ -1,6 +1,6 @@
-"""The FLUX.1 recipes (configs/flux_{grpo,nft,awm}.py): every variant validates, its batch
-sizes divide an epoch into the references' optimizer steps, and the defaults keep the
-model folder required."""
+"""The FLUX.1 and Qwen-Image recipes (configs/{flux,qwen_image}_{grpo,nft,awm}.py): every
+variant validates, its batch sizes divide an epoch into the references' optimizer steps,
+and the defaults keep the model folder required."""
 
 import importlib.util
 from pathlib import Path
@@ -11,7 +11,16 @@ from ffjax import configs, ema, registry, trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 # recipe -> (algorithm, optimizer steps per epoch in its references)
-RECIPES = {"flux_grpo.py": ("grpo", 2), "flux_nft.py": ("nft", 1), "flux_awm.py": ("awm", 1)}
+RECIPES = {
+    "flux_grpo.py": ("grpo", 2),
+    "flux_nft.py": ("nft", 1),
+    "flux_awm.py": ("awm", 1),
+    "qwen_image_grpo.py": ("grpo", 2),
+    "qwen_image_nft.py": ("nft", 1),
+    "qwen_image_awm.py": ("awm", 1),
+}
+FLUX = [name for name in RECIPES if name.startswith("flux_")]
+QWEN_IMAGE = [name for name in RECIPES if name.startswith("qwen_image_")]
 
 
 def _module(name):
@@ -39,6 +48,8 @@ def test_variant_lists():
     assert MODULES["flux_grpo.py"].VARIANTS == ("", "fast", "flow_factory", "tiny")
     assert MODULES["flux_nft.py"].VARIANTS == ("", "tiny")
     assert MODULES["flux_awm.py"].VARIANTS == ("", "tiny")
+    for name in QWEN_IMAGE:
+        assert MODULES[name].VARIANTS == ("", "tiny")
 
 
 @pytest.mark.parametrize("name,variant", CASES)
@@ -73,7 +84,7 @@ def test_unknown_variant_lists_variants(name):
         MODULES[name].get_config("nope")
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", FLUX)
 def test_tiny_is_the_default_algorithm_at_toy_size(name):
     default, tiny = (MODULES[name].get_config(v) for v in ("", "tiny"))
     assert tiny.algorithm.to_dict() == default.algorithm.to_dict()
@@ -87,6 +98,45 @@ def test_tiny_is_the_default_algorithm_at_toy_size(name):
     assert 4 <= tiny.train.lora_rank <= 8 and tiny.train.num_epochs <= 5
     assert tiny.logging.tensorboard
     assert [r.name for r in tiny.rewards.values()] == ["shapes"]
+
+
+@pytest.mark.parametrize("name", QWEN_IMAGE)
+def test_qwen_image_tiny_is_the_default_algorithm_on_the_tiny_pipeline(name):
+    """The tiny variants keep the default's algorithm, EMA, dynamics and guidance and
+    leave model.path to the tiny QwenImagePipeline's folder (tests/test_trainer_qwen_image.py)."""
+    default, tiny = (MODULES[name].get_config(v) for v in ("", "tiny"))
+    assert default.model.name == tiny.model.name == "qwen-image"
+    assert tiny.algorithm.to_dict() == default.algorithm.to_dict()
+    assert tiny.ema.to_dict() == default.ema.to_dict()
+    assert tiny.sampling.dynamics == default.sampling.dynamics
+    assert tiny.sampling.guidance_scale == default.sampling.guidance_scale
+    assert tiny.model.path is None and tiny.data.path is None
+    assert (tiny.model.height, tiny.model.width, tiny.model.dtype) == (32, 32, "float32")
+    assert tiny.model.remat == "none" and tiny.train.num_epochs <= 5
+    assert [r.name for r in tiny.rewards.values()] == ["brightness"]
+    assert [r.name for r in default.rewards.values()] != ["brightness"]
+
+
+def test_qwen_image_nft_follows_flow_factory():
+    """examples/nft/lora/qwen_image/rational_rewards_t2i.yaml: 30 steps without true CFG,
+    10 training sigmas in [0, 0.5], 32 x 16 samples, lr 2e-4, gdpo."""
+    c = MODULES["qwen_image_nft.py"].get_config()
+    assert (c.sampling.num_steps, c.sampling.eval_num_steps, c.sampling.guidance_scale) == (
+        30, 40, 1.0)  # fmt: skip
+    assert (c.algorithm.num_train_timesteps, tuple(c.algorithm.sigma_range)) == (10, (0.0, 0.5))
+    assert (c.data.prompts_per_epoch, c.data.group_size) == (32, 16)
+    assert c.train.learning_rate == 2e-4 and c.train.advantage_method == "gdpo"
+
+
+def test_qwen_image_awm_is_the_flux_awm_algorithm_with_true_cfg():
+    """No Qwen-Image AWM setting is published: configs/flux_awm.py's algorithm, batch and
+    EMA, with the Qwen-Image example's true CFG scale 4."""
+    flux, qwen = MODULES["flux_awm.py"].get_config(), MODULES["qwen_image_awm.py"].get_config()
+    assert qwen.algorithm.to_dict() == flux.algorithm.to_dict()
+    assert qwen.ema.to_dict() == flux.ema.to_dict()
+    for section in ("data", "train"):
+        assert qwen[section].to_dict() == flux[section].to_dict()
+    assert qwen.sampling.guidance_scale == 4.0 and qwen.model.remat == "full"
 
 
 def test_grpo_ema_matches_decay_point_nine_every_four_epochs():

@@ -1,7 +1,7 @@
-"""configs/qwen_image_grpo.py: both variants validate, and its `tiny` variant trains two
-epochs end to end on a tiny real QwenImagePipeline (Qwen2.5-VL prompts, true CFG in the
-rollout and the training forward, LoRA on the Qwen-Image targets, VAE decoding).
-A smoke test (finite metrics, ratio 1 before the first update), not a learning test."""
+"""configs/qwen_image_{grpo,nft,awm}.py on a tiny real QwenImagePipeline (Qwen2.5-VL
+prompts, true CFG in the rollout and the training forward, LoRA on the Qwen-Image
+targets, VAE decoding): the GRPO variants validate, each `tiny` variant trains two epochs
+end to end (finite metrics), and a seeded GRPO run on `tiny` raises the reward."""
 
 import importlib.util
 import math
@@ -12,14 +12,27 @@ import pytest
 from ffjax import configs, registry, trainer
 from tests.tiny_qwen_image_pipeline import build_qwen_image_pipeline
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "qwen_image_grpo.py"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PROMPTS = "a red cat\na dog on a mat\ntwo birds\na photo of a fox\n"
 
 
-def _recipe():
-    spec = importlib.util.spec_from_file_location("qwen_image_grpo", RECIPE)
+def _recipe(algorithm="grpo"):
+    name = f"qwen_image_{algorithm}"
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _tiny(tmp_path, algorithm="grpo"):
+    """The recipe's `tiny` config on a freshly built tiny pipeline and four prompts."""
+    folder = build_qwen_image_pipeline(tmp_path / "pipe")
+    data = tmp_path / "prompts"
+    data.mkdir()
+    (data / "train.txt").write_text(PROMPTS)
+    c = _recipe(algorithm).get_config("tiny")
+    c.model.path, c.data.path = folder, str(data)
+    return c
 
 
 @pytest.mark.parametrize("variant", ["", "tiny"])
@@ -36,15 +49,20 @@ def test_variants_validate_and_divide_into_two_optimizer_steps(variant):
 
 
 def test_tiny_trains_two_epochs(tmp_path):
-    folder = build_qwen_image_pipeline(tmp_path / "pipe")
-    data = tmp_path / "prompts"
-    data.mkdir()
-    (data / "train.txt").write_text("a red cat\na dog on a mat\ntwo birds\na photo of a fox\n")
-    c = _recipe().get_config("tiny")
-    c.model.path, c.data.path = folder, str(data)
+    c = _tiny(tmp_path)
     history = trainer.train(configs.validate(c), tmp_path / "run", progress=False)
     assert len(history) == 2
     for row in history:
         assert math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
     assert abs(history[0]["ratio_min"] - 1) < 1e-2 and abs(history[0]["ratio_max"] - 1) < 1e-2
+    assert math.isfinite(history[-1]["eval/reward_mean"])
+
+
+@pytest.mark.parametrize("algorithm", ["nft", "awm"])
+def test_tiny_nft_and_awm_train_two_epochs(tmp_path, algorithm):
+    c = configs.validate(_tiny(tmp_path, algorithm))
+    history = trainer.train(c, tmp_path / "run", progress=False)
+    assert len(history) == 2
+    for row in history:
+        assert math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
     assert math.isfinite(history[-1]["eval/reward_mean"])
