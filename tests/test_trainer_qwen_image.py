@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ffjax import configs, registry, trainer
+from ffjax import configs, dry_run, registry, trainer
 from tests.tiny_qwen_image_pipeline import build_qwen_image_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -67,6 +67,13 @@ def test_tiny_nft_and_awm_train_two_epochs(tmp_path, algorithm):
     for row in history:
         assert math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
     assert math.isfinite(history[-1]["eval/reward_mean"])
+
+
+@pytest.mark.parametrize("algorithm", ["nft", "awm"])
+def test_tiny_nft_and_awm_dry_run_plans_and_compiles(tmp_path, algorithm):
+    """`--dry_run` (config files only) for the tiny NFT (no true CFG) and AWM (true CFG)."""
+    report = dry_run.plan(configs.validate(_tiny(tmp_path, algorithm)))
+    assert "train" in report.programs and "qwen-image" in report.text(None)
 
 
 # Full fine-tune at a high learning rate with 4 samples a prompt: the random tiny pipeline's
