@@ -101,6 +101,11 @@ def base_config() -> ConfigDict:
     t.adam_eps = 1e-8  # AdamW epsilon
     t.advantage_method = "sum"  # multi-reward advantages: sum | gdpo (ffjax.algorithms.advantages)
     t.advantage_std = "group"  # advantage normalisation: group (per prompt) | global (batch)
+    # Score chunk i's rewards in a thread pool while chunk i+1 (sampling.batch_size
+    # samples) is rolled out; same scores, in order (ffjax.rewards.async_pool). Needs
+    # sampling.batch_size to split the epoch; groupwise rewards wait for the whole epoch.
+    t.async_rewards = False
+    t.reward_workers = 2  # threads of the async reward pool (rewards must be thread-safe)
     t.eval_every = 10  # epochs between evaluations (0 disables)
     t.eval_prompts = 0  # prompts of the evaluation set (0: data.prompts_per_epoch)
     t.eval_repeats = 1  # samples per evaluation prompt (different noise each)
@@ -131,6 +136,9 @@ def base_config() -> ConfigDict:
     c.logging = g = ConfigDict()
     g.tensorboard = True  # write TensorBoard event files under WORKDIR/tb
     g.image_grid_every = 10  # epochs between sample grids under WORKDIR/samples (0 disables)
+    g.wandb_project = ""  # W&B project to log metrics and grids to ("" disables; pip install wandb)
+    g.wandb_name = ""  # W&B run name ("": W&B picks one)
+    g.wandb_mode = "online"  # online | offline (sync later with `wandb sync`) | disabled
     return c
 
 
@@ -150,6 +158,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
     "sampling.sde_window": ("random", "contiguous"),
     "sampling.storage_dtype": ("float32", "bfloat16"),
     "train.lora_init": ("gaussian", "kaiming"),
+    "logging.wandb_mode": ("online", "offline", "disabled"),
     "train.advantage_method": ("sum", "gdpo"),
     "train.advantage_std": ("group", "global"),
     "train.lr_schedule": ("constant", "linear", "cosine"),
@@ -176,6 +185,7 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.inner_epochs": (lambda v: v >= 1, ">= 1"),
     "train.lora_rank": (lambda v: v >= 0, ">= 0 (0 = full fine-tune)"),
     "train.grad_accum_steps": (lambda v: v >= 1, ">= 1"),
+    "train.reward_workers": (lambda v: v >= 1, ">= 1"),
     "sampling.batch_size": (lambda v: v >= 0, ">= 0 (0 = the whole epoch)"),
     "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "train.eval_prompts": (lambda v: v >= 0, ">= 0"),

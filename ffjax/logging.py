@@ -1,4 +1,5 @@
-"""Run outputs: metrics.jsonl (one object per epoch), TensorBoard events, image grids.
+"""Run outputs: metrics.jsonl (one object per epoch), TensorBoard events, Weights &
+Biases (when `logging.wandb_project` is set), image grids.
 
 Only process 0 writes (multi-host runs call these on every process; the others are
 no-ops). Every write is flushed at once, so an interrupted run keeps all finished
@@ -7,6 +8,7 @@ epochs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -39,12 +41,22 @@ class MetricsWriter:
     Args:
       workdir: run folder (created).
       tensorboard: also write event files under WORKDIR/tb.
+      wandb: None, or the keyword arguments of `wandb.init` beyond `dir` and `id`
+        (project, name, mode, config): also log every metric and image to Weights &
+        Biases. The run id is derived from the workdir, so a resumed run continues the
+        same W&B run.
     """
 
-    def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        tensorboard: bool = True,
+        wandb: Mapping[str, Any] | None = None,
+    ):
         self.active = jax.process_index() == 0
         self.path = os.path.join(os.fspath(workdir), "metrics.jsonl")
         self._tb = None
+        self._wandb = None
         if not self.active:
             return
         os.makedirs(workdir, exist_ok=True)
@@ -52,6 +64,8 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(os.fspath(workdir), "tb"))
+        if wandb:
+            self._wandb = _wandb_run(os.fspath(workdir), wandb)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Writes `metrics` (scalars, None for not-applicable) for `step` (the epoch)."""
@@ -61,21 +75,46 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+        scalars = {
+            k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         if self._tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, step)
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
 
     def image(self, tag: str, step: int, image: np.ndarray) -> None:
         """Logs a uint8[H, W, 3] image to TensorBoard."""
         if self.active and self._tb is not None:
             self._tb.add_image(tag, image, step, dataformats="HWC")
             self._tb.flush()
+        if self.active and self._wandb is not None:
+            import wandb
+
+            self._wandb.log({tag: wandb.Image(image)}, step=step)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _wandb_run(workdir: str, settings: Mapping[str, Any]):
+    """A wandb run logging to `workdir`, resumable: its id is a digest of the workdir."""
+    from ffjax.configs import ConfigError
+
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError(
+            "config.logging.wandb_project is set but wandb is not installed;"
+            " `pip install wandb`, or set config.logging.wandb_project=''"
+        ) from None
+    run_id = hashlib.sha256(os.path.abspath(workdir).encode()).hexdigest()[:16]
+    return wandb.init(dir=workdir, id=run_id, resume="allow", **settings)
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -4,6 +4,12 @@
     (host, float64) -> shuffled micro-batches x inner epochs -> train_step (jit, donated
     state) -> EMA -> eval (ODE, EMA weights) -> checkpoint -> metrics.jsonl
 
+With `train.async_rewards` (and `sampling.batch_size` splitting the epoch) the rewards
+of rollout chunk i are scored in a thread pool while chunk i+1 is sampled
+(`_sample_and_score`, `ffjax.rewards.async_pool`): same scores, in order;
+`time/reward_s` is then the wait after the last chunk, `time/reward_busy_s` the time
+spent scoring.
+
 Model adapters are used through a small protocol (see `ffjax.models.flux.adapter`):
 `load(config) -> (adapter, weights)`, `denoiser` (the key of the trained weights),
 `lora_targets`, `encode_prompts(prompts, height, width)` (cond pytree, batch axis
@@ -412,8 +418,13 @@ def _sample(
     noise_levels: np.ndarray,
     key: jax.Array,
     record: np.ndarray | None,
+    on_chunk: Callable[[jax.Array], None] | None = None,
 ) -> tuple[jax.Array, Any]:
-    """Rollout in chunks of `sampling.batch_size`; trajectories concatenated on the batch axis."""
+    """Rollout in chunks of `sampling.batch_size`; trajectories concatenated on the batch axis.
+
+    `on_chunk(final)` is called with each chunk's final latents right after the chunk
+    is dispatched (JAX dispatch is asynchronous: the device is still running it).
+    """
     c = run.config.sampling
     n = noise.shape[0]
     chunk = c.batch_size or n
@@ -434,6 +445,8 @@ def _sample(
         )
         finals.append(final)
         trajs.append(traj)
+        if on_chunk is not None:
+            on_chunk(final)
     final = jnp.concatenate(finals)
     if record is None:
         return final, None
@@ -459,22 +472,66 @@ def _decode(run: Run, latents: jax.Array) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _sample_and_score(
+    run: Run, weights, cond, noise, sigmas, noise_levels, key, record, samples_of
+) -> tuple[jax.Array, Any, np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+    """`_sample` + `_decode` + `_score` with the rewards of chunk i scored in a thread
+    pool (`ffjax.rewards.async_pool`) while chunk i+1 is rolled out (train.async_rewards).
+
+    Chunk i's decode is dispatched right after its rollout; its images are fetched to
+    the host (and handed to the pool) after chunk i+1's rollout has been dispatched,
+    so the device always has the next chunk queued. Same chunks, keys and decode calls
+    as the serial path: the same images and scores. samples_of(images, start) ->
+    Samples of the chunk starting at `start`. Returns (final, traj, images, scores,
+    {"rollout_s", "reward_s", "reward_busy_s"}).
+    """
+    from ffjax.rewards.async_pool import AsyncScorer
+
+    m = run.config.model
+    t0 = time.perf_counter()
+    parts: list[np.ndarray] = []
+    pending: list[jax.Array] = []
+    with AsyncScorer(run.rewards, run.config.train.reward_workers, _score_one) as scorer:
+
+        def hand_over() -> None:
+            images = np.asarray(pending.pop(0))  # waits for this chunk's decode only
+            scorer.submit(samples_of(images, sum(len(p) for p in parts)))
+            parts.append(images)
+
+        def on_chunk(final: jax.Array) -> None:
+            pending.append(run.decode(run.weights["vae"], final, m.height, m.width))
+            if len(pending) > 1:
+                hand_over()
+
+        final, traj = _sample(run, weights, cond, noise, sigmas, noise_levels, key, record,
+                              on_chunk)  # fmt: skip
+        while pending:
+            hand_over()
+        images = np.concatenate(parts)
+        t1 = time.perf_counter()
+        scores = scorer.finish(samples_of(images, None))
+        times = {"rollout_s": t1 - t0, "reward_s": time.perf_counter() - t1}
+        times["reward_busy_s"] = scorer.busy_s
+    return final, traj, images, scores, times
+
+
+def _score_one(alias: str, reward: Any, samples: Samples) -> np.ndarray:
+    """float64[B] scores of one reward; RewardError / a wrong shape -> TrainingError."""
+    try:
+        scores = np.asarray(reward(samples), np.float64).reshape(-1)
+    except RewardError as e:  # e.g. the reward server died: stop, keep what is done
+        raise TrainingError(
+            f"reward {alias!r}: {e}; stopping. Finished epochs, metrics and checkpoints are kept."
+        ) from None
+    if scores.shape != (len(samples),):
+        raise TrainingError(
+            f"reward {alias!r} returned shape {scores.shape} for {len(samples)} samples"
+        )
+    return scores
+
+
 def _score(rewards: dict[str, tuple[Any, float]], samples: Samples) -> dict[str, np.ndarray]:
-    out = {}
-    for alias, (reward, _) in rewards.items():
-        try:
-            scores = np.asarray(reward(samples), np.float64).reshape(-1)
-        except RewardError as e:  # e.g. the reward server died: stop, keep what is done
-            raise TrainingError(
-                f"reward {alias!r}: {e}; stopping. Finished epochs, metrics and checkpoints"
-                " are kept."
-            ) from None
-        if scores.shape != (len(samples),):
-            raise TrainingError(
-                f"reward {alias!r} returned shape {scores.shape} for {len(samples)} samples"
-            )
-        out[alias] = scores
-    return out
+    return {alias: _score_one(alias, reward, samples) for alias, (reward, _) in rewards.items()}
 
 
 def _make_rows(
@@ -566,17 +623,30 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     sample_weights = state.trainable
     if run.spec.wants("sample_with_ema", c.algorithm):
         sample_weights = state.ema
-    final, traj = _sample(run, sample_weights, cond, noise, sigmas, noise_levels,
-                          jax.random.fold_in(key, 1), record)  # fmt: skip
-    images = _decode(run, final)
-    t_rollout = time.perf_counter() - t0
+    sample_args = (sample_weights, cond, noise, sigmas, noise_levels,
+                   jax.random.fold_in(key, 1), record)  # fmt: skip
+    if t.async_rewards and 0 < c.sampling.batch_size < n:
 
-    t1 = time.perf_counter()
-    # group_ids: a groupwise reward scores within the sampler's groups (rewards/base.py).
-    epoch_samples = Samples(prompts, images=images, metadata=metadata, group_ids=group_ids)
-    raw = _score(run.rewards, epoch_samples)
+        def samples_of(images: np.ndarray, start: int | None) -> Samples:
+            sl = slice(None) if start is None else slice(start, start + len(images))
+            return Samples(prompts[sl], images=images, metadata=metadata[sl],
+                           group_ids=np.asarray(group_ids)[sl])  # fmt: skip
+
+        final, traj, images, raw, times = _sample_and_score(run, *sample_args, samples_of)
+        t_rollout, t_reward, t_reward_busy = (
+            times["rollout_s"], times["reward_s"], times["reward_busy_s"]
+        )  # fmt: skip
+    else:
+        final, traj = _sample(run, *sample_args)
+        images = _decode(run, final)
+        t_rollout = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        # group_ids: a groupwise reward scores within the sampler's groups (rewards/base.py).
+        epoch_samples = Samples(prompts, images=images, metadata=metadata, group_ids=group_ids)
+        raw = _score(run.rewards, epoch_samples)
+        t_reward = t_reward_busy = time.perf_counter() - t1
     weights = {a: w for a, (_, w) in run.rewards.items()}
-    t_reward = time.perf_counter() - t1
     combined = sum(weights[a] * raw[a] for a in raw)
     try:
         adv = compute_advantages(
@@ -637,7 +707,8 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     out["lr"] = float(run.lr_fn(int(state.step) // t.grad_accum_steps))
     out.update(summary)
     out["time/rollout_s"] = t_rollout
-    out["time/reward_s"] = t_reward
+    out["time/reward_s"] = t_reward  # async_rewards: the wait after the last chunk
+    out["time/reward_busy_s"] = t_reward_busy  # time spent scoring (summed over workers)
     out["time/train_s"] = t_train
     out["time/epoch_s"] = time.perf_counter() - t0
     out["samples_per_s"] = n / out["time/epoch_s"]
@@ -754,7 +825,11 @@ def train(
     elif jax.process_index() == 0:
         with open(config_file, "w") as f:
             f.write(text + "\n")
-    writer = MetricsWriter(workdir, tensorboard=c.logging.tensorboard)
+    wandb = None
+    if c.logging.wandb_project:
+        wandb = dict(project=c.logging.wandb_project, mode=c.logging.wandb_mode,
+                     name=c.logging.wandb_name or None, config=c.to_dict())  # fmt: skip
+    writer = MetricsWriter(workdir, tensorboard=c.logging.tensorboard, wandb=wandb)
     history: list[dict[str, Any]] = []
 
     def do_eval(epoch: int) -> dict[str, float]:
