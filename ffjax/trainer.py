@@ -429,6 +429,7 @@ def _sample(
     n = noise.shape[0]
     chunk = c.batch_size or n
     finals, trajs = [], []
+    bar = _stage_bar(run, -(-n // chunk), "rollout", "chunk")
     for start in range(0, n, chunk):
         sl = slice(start, start + chunk)
         final, traj = rollout_lib.rollout(
@@ -447,6 +448,8 @@ def _sample(
         trajs.append(traj)
         if on_chunk is not None:
             on_chunk(final)
+        _advance(bar, final)
+    bar.close()
     final = jnp.concatenate(finals)
     if record is None:
         return final, None
@@ -457,6 +460,21 @@ def _sample(
         trajs[0], x_t=cat("x_t"), x_next=cat("x_next"), log_prob=cat("log_prob")
     )  # sigma, sigma_next, step are the same for every chunk
     return final, traj
+
+
+def _stage_bar(run: Run, total: int, desc: str, unit: str):
+    """A progress bar with ETA for one stage of an epoch (`logging.step_progress`)."""
+    return tqdm(total=total, desc=desc, unit=unit, leave=False,
+                disable=not run.config.logging.step_progress)  # fmt: skip
+
+
+def _advance(bar, result: Any) -> None:
+    """Counts one unit of `bar` once `result` is computed. Waiting makes the bar and its
+    ETA true (dispatch is asynchronous) at the cost of the overlap between units, so it
+    only waits when the bar is shown."""
+    if not bar.disable:
+        jax.block_until_ready(result)
+        bar.update(1)
 
 
 def _decode(run: Run, latents: jax.Array) -> np.ndarray:
@@ -668,6 +686,8 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     step_rows = t.micro_batch_size * t.grad_accum_steps
     noise_key = jax.random.fold_in(key, 2)
     step_metrics = []
+    per_inner = -(-len(valid_rows) // step_rows) * t.grad_accum_steps
+    bar = _stage_bar(run, t.inner_epochs * per_inner, "train", "micro-batch")
     for inner in range(t.inner_epochs):
         order = _row_order(rng, valid_rows, step_rows)
         for j, start in enumerate(range(0, len(order), t.micro_batch_size)):
@@ -675,6 +695,8 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
             step_key = jax.random.fold_in(jax.random.fold_in(key, 3 + inner), j)
             state, metrics = run.train_step(state, frozen, samples, rows, idx, noise_key, step_key)
             step_metrics.append(metrics)
+            _advance(bar, metrics["loss"])
+    bar.close()
     step_metrics = jax.device_get(step_metrics)
     bad = [i for i, mt in enumerate(step_metrics) if not np.isfinite(mt["loss"])]
     if bad or not all(np.isfinite(mt["grad_norm"]) for mt in step_metrics):

@@ -213,3 +213,15 @@ def test_decode_runs_in_chunks_of_the_rollout_batch(tmp_path):
     images = trainer._decode(dataclasses.replace(run, decode=spy), latents)
     assert calls == [4, 4, 2]
     np.testing.assert_array_equal(images, np.asarray(run.decode(run.weights["vae"], latents, 8, 8)))
+
+
+def test_stage_progress_bars_change_nothing(tmp_path, capsys):
+    c = toy_config(tmp_path)
+    c.sampling.batch_size = 8  # 2 rollout chunks
+    c.checkpoint.every_epochs = 2
+    plain, _ = _train(c, tmp_path, "plain")
+    c.logging.step_progress = True
+    shown, _ = _train(c, tmp_path, "shown")
+    err = capsys.readouterr().err
+    assert "rollout" in err and "train" in err and "micro-batch" in err
+    assert shown[-1]["params_digest"] == plain[-1]["params_digest"]
