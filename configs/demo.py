@@ -21,10 +21,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
 def get_config(variant: str = "") -> configs.ConfigDict:
     """Variant: "" or "grpo" (default), "nft", "awm"."""
     variant = variant or "grpo"
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown variant {variant!r} of configs/demo.py; allowed: {', '.join(VARIANTS)}"
-        )
+    configs.check_variant(__file__, variant, VARIANTS)
     c = configs.base_config()
     c.model.name = "flux1"
     c.model.path = str(ASSETS)

@@ -49,11 +49,7 @@ DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
 
 def get_config(variant: str = "") -> configs.ConfigDict:
     """Variant: "" (Flow-GRPO, default), "fast", "flow_factory", "tiny"."""
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown variant {variant!r} of configs/flux_grpo.py; allowed: "
-            f"{', '.join(map(repr, VARIANTS))}"
-        )
+    configs.check_variant(__file__, variant, VARIANTS)
     c = configs.base_config()
     configs.set_algorithm(c, "grpo")
     if variant == "flow_factory":

@@ -46,11 +46,7 @@ DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
 
 def get_config(variant: str = "") -> configs.ConfigDict:
     """Variant: "" (Flow-Factory FLUX.1, default), "tiny"."""
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown variant {variant!r} of configs/flux_nft.py; allowed: "
-            f"{', '.join(map(repr, VARIANTS))}"
-        )
+    configs.check_variant(__file__, variant, VARIANTS)
     c = configs.base_config()
     configs.set_algorithm(c, "nft")
     _flow_factory(c)

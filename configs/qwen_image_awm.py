@@ -48,11 +48,7 @@ VARIANTS = ("", "tiny")
 
 def get_config(variant: str = "") -> configs.ConfigDict:
     """Variant: "" (Flow-Factory FLUX.1 AWM on Qwen-Image, default), "tiny"."""
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown variant {variant!r} of configs/qwen_image_awm.py; allowed: "
-            f"{', '.join(map(repr, VARIANTS))}"
-        )
+    configs.check_variant(__file__, variant, VARIANTS)
     c = configs.base_config()
     configs.set_algorithm(c, "awm")
     _flow_factory(c)

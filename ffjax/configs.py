@@ -35,6 +35,18 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key and what is allowed."""
 
 
+def check_variant(recipe_file: str, variant: str, allowed: tuple[str, ...]) -> None:
+    """ValueError naming the recipe and its variants unless `variant` is one of `allowed`.
+
+    recipe_file: the recipe's `__file__` (the message shows configs/<name>.py).
+    """
+    if variant not in allowed:
+        name = "/".join(recipe_file.replace("\\", "/").split("/")[-2:])
+        raise ValueError(
+            f"unknown variant {variant!r} of {name}; allowed: {', '.join(map(repr, allowed))}"
+        )
+
+
 def base_config() -> ConfigDict:
     """Every configuration key ffjax knows, with its default. Keys are documented here."""
     c = ConfigDict()
