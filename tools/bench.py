@@ -4,6 +4,7 @@
     python tools/bench.py --family flux --size small
     python tools/bench.py --family flux --size dev --dtype bfloat16 --attention cudnn \
         --remat full                                           # GPU: FLUX.1-dev dims, MFU
+    python tools/bench.py --family qwen_image --size tiny      # Qwen-Image transformer
 
 Times, in one process on one machine: (1) a transformer forward, (2) an N-step Euler
 rollout (the sampler's inner loop), (3) forward + backward of a mean-square loss
@@ -212,7 +213,138 @@ def build_flux(
     return case
 
 
-FAMILIES = {"flux": build_flux}
+QWEN_SIZES = {
+    "tiny": dict(
+        transformer=dict(num_layers=2, attention_head_dim=16, num_attention_heads=2,
+                         joint_attention_dim=32, axes_dims_rope=(4, 6, 6)),
+        image=64, text_len=16,
+    ),
+    "small": dict(
+        transformer=dict(num_layers=4, attention_head_dim=64, num_attention_heads=4,
+                         joint_attention_dim=256, axes_dims_rope=(16, 24, 24)),
+        image=256, text_len=64,
+    ),
+    # Qwen-Image (20B): 60 dual-stream blocks, 24 x 128 heads, Qwen2.5-VL 3584.
+    "dev": dict(transformer=dict(), image=1024, text_len=512),
+}  # fmt: skip
+
+
+def build_qwen_image(
+    size: str, batch: int, steps: int, dtype: str, attention: str, remat: str, with_torch: bool
+) -> Case:
+    """Qwen-Image transformer (`QwenImageTransformer2DModel`): packed latents of a
+    size x size image (VAE factor 8, 2x2 patches), text with a mask (the last quarter of
+    the tokens padded), timestep = sigma as the pipeline passes it."""
+    import torch
+
+    from ffjax.models.qwen_image.config import QwenImageTransformerConfig
+    from ffjax.models.qwen_image.convert import transformer_rules
+    from ffjax.models.qwen_image.transformer import init_shapes, rope_ids
+    from ffjax.models.weights import ArraySource, flat_shapes, load_params
+
+    spec = QWEN_SIZES[size]
+    diff_cfg = dict(in_channels=64, out_channels=16, **spec["transformer"])
+    cfg = QwenImageTransformerConfig(
+        **diff_cfg, dtype=dtype, param_dtype=dtype, attention=attention, remat=remat
+    )
+    side = spec["image"] // 16
+    n_img, n_txt = side * side, spec["text_len"]
+    dev = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, n_img, cfg.in_channels)).astype(np.float32)
+    txt = rng.normal(size=(batch, n_txt, cfg.joint_attention_dim)).astype(np.float32)
+    mask = np.ones((batch, n_txt), bool)
+    mask[:, n_txt - n_txt // 4 :] = False
+    img_shapes = [[(1, side, side)]] * batch
+    img_ids, txt_ids = rope_ids(img_shapes, n_txt)
+    sigmas = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
+
+    torch_model = None
+    if with_torch or size != "dev":
+        from diffusers import QwenImageTransformer2DModel
+
+        torch.manual_seed(0)
+        with torch.device(dev):
+            torch_model = QwenImageTransformer2DModel(**diff_cfg).eval()
+            if tdtype != torch.float32:
+                torch_model = torch_model.to(tdtype)
+    module, abstract = init_shapes(cfg)
+    jx, jt, jm = (jnp.asarray(a) for a in (x, txt, mask))
+    ids = (jnp.asarray(img_ids), jnp.asarray(txt_ids))
+    if size == "dev":  # random init on device; 20B params are never built on the host
+        from flax.core import meta
+
+        init = jax.jit(lambda: module.init(jax.random.key(0), jx, jt, jm,
+                                           jnp.full((batch,), 0.5), *ids)["params"])  # fmt: skip
+        params = meta.unbox(init())
+    else:
+        sd = {k: v.detach().float().cpu().numpy() for k, v in torch_model.state_dict().items()}
+        params = jax.device_put(
+            load_params(transformer_rules(cfg), ArraySource(sd), flat_shapes(abstract), dtype=dtype)
+        )
+
+    def apply(p, lat, sigma):
+        return module.apply({"params": p}, lat, jt, jm, sigma, *ids)
+
+    t = jnp.full((batch,), 0.5, jnp.float32)
+    fwd = jax.jit(apply)
+
+    @jax.jit
+    def rollout(p, lat):
+        def step(z, s):
+            v = apply(p, z, jnp.full((batch,), s[0], jnp.float32)).astype(jnp.float32)
+            return z + v * (s[1] - s[0]), None  # patch^2 * out_channels = in_channels
+
+        pairs = jnp.stack([jnp.asarray(sigmas[:-1]), jnp.asarray(sigmas[1:])], -1)
+        return jax.lax.scan(step, lat, pairs)[0]
+
+    fwd_bwd = jax.jit(jax.value_and_grad(
+        lambda p, lat: jnp.mean(jnp.square(apply(p, lat, t).astype(jnp.float32)))))  # fmt: skip
+    n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract))
+    tokens = n_img + n_txt
+    # Matmuls over every token plus the joint attention's two L x L products per block.
+    flops = 2 * n_params * tokens * batch + 4 * cfg.num_layers * tokens**2 * (
+        cfg.num_attention_heads * cfg.attention_head_dim) * batch  # fmt: skip
+    case = Case(
+        jax_forward=lambda: fwd(params, jx, t),
+        jax_rollout=lambda: rollout(params, jx),
+        jax_fwd_bwd=lambda: fwd_bwd(params, jx),
+        torch_forward=None, torch_rollout=None, torch_fwd_bwd=None,
+        forward_flops=float(flops),
+        description=f"Qwen-Image {size}: inner {cfg.num_attention_heads * cfg.attention_head_dim},"
+        f" {cfg.num_layers} blocks, {n_img}+{n_txt} tokens, batch {batch}, {dtype}",
+    )  # fmt: skip
+    if with_torch:
+        tt = lambda a: torch.from_numpy(a).to(dev, tdtype)
+        targs = dict(encoder_hidden_states=tt(txt), img_shapes=img_shapes,
+                     encoder_hidden_states_mask=torch.from_numpy(mask).to(dev))  # fmt: skip
+
+        def t_forward(lat=None, sigma=0.5):
+            lat = tt(x) if lat is None else lat
+            with torch.no_grad():
+                return torch_model(hidden_states=lat, timestep=torch.full(
+                    (batch,), sigma, device=dev, dtype=tdtype), **targs).sample  # fmt: skip
+
+        def t_rollout():
+            lat = tt(x)
+            for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+                lat = lat + t_forward(lat, float(s)) * float(s_next - s)
+            return lat
+
+        def t_fwd_bwd():
+            torch_model.zero_grad(set_to_none=True)
+            out = torch_model(hidden_states=tt(x), timestep=torch.full(
+                (batch,), 0.5, device=dev, dtype=tdtype), **targs).sample  # fmt: skip
+            loss = out.float().square().mean()
+            loss.backward()
+            return loss
+
+        case.torch_forward, case.torch_rollout, case.torch_fwd_bwd = t_forward, t_rollout, t_fwd_bwd
+    return case
+
+
+FAMILIES = {"flux": build_flux, "qwen_image": build_qwen_image}
 
 
 def _sync(out):
