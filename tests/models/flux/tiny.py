@@ -48,6 +48,21 @@ def perturb(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.
     return model.eval()
 
 
+def save_tiny_models(
+    cls, configs: dict, tmp_path_factory, prefix: str, torch_seed: int, perturb_seed: int
+) -> dict:
+    """{name: (torch model, saved folder)}: `cls(**configs[name])`, initialised with
+    torch seed torch_seed + i, perturbed with seed perturb_seed + i, save_pretrained."""
+    out = {}
+    for i, (name, cfg) in enumerate(configs.items()):
+        torch.manual_seed(torch_seed + i)
+        model = perturb(cls(**cfg), seed=perturb_seed + i)
+        path = tmp_path_factory.mktemp(f"{prefix}_{name}")
+        model.save_pretrained(path)
+        out[name] = (model, path)
+    return out
+
+
 def image_ids(h: int, w: int) -> np.ndarray:
     """(0, row, col) ids of an h x w patch grid, as FluxPipeline._prepare_latent_image_ids."""
     ids = np.zeros((h, w, 3), np.float32)
