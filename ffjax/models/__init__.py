@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 # family -> component -> "module:function" with signature (path, dtype=...) -> (module, params).
-# Planned rows: "wan": {...}; each family's convert.py provides its loaders.
+# Each family's convert.py provides its loaders.
 LOADERS: dict[str, dict[str, str]] = {
     "flux": {
         "transformer": "ffjax.models.flux.convert:load_transformer",
@@ -22,6 +22,10 @@ LOADERS: dict[str, dict[str, str]] = {
     "qwen_image": {
         "transformer": "ffjax.models.qwen_image.convert:load_transformer",
         "vae": "ffjax.models.qwen_image.convert:load_vae",
+    },
+    "wan": {
+        "transformer": "ffjax.models.wan.convert:load_transformer",
+        "vae": "ffjax.models.wan.convert:load_vae",
     },
     "text": {c: f"ffjax.models.text:load_{c}" for c in ("clip_text", "t5", "umt5", "qwen2_5_vl")},
     "clip": {"model": "ffjax.models.clip.convert:load_clip_model"},
