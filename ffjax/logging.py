@@ -86,7 +86,10 @@ class MetricsWriter:
             self._wandb.log(scalars, step=step)
 
     def image(self, tag: str, step: int, image: np.ndarray) -> None:
-        """Logs a uint8[H, W, 3] image to TensorBoard."""
+        """Logs a uint8[H, W, 3] image to TensorBoard (of a video grid [T, H, W, 3], its
+        first frame; the whole clip is the GIF under samples/)."""
+        if image.ndim == 4:
+            image = image[0]
         if self.active and self._tb is not None:
             self._tb.add_image(tag, image, step, dataformats="HWC")
             self._tb.flush()
@@ -123,6 +126,9 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+GIF_FRAME_MS = 125  # video grids play at 8 frames per second
+
+
 def image_grid(
     images: np.ndarray,
     captions: Sequence[str] | None = None,
@@ -133,11 +139,22 @@ def image_grid(
 ) -> np.ndarray:
     """uint8[B, H, W, 3] -> one uint8 grid image, each tile optionally captioned below.
 
-    Tiny images are enlarged `scale` times (nearest neighbour) so they stay visible.
+    Videos, uint8[B, T, H, W, 3], give one grid per frame: uint8[T, H', W', 3] (save it
+    with `save_grid`, which writes it as an animated GIF). Tiny images are enlarged
+    `scale` times (nearest neighbour) so they stay visible.
     """
     images = np.asarray(images)
+    if images.ndim == 5 and images.shape[-1] == 3 and images.dtype == np.uint8:
+        return np.stack([
+            image_grid(images[:, f], captions, columns=columns, scale=scale,
+                       caption_height=caption_height)
+            for f in range(images.shape[1])
+        ])  # fmt: skip
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"image_grid needs uint8[B, H, W, 3], got {images.dtype} {images.shape}")
+        raise ValueError(
+            "image_grid needs uint8[B, H, W, 3] images or uint8[B, T, H, W, 3] videos,"
+            f" got {images.dtype} {images.shape}"
+        )
     b, h, w, _ = images.shape
     if scale > 1:
         images = images.repeat(scale, axis=1).repeat(scale, axis=2)
@@ -155,9 +172,22 @@ def image_grid(
     return np.asarray(grid)
 
 
-def save_grid(path: str | os.PathLike, grid: np.ndarray) -> None:
-    """Writes a uint8 grid as PNG (process 0 only), creating the folder."""
+def save_grid(path: str | os.PathLike, grid: np.ndarray) -> str:
+    """Writes a uint8 grid (process 0 only), creating the folder; returns the path written.
+
+    An image grid [H, W, 3] is written as PNG at `path`; a video grid [T, H, W, 3] as an
+    animated GIF (looping, `GIF_FRAME_MS` per frame) at `path` with the suffix `.gif`.
+    """
+    path = os.fspath(path)
+    if grid.ndim == 4:
+        path = os.path.splitext(path)[0] + ".gif"
     if jax.process_index() != 0:
-        return
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    Image.fromarray(grid).save(path)
+        return path
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if grid.ndim == 4:
+        frames = [Image.fromarray(f) for f in grid]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS,
+                       loop=0)  # fmt: skip
+    else:
+        Image.fromarray(grid).save(path)
+    return path

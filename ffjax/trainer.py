@@ -206,10 +206,25 @@ def _check_algorithm_needs(config, spec: AlgorithmSpec) -> None:
         raise configs.ConfigError(f"algorithm {spec.name!r} has no loss (make_loss) registered")
 
 
-def make_policy(adapter, lora: bool) -> Callable:
-    """policy(weights, base, x, sigma, cond) -> v for the algorithms (spec.py contract)."""
+def cfg_in_train(config: configs.ConfigDict) -> bool:
+    """Whether the training forward guides like the rollout: `config.algorithm.cfg_in_train`
+    where the algorithm has that key (GRPO), else True (NFT and AWM train the velocity
+    the rollout samples with). Only models with `supports_cfg` guide at all."""
+    return bool(config.algorithm.get("cfg_in_train", True))
+
+
+def make_policy(adapter, lora: bool, cfg: bool = True) -> Callable:
+    """policy(weights, base, x, sigma, cond) -> v for the algorithms (spec.py contract).
+
+    cfg=False (`cfg_in_train` False on a `supports_cfg` model): every training-time call,
+    the reference's too, drops the guidance (`adapter.conditional_only(cond)`, the
+    conditional pass alone); the rollout, which does not go through here, still guides.
+    """
+    strip = None if cfg or not getattr(adapter, "supports_cfg", False) else adapter.conditional_only
 
     def policy(weights, base, x, sigma, cond):
+        if strip is not None:
+            cond = strip(cond)
         if lora:
             variables = {"params": base["params"]}
             if weights is not None:
@@ -306,7 +321,7 @@ def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
     total_steps = max(1, t.num_epochs * steps_per_epoch // t.grad_accum_steps)
     optimizer = optim.make_optimizer(t, total_steps)
     lr_fn = optim.learning_rate_fn(t, total_steps)
-    policy = make_policy(adapter, lora)
+    policy = make_policy(adapter, lora, cfg_in_train(config))
     loss_fn = spec.make_loss(config.algorithm, policy, dynamics=config.sampling.dynamics)
     initial = init_state(trainable, optimizer, ema=config.ema.decay > 0)
     state_shardings = _state_shardings(initial, trainable_specs, optimizer, mesh)
@@ -647,7 +662,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
 
         def samples_of(images: np.ndarray, start: int | None) -> Samples:
             sl = slice(None) if start is None else slice(start, start + len(images))
-            return Samples(prompts[sl], images=images, metadata=metadata[sl],
+            return Samples.of(prompts[sl], images, metadata=metadata[sl],
                            group_ids=np.asarray(group_ids)[sl])  # fmt: skip
 
         final, traj, images, raw, times = _sample_and_score(run, *sample_args, samples_of)
@@ -661,7 +676,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
 
         t1 = time.perf_counter()
         # group_ids: a groupwise reward scores within the sampler's groups (rewards/base.py).
-        epoch_samples = Samples(prompts, images=images, metadata=metadata, group_ids=group_ids)
+        epoch_samples = Samples.of(prompts, images, metadata=metadata, group_ids=group_ids)
         raw = _score(run.rewards, epoch_samples)
         t_reward = t_reward_busy = time.perf_counter() - t1
     weights = {a: w for a, (_, w) in run.rewards.items()}
@@ -754,7 +769,7 @@ def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray,
     final, _ = _sample(run, weights, cond, noise, sigmas, levels, key, None)
     images = _decode(run, final)
     raw = _score(
-        run.eval_rewards, Samples(prompts, images=images, metadata=run.eval_prompts.metadata)
+        run.eval_rewards, Samples.of(prompts, images, metadata=run.eval_prompts.metadata)
     )
     w = {a: wt for a, (_, wt) in run.eval_rewards.items()}
     combined = sum(w[a] * raw[a] for a in raw)

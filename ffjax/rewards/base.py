@@ -69,6 +69,15 @@ class Samples:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    @classmethod
+    def of(cls, prompts: Sequence[str], pixels: np.ndarray, **fields: Any) -> Samples:
+        """Samples of decoded generations: uint8[B, H, W, 3] become `images`,
+        uint8[B, T, H, W, 3] `videos` (what an adapter's `decode` returns)."""
+        pixels = np.asarray(pixels)
+        if pixels.ndim == 5:
+            return cls(prompts, videos=pixels, **fields)
+        return cls(prompts, images=pixels, **fields)
+
 
 class Reward(Protocol):
     """A reward: `name`, `kind` ("pointwise" | "groupwise"), and a call -> float32[B]."""
