@@ -458,6 +458,7 @@ def _epoch(su: _Setup) -> _Epoch:
         lambda cond, noise: rollout_lib._rollout_jit(
             su.adapter.velocity, variables, cond, noise, sigmas, levels, jax.random.key(0),
             record, dynamics=s.dynamics, storage_dtype=jnp.dtype(s.storage_dtype),
+            prepare_fn=getattr(su.adapter, "prepare_cond", None),
         ), cond, noise,
     )  # fmt: skip
     final = _rows_over_mesh(final, su.mesh)
@@ -496,7 +497,7 @@ def _programs(su: _Setup, ep: _Epoch) -> dict[str, Program]:
         "decode", f"{chunk} images {m.height}x{m.width}", options, decode,
         su.weights["vae"], final, m.height, m.width,
     )  # fmt: skip
-    policy = trainer.make_policy(su.adapter, su.lora)
+    policy = trainer.make_policy(su.adapter, su.lora, trainer.cfg_in_train(c))
     loss_fn = su.spec.make_loss(c.algorithm, policy, dynamics=s.dynamics)
     step = trainer._make_train_step(
         loss_fn, su.optimizer, su.spec.record, su.mesh, su.state_shardings

@@ -458,6 +458,7 @@ def _sample(
             record,
             dynamics=c.dynamics,
             storage_dtype=jnp.dtype(c.storage_dtype),
+            prepare_fn=getattr(run.adapter, "prepare_cond", None),
         )
         finals.append(final)
         trajs.append(traj)

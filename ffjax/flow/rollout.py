@@ -19,6 +19,7 @@ import numpy as np
 from ffjax.flow import steps
 
 VelocityFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+PrepareFn = Callable[[Any, Any], Any]
 
 
 @flax.struct.dataclass
@@ -49,6 +50,7 @@ def rollout(
     *,
     dynamics: str = "flow_sde",
     storage_dtype: Any = jnp.float32,
+    prepare_fn: PrepareFn | None = None,
 ) -> tuple[jax.Array, Trajectory | None]:
     """Integrates from `noise` at sigmas[0] to sigmas[-1] and records the chosen steps.
 
@@ -64,6 +66,9 @@ def rollout(
         records nothing. Each index must be in [0, N).
       dynamics: one of steps.DYNAMICS used for every step (static).
       storage_dtype: dtype of latents carried between steps and stored (static).
+      prepare_fn: optional `prepare_fn(params, cond) -> cond`, run once before the
+        steps (static): what every step would recompute from `cond` and the fixed
+        `params` alone, e.g. WAN's cross-attention keys / values of the prompt.
 
     Returns:
       (final latents [B, ...] in storage_dtype, Trajectory or None).
@@ -82,6 +87,7 @@ def rollout(
         None if record_steps is None else jnp.asarray(record_steps, jnp.int32),
         dynamics=dynamics,
         storage_dtype=jnp.dtype(storage_dtype),
+        prepare_fn=prepare_fn,
     )
 
 
@@ -105,7 +111,9 @@ def _check_rollout_args(noise, sigmas, noise_levels, record_steps) -> None:
             raise ValueError(f"record_steps must be distinct step indices in [0, {n}), got {r}")
 
 
-@functools.partial(jax.jit, static_argnames=("velocity_fn", "dynamics", "storage_dtype"))
+@functools.partial(
+    jax.jit, static_argnames=("velocity_fn", "dynamics", "storage_dtype", "prepare_fn")
+)
 def _rollout_jit(
     velocity_fn,
     params,
@@ -118,8 +126,11 @@ def _rollout_jit(
     *,
     dynamics,
     storage_dtype,
+    prepare_fn,
 ):
     batch = noise.shape[0]
+    if prepare_fn is not None:
+        cond = prepare_fn(params, cond)
     x0 = noise.astype(storage_dtype)
     n_rec = 0 if record_steps is None else record_steps.shape[0]
     buffers = (

@@ -113,6 +113,41 @@ def test_rollout_without_noise_is_euler_integration():
     np.testing.assert_allclose(x_final, x, rtol=1e-5, atol=1e-5)
 
 
+def test_prepare_fn_runs_once_before_the_steps():
+    """`prepare_fn(params, cond)` is evaluated once per rollout, outside the step loop,
+    and the steps see its result (what WAN's cross-attention K/V caching relies on)."""
+    n_steps = 4
+    sig = schedule.fixed_shift_sigmas(n_steps, 3.0)
+    noise = jnp.ones((2, 3))
+    levels = np.zeros(n_steps, np.float32)
+    calls = []
+
+    def prepare(params, cond):
+        calls.append(1)  # trace time: once per compilation
+        return {"offset": cond["raw"] * 2.0}
+
+    def velocity(params, x, sigma, cond):
+        assert "offset" in cond, "the steps must see the prepared cond"
+        return gaussian_velocity(params, x, sigma, None) + cond["offset"]
+
+    def plain(params, x, sigma, cond):
+        return gaussian_velocity(params, x, sigma, None) + 2.0 * cond["raw"]
+
+    cond = {"raw": jnp.full((2, 3), 0.25)}
+    got, _ = rollout.rollout(velocity, PARAMS, cond, noise, sig, levels, jax.random.key(0),
+                             prepare_fn=prepare)  # fmt: skip
+    want, _ = rollout.rollout(plain, PARAMS, cond, noise, sig, levels, jax.random.key(0))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert len(calls) == 1
+    jaxpr = jax.make_jaxpr(
+        lambda c: rollout._rollout_jit(velocity, PARAMS, c, noise, jnp.asarray(sig), levels,
+                                       jax.random.key(0), None, dynamics="flow_sde",
+                                       storage_dtype=jnp.float32, prepare_fn=prepare)  # fmt: skip
+    )(cond)
+    # The doubling happens once: outside the scan body, which sees the doubled array.
+    assert "mul" in str(jaxpr.jaxpr).split("scan")[0]
+
+
 def test_moving_the_sde_window_does_not_retrace():
     traces = []
 
