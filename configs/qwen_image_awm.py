@@ -29,7 +29,8 @@ Sources, cited by tag in the comments below:
 
 Guidance: `sampling.guidance_scale` is the pipeline's `true_cfg_scale`; with a scale > 1
 the `qwen-image` velocity guides (two passes, norm rescaled) in the rollout and in AWM's
-training forward alike, as Flow-Factory's Qwen-Image forward does.
+training forward alike, as Flow-Factory's Qwen-Image forward does (AWM has no
+`algorithm.cfg_in_train` key: only GRPO can train without the guidance).
 
 Batch sizes as in configs/flux_awm.py: global rows, one per (sample, training sigma);
 micro_batch_size is [FF]'s per-GPU batch times its 8 GPUs and an epoch takes its one

@@ -22,7 +22,8 @@ Sources, cited by tag in the comments below:
 Guidance: Qwen-Image uses true classifier-free guidance; `sampling.guidance_scale` is
 the pipeline's `true_cfg_scale` and `model.negative_prompt` the negative prompt (the
 ffjax `qwen-image` adapter). As in [FQ], the guided velocity (both passes, norm
-rescaled) is used in the rollout and in the training forward alike.
+rescaled) is used in the rollout and in the training forward alike
+(`algorithm.cfg_in_train=True`; see its comment for False).
 
 Batch sizes as in configs/flux_grpo.py: global rows, one per (sample, SDE step);
 micro_batch_size is [FF]'s per-device batch times its 8 GPUs and an epoch takes its 2
@@ -72,7 +73,10 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.train.advantage_method = "gdpo"  # [FF] advantage_aggregation
     c.train.advantage_std = "group"  # [FF] global_std false
     c.algorithm.kl_type = "v-based"  # [FF] kl_type (kl_beta 0: unused)
-    c.algorithm.cfg_in_train = True  # [FQ] forward() guides like inference does
+    # [FQ] forward() guides like inference does. False halves the training forward (the
+    # conditional pass only) but scores the guided rollout's old log-probs with another
+    # policy: the ratio starts away from 1 and mostly clips at clip_range 1e-4.
+    c.algorithm.cfg_in_train = True
     c.train.eval_every = 20  # [FF] eval.eval_freq
     c.checkpoint.every_epochs = 20  # [FF] log.save_freq
     # [FF] ema_decay 0.9 every 4 epochs; one EMA step per epoch with the same horizon

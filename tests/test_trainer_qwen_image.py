@@ -1,7 +1,8 @@
 """configs/qwen_image_{grpo,nft,awm}.py on a tiny real QwenImagePipeline (Qwen2.5-VL
 prompts, true CFG in the rollout and the training forward, LoRA on the Qwen-Image
 targets, VAE decoding): the GRPO variants validate, each `tiny` variant trains two epochs
-end to end (finite metrics), and a seeded GRPO run on `tiny` raises the reward."""
+end to end (finite metrics), and a seeded GRPO run on `tiny` raises the reward. With
+`algorithm.cfg_in_train=False` the training forward is the conditional pass alone."""
 
 import importlib.util
 import math
@@ -46,7 +47,7 @@ def test_variants_validate_and_divide_into_two_optimizer_steps(variant):
     rows = trainer._check_run_shapes(c, spec, 1)
     assert rows // (c.train.micro_batch_size * c.train.grad_accum_steps) == 2
     assert c.model.name == "qwen-image" and c.sampling.guidance_scale > 1
-    assert c.algorithm.cfg_in_train  # the qwen-image velocity guides in training too
+    assert c.algorithm.cfg_in_train  # the training forward guides like the rollout
 
 
 def test_tiny_trains_two_epochs(tmp_path):
@@ -57,6 +58,58 @@ def test_tiny_trains_two_epochs(tmp_path):
         assert math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
     assert abs(history[0]["ratio_min"] - 1) < 1e-2 and abs(history[0]["ratio_max"] - 1) < 1e-2
     assert math.isfinite(history[-1]["eval/reward_mean"])
+
+
+def test_cfg_in_train_false_trains_the_conditional_pass_alone(tmp_path, monkeypatch):
+    """The training policy with cfg_in_train False = the velocity of a cond without the
+    negative prompt, one transformer call instead of two; with True, the guided one."""
+    from ffjax.models.qwen_image import QwenImageAdapter
+
+    adapter, w = QwenImageAdapter.from_pretrained(build_qwen_image_pipeline(tmp_path / "p"))
+    rng = np.random.default_rng(0)
+    d, (b, h, wd) = adapter.config.joint_attention_dim, (2, 32, 48)
+    pos, neg = rng.standard_normal((b, 7, d)), rng.standard_normal((1, 3, d))
+    guided = adapter.make_cond(pos, None, h, wd, neg, None)
+    plain = adapter.make_cond(pos, None, h, wd)
+    assert guided.cfg and not plain.cfg
+    x = rng.standard_normal(adapter.latent_shape(b, h, wd)).astype(np.float32)
+    sigma, variables = np.float32([0.7, 0.3]), {"params": w["transformer"]}
+
+    calls = []
+    forward = adapter._forward
+    monkeypatch.setattr(adapter, "_forward", lambda *a: calls.append(1) or forward(*a))
+    v = {}
+    for cfg in (True, False):
+        calls.clear()
+        v[cfg] = trainer.make_policy(adapter, False, cfg)(w["transformer"], {}, x, sigma, guided)
+        assert len(calls) == (2 if cfg else 1)
+    np.testing.assert_array_equal(v[False], adapter.velocity(variables, x, sigma, plain))
+    np.testing.assert_array_equal(v[True], adapter.velocity(variables, x, sigma, guided))
+    assert np.abs(v[True] - v[False]).max() > 0.1 * np.abs(v[True]).max()  # CFG matters here
+
+    grpo = _recipe().get_config("tiny")
+    assert trainer.cfg_in_train(grpo)
+    grpo.algorithm.cfg_in_train = False
+    assert not trainer.cfg_in_train(grpo)
+    assert trainer.cfg_in_train(_recipe("awm").get_config("tiny"))  # AWM has no such key
+
+
+def test_cfg_in_train_false_starts_off_ratio_one(tmp_path):
+    """One epoch with cfg_in_train False and a learning rate too small to move anything:
+    the rollout guides (its log-probs are the old ones), the training forward does not,
+    so the ratio is below 1 before any update and most rows clip at clip_range 1e-4.
+    Measured: ratio 0.99883..0.99999 (mean 0.99943), clipfrac 0.75; with True the same
+    run gives ratio 1 to 1.2e-7, clipfrac 0."""
+    c = _tiny(tmp_path)
+    c.algorithm.cfg_in_train = False
+    c.train.num_epochs, c.train.eval_every, c.train.learning_rate = 1, 0, 1e-12
+    (row,) = trainer.train(configs.validate(c), tmp_path / "run", progress=False)
+    print(
+        f"cfg_in_train=False, no update: ratio {row['ratio_min']:.5f}..{row['ratio_max']:.5f}"
+        f" (mean {row['ratio_mean']:.5f}), clipfrac {row['clipfrac']:.3f}"
+    )
+    assert math.isfinite(row["loss"])
+    assert row["ratio_max"] < 1 and row["ratio_min"] < 1 - 5e-4 and row["clipfrac"] > 0.5
 
 
 @pytest.mark.parametrize("algorithm", ["nft", "awm"])

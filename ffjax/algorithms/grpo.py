@@ -27,7 +27,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.adv_clip_max = 5.0  # advantages are clipped to [-adv_clip_max, adv_clip_max]
     c.kl_beta = 0.0  # weight of the KL to the reference policy (0 disables)
     c.kl_type = "x-based"  # x-based: KL of the step Gaussians (means) | v-based: velocity MSE
-    c.cfg_in_train = False  # CFG in the training forward; only for CFG models (not FLUX.1)
+    # Classifier-free guidance in the training forward too; only for CFG models (Qwen-Image,
+    # not FLUX.1). The rollout guides either way (sampling.guidance_scale > 1 and a negative
+    # prompt) and its log-probs are the old ones (Flow-GRPO, Flow-Factory). True: training
+    # scores them with the same guided velocity (ratio 1 before the first update). False
+    # (flow_grpo's train.cfg=False): the conditional pass alone, half the transformer calls,
+    # but the old policy is the guided one, so the ratio is not 1 even at the first step.
+    c.cfg_in_train = False
     return c
 
 

@@ -19,7 +19,9 @@ with norms over the channel axis of each packed token. `s` is
 `config.sampling.guidance_scale` (the pipeline's `true_cfg_scale`); the negative prompt
 is `config.model.negative_prompt`. As in the pipeline, guidance is on only when s > 1
 and a negative prompt is given; then the conditioning carries the negative prompt's
-embeddings and every `velocity` call (rollout and training forward) runs both passes.
+embeddings and `velocity` runs both passes. The rollout always guides so; the training
+forward guides too only with `config.algorithm.cfg_in_train=True`: with False the trainer
+scores the rollout's steps with `conditional_only(cond)`, the conditional pass alone.
 """
 
 from __future__ import annotations
@@ -158,7 +160,8 @@ class QwenImageAdapter:
       scheduler: the pipeline's scheduler config (shapes `sigmas`).
     """
 
-    supports_cfg = True  # true CFG in `velocity`, so config.algorithm.cfg_in_train applies
+    # True CFG in `velocity`, so config.algorithm.cfg_in_train applies (`conditional_only`).
+    supports_cfg = True
     denoiser = "transformer"  # the weights RL trains (key in the `load` weights dict)
 
     def __init__(
@@ -443,6 +446,15 @@ class QwenImageAdapter:
         if self.do_cfg:
             neg, neg_mask = self._encode([self.negative_prompt])
         return self.make_cond(embeds, mask, height, width, neg, neg_mask)
+
+    def conditional_only(self, cond: QwenImageCond) -> QwenImageCond:
+        """`cond` without the negative prompt: `velocity` then makes the conditional pass
+        alone (one transformer call, no guidance). The trainer's training-time
+        conditioning when `config.algorithm.cfg_in_train=False`."""
+        return cond.replace(
+            negative_prompt_embeds=None, negative_prompt_mask=None, negative_txt_ids=None,
+            true_cfg_scale=None,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- the contract
 
