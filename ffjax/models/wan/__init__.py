@@ -7,12 +7,75 @@ and channels-first 5-D layouts of the Diffusers classes (NumPy in, NumPy out).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+# Transformer names re-exported (the `X as X` form marks a re-export).
+from ffjax.models.wan.config import WanTransformerConfig as WanTransformerConfig
+from ffjax.models.wan.transformer import WanTransformer as WanTransformer
+from ffjax.models.wan.transformer import patchify as patchify
+from ffjax.models.wan.transformer import rope_tables as rope_tables
+from ffjax.models.wan.transformer import token_grid as token_grid
+from ffjax.models.wan.transformer import unpatchify as unpatchify
+
 # ---------------------------------------------------------------- transformer section
-# (seam helpers for WanTransformer3DModel live here)
+
+# WanTransformer3DModel.forward arguments this seam takes, and those accepted only when
+# unset (LoRA scaling through attention_kwargs is ffjax's "lora_scale" collection).
+_TRANSFORMER_ARGS = (
+    "hidden_states",
+    "timestep",
+    "encoder_hidden_states",
+    "encoder_hidden_states_image",
+)
+_TRANSFORMER_IF_NONE = ("attention_kwargs",)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_transformer(module: WanTransformer):
+    return jax.jit(lambda params, *args: module.apply({"params": params}, *args))
+
+
+def _transformer(module: WanTransformer, params: Any, kwargs: dict) -> np.ndarray:
+    """`WanTransformer3DModel.forward(**kwargs).sample` through `module`.
+
+    hidden_states float[B, C_in, F, H, W]; timestep float[B] or float[B, L_tokens]
+    (0..1000); encoder_hidden_states float[B, S, text_dim]; encoder_hidden_states_image
+    float[B, S_img, image_dim] (Wan 2.1 I2V). Returns float32[B, C_out, F, H, W].
+    """
+    for k in _TRANSFORMER_IF_NONE:
+        if kwargs.pop(k, None) is not None:
+            raise ValueError(f"call_like_diffusers: {k} is not supported for WAN")
+    kwargs.pop("return_dict", None)
+    unknown = sorted(set(kwargs) - set(_TRANSFORMER_ARGS))
+    if unknown:
+        raise TypeError(f"unexpected WanTransformer3DModel.forward arguments {unknown}")
+    for k in ("hidden_states", "timestep", "encoder_hidden_states"):
+        if kwargs.get(k) is None:
+            raise TypeError(f"call_like_diffusers('transformer'): {k} is required")
+    x = np.asarray(kwargs["hidden_states"], np.float32)
+    if x.ndim != 5:
+        raise ValueError(
+            f"hidden_states must be (batch, channels, frames, height, width), got {x.shape}"
+        )
+    t = np.asarray(kwargs["timestep"], np.float32)
+    if t.ndim == 1 and t.shape[0] == 1:
+        t = np.broadcast_to(t, (x.shape[0],))  # Diffusers broadcasts one timestep
+    img = kwargs.get("encoder_hidden_states_image")
+    args = [
+        jnp.asarray(x.transpose(0, 2, 3, 4, 1)),
+        jnp.asarray(t),
+        jnp.asarray(np.asarray(kwargs["encoder_hidden_states"], np.float32)),
+    ]
+    if img is not None:
+        args.append(jnp.asarray(np.asarray(img, np.float32)))
+    out = _jitted_transformer(module)(params, *args)
+    return np.asarray(out, np.float32).transpose(0, 4, 1, 2, 3)
+
 
 # ---------------------------------------------------------------- vae section
 # (seam helpers for AutoencoderKLWan live here)
