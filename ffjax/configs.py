@@ -66,6 +66,12 @@ def base_config() -> ConfigDict:
     # Qwen-Image guides (true CFG, scale sampling.guidance_scale > 1) only with a negative
     # prompt, as QwenImagePipeline does; its docs recommend " ". FLUX.1 ignores the key.
     m.negative_prompt = " "  # negative prompt of true classifier-free guidance
+    # WAN (wan2-t2v): the schedule's fixed shift; 0 = the pipeline folder's scheduler
+    # value (WanPipeline documents 3.0 for 480p, 5.0 for 720p). Other models ignore it.
+    m.flow_shift = 0.0
+    # WAN 2.2 A14B: CFG scale of the low-noise expert (transformer_2); 0 = the same as
+    # sampling.guidance_scale, as WanPipeline's guidance_scale_2=None.
+    m.guidance_scale_2 = 0.0
 
     c.sampling = s = ConfigDict()
     s.num_steps = 10  # denoising steps of a training rollout
@@ -213,6 +219,8 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.height": (lambda v: v >= 1, ">= 1"),
     "model.width": (lambda v: v >= 1, ">= 1"),
     "model.num_frames": (lambda v: v >= 1, ">= 1"),
+    "model.flow_shift": (lambda v: v >= 0, ">= 0 (0 = the pipeline's scheduler)"),
+    "model.guidance_scale_2": (lambda v: v >= 0, ">= 0 (0 = sampling.guidance_scale)"),
     "model.max_sequence_length": (lambda v: v >= 1, ">= 1"),
     "mesh.data": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),
     "mesh.fsdp": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),

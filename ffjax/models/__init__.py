@@ -62,6 +62,7 @@ def _register_adapters() -> None:
     # Importing a family registers its adapter in ffjax.registry.MODELS (e.g. "flux1").
     importlib.import_module("ffjax.models.flux")
     importlib.import_module("ffjax.models.qwen_image")
+    importlib.import_module("ffjax.models.wan")
 
 
 _register_adapters()

@@ -78,7 +78,39 @@ def _transformer(module: WanTransformer, params: Any, kwargs: dict) -> np.ndarra
 
 
 # ---------------------------------------------------------------- vae section
-# (seam helpers for AutoencoderKLWan live here)
+
+# VAE names re-exported.
+from ffjax.models.wan.config import WanVAEConfig as WanVAEConfig  # noqa: E402
+from ffjax.models.wan.vae import WanVAE as WanVAE  # noqa: E402
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_vae(module: WanVAE, method: str):
+    return jax.jit(lambda params, x: module.apply({"params": params}, x, method=method))
+
+
+def _vae(kind: str, module: WanVAE, params: Any, kwargs: dict) -> np.ndarray:
+    """`AutoencoderKLWan.encode(x).latent_dist.mean` or `.decode(z).sample` through `module`.
+
+    "vae_encode": x float[B, C, T, H, W] in [-1, 1] (T = 1 + 4k) -> float32[B, z_dim,
+    t, h, w]. "vae_decode": z float[B, z_dim, t, h, w] (raw VAE latents, not the
+    transformer's normalised ones) -> float32[B, C, T, H, W] in [-1, 1].
+    """
+    name = "x" if kind == "vae_encode" else "z"
+    kwargs.pop("return_dict", None)
+    if set(kwargs) != {name}:
+        raise TypeError(f"call_like_diffusers({kind!r}) takes only {name}=, got {sorted(kwargs)}")
+    a = np.asarray(kwargs[name], np.float32)
+    if a.ndim != 5:
+        raise ValueError(
+            f"{name} must be (batch, channels, frames, height, width) as AutoencoderKLWan"
+            f" takes it; got shape {a.shape}"
+        )
+    method = "encode" if kind == "vae_encode" else "decode"
+    out = _jitted_vae(module, method)(params, jnp.asarray(a.transpose(0, 2, 3, 4, 1)))
+    if kind == "vae_encode":
+        out = out[0]  # the mean of (mean, logvar)
+    return np.asarray(out, np.float32).transpose(0, 4, 1, 2, 3)
 
 # ---------------------------------------------------------------- dispatch
 
@@ -95,3 +127,9 @@ def call_like_diffusers(kind: str, module: Any, params: Any, **kwargs) -> np.nda
     if kind in ("vae_encode", "vae_decode"):
         return _vae(kind, module, params, dict(kwargs))  # noqa: F821 (vae section)
     raise ValueError(f"unknown kind {kind!r}; allowed: 'transformer', 'vae_encode', 'vae_decode'")
+
+
+# ---------------------------------------------------------------- adapters
+# Importing the adapters registers them in ffjax.registry.MODELS ("wan2-t2v", ...).
+from ffjax.models.wan.adapter import WanCond as WanCond  # noqa: E402
+from ffjax.models.wan.adapter import WanT2VAdapter as WanT2VAdapter  # noqa: E402
