@@ -519,7 +519,7 @@ class WanTransformer(nn.Module):
             if not c.num_layers:
                 return {}
             _, kv = _stack(c.num_layers, "none")(kv_only=True, **block_kw)(
-                jnp.zeros((), dtype), None, None, None, ctx, img
+                jnp.zeros((), dtype), None, None, None, None, ctx, img
             )
             return kv
 

@@ -7,7 +7,7 @@ through our own code. The VAE's tiny configs live in `tiny_vae.py`.
 
 from tests.models.flux.tiny import save_tiny_models
 
-# head_dim 12 splits the RoPE as (frames 4, rows 4, cols 4); 16 as (6, 4, 4); 8 as (4, 2, 2).
+# head_dim 12 splits the RoPE as (frames 4, rows 4, cols 4); 16 as (8, 4, 4); 8 as (4, 2, 2).
 TRANSFORMER_CONFIGS = {
     # Wan 2.1 T2V layout: cross_attn_norm, patch (1, 2, 2), 2 blocks, odd ffn width.
     "t2v": dict(
