@@ -244,8 +244,9 @@ class CrossAttention(nn.Module):
     I2V) image keys come from `add_k_proj` + `norm_added_k`, values from `add_v_proj`,
     and the two attention outputs are summed before `to_out`.
 
-    `kv(context, context_image)` returns {"k", "v"[, "k_img", "v_img"]}, each
-    (B, S, H, Dh); `__call__(x, kv)` attends with them.
+    `__call__(None, None, context, context_image)` returns the keys / values
+    {"k", "v"[, "k_img", "v_img"]}, each (B, S, H, Dh); `__call__(x, kv)` attends with
+    them; `__call__(x, None, context, context_image)` does both.
     """
 
     dim: int  # D = inner_dim: every projection is D -> D
@@ -264,15 +265,10 @@ class CrossAttention(nn.Module):
             self.eps, (axes.HEADS,), param_dtype=self.param_dtype, name=n
         )
         dense = lambda n, ax: layers.Dense(self.dim, ax, name=n, **kw)
-        to_k, to_v = (
-            dense("to_k", (axes.EMBED, axes.HEADS)),
-            dense("to_v", (axes.EMBED, axes.HEADS)),
-        )
         if kv is None:
-            kv = {
-                "k": _heads(rms("norm_k")(to_k(context)), self.heads),
-                "v": _heads(to_v(context), self.heads),
-            }
+            k = dense("to_k", (axes.EMBED, axes.HEADS))(context)
+            v = dense("to_v", (axes.EMBED, axes.HEADS))(context)
+            kv = {"k": _heads(rms("norm_k")(k), self.heads), "v": _heads(v, self.heads)}
             if self.image:
                 add_k = dense("add_k_proj", (axes.EMBED, axes.HEADS))
                 add_v = dense("add_v_proj", (axes.EMBED, axes.HEADS))
@@ -402,9 +398,10 @@ class TextProjection(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = layers.Dense(self.features, (None, axes.EMBED), name="linear_1", **kw)(x)
+        # (MLP, EMBED) for the square second layer: one logical name may not shard two dims.
+        x = layers.Dense(self.features, (None, axes.MLP), name="linear_1", **kw)(x)
         x = jax.nn.gelu(x, approximate=True)
-        return layers.Dense(self.features, (axes.EMBED, axes.EMBED), name="linear_2", **kw)(x)
+        return layers.Dense(self.features, (axes.MLP, axes.EMBED), name="linear_2", **kw)(x)
 
 
 # --------------------------------------------------------------------------- the model

@@ -211,6 +211,20 @@ def test_params_carry_logical_axes_and_lora_paths(tiny):
         assert p in kernels, p
 
 
+def test_bfloat16_close_to_float32(tiny):
+    """bf16 params / activations (float32 norms, modulation and residual sums) on CPU."""
+    from ffjax.models.wan.convert import load_transformer
+
+    _, path, m32, p32 = tiny["i2v"]
+    kw = _numpy(_inputs("i2v", 2, (2, 4, 6), seed=1, text_len=512))  # the i2v parity case
+    m16, p16 = load_transformer(path, dtype="bfloat16", attention="xla")
+    assert str(p16["blocks"]["attn1"]["to_q"]["kernel"].dtype) == "bfloat16"
+    ref = call_like_diffusers("transformer", m32, p32, **kw)
+    err = rel_err(call_like_diffusers("transformer", m16, p16, **kw), ref)
+    print(f"bf16 vs float32: max rel err {err:.2e}")
+    assert err < 5e-2
+
+
 @pytest.mark.gpu
 def test_transformer_bf16_cudnn_close_to_float32(tiny):
     """On GPU: bf16 params/activations with cuDNN attention stay near float32."""
