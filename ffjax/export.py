@@ -2,28 +2,33 @@
 
     python -m ffjax.export --workdir RUN_DIR [--epoch N] [--weights ema|current] --out PATH
 
-A LoRA run (train.lora_rank > 0) becomes one safetensors file that
-`FluxPipeline.load_lora_weights(PATH)` takes: `transformer.<Diffusers module>.lora_A.weight`
+Runs of the families in `FAMILIES` export (FLUX.1 `flux1`, Qwen-Image `qwen-image`); any
+other `model.name` is an error naming those. A LoRA run (train.lora_rank > 0) becomes
+one safetensors file that the family's pipeline takes with `load_lora_weights(PATH)`
+(`FluxPipeline`, `QwenImagePipeline`): `transformer.<Diffusers module>.lora_A.weight`
 [r, in] and `.lora_B.weight` [out, r] for every adapted Linear. `--out` ending in
 `.safetensors` names the file; any other `--out` is a folder that receives
 `pytorch_lora_weights.safetensors` (Diffusers' default name, so the folder loads too).
 A full fine-tune becomes a Diffusers `transformer/` folder (config.json + safetensors)
-for `FluxTransformer2DModel.from_pretrained(PATH)`.
+for `FluxTransformer2DModel` / `QwenImageTransformer2DModel.from_pretrained(PATH)`.
 
-The run's `checkpoints/config.txt` says which model it trained (`model.path`, whose
-`transformer/config.json` fixes the layer names; `--model_path` replaces it when the
-pipeline moved) and the LoRA rank and alpha. Only the chosen weights are read from the
-checkpoint (not the optimizer state). Module names come from the strict key table of
-`ffjax.models.flux.convert`, so an export and a load use the same names.
+The run's `checkpoints/config.txt` says which model it trained (`model.name`, and
+`model.path`, whose `transformer/config.json` fixes the layer names; `--model_path`
+replaces it when the pipeline moved) and the LoRA rank and alpha. Only the chosen
+weights are read from the checkpoint (not the optimizer state). Module names come from
+the strict key table of the family's `convert.py`, so an export and a load use the same
+names.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import os
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +39,12 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from ffjax import sample
-from ffjax.models.flux.config import ConfigError, FluxTransformerConfig
-from ffjax.models.flux.convert import save_diffusers, transformer_init_shapes, transformer_rules
+from ffjax.models.config_json import ConfigError
+from ffjax.models.flux import convert as flux_convert
+from ffjax.models.flux.config import FluxTransformerConfig
 from ffjax.models.lora import lora_paths
+from ffjax.models.qwen_image import convert as qwen_image_convert
+from ffjax.models.qwen_image.config import QwenImageTransformerConfig
 from ffjax.models.weights import (
     LINEAR,
     Rule,
@@ -54,6 +62,49 @@ _RUN_KEYS = ("model.name", "model.path", "train.lora_rank", "train.lora_alpha")
 
 class ExportError(RuntimeError):
     """A bad argument, run folder or weight tree; the message is the whole story."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What an export needs of a model family's transformer (all from its `convert.py`).
+
+    Attributes:
+      label: the family's name in messages.
+      config: its transformer config class (`from_diffusers(transformer folder)`).
+      rules: config -> the strict key table (ours <-> Diffusers names).
+      init_shapes: config -> (module, abstract params).
+      save_diffusers: the family's `save_diffusers(kind, config, params, out_dir, dtype=)`.
+    """
+
+    label: str
+    config: type
+    rules: Callable[[Any], list[Rule]]
+    init_shapes: Callable[[Any], tuple[Any, Any]]
+    save_diffusers: Callable[..., int]
+
+
+def _family(convert: types.ModuleType, label: str, config: type) -> Family:
+    return Family(label, config, convert.transformer_rules, convert.transformer_init_shapes,
+                  convert.save_diffusers)  # fmt: skip
+
+
+# model.name (the run's adapter) -> its family; a family without a row does not export.
+FAMILIES: dict[str, Family] = {
+    "flux1": _family(flux_convert, "FLUX.1", FluxTransformerConfig),
+    "qwen-image": _family(qwen_image_convert, "Qwen-Image", QwenImageTransformerConfig),
+}
+
+
+def _supported() -> str:
+    return ", ".join(f"{f.label} (model.name {n!r})" for n, f in FAMILIES.items())
+
+
+def family_of(config: Any) -> Family:
+    """The `FAMILIES` row whose transformer config class `config` is; ExportError if none."""
+    for family in FAMILIES.values():
+        if isinstance(config, family.config):
+            return family
+    raise ExportError(f"no export for a {type(config).__name__}; export supports {_supported()}")
 
 
 # --------------------------------------------------------------------------- LoRA
@@ -120,16 +171,16 @@ def lora_state_dict(
 
 
 def export_lora(
-    lora: dict, lora_scale: dict, out_file: str | os.PathLike, *,
-    config: FluxTransformerConfig, dtype: Any = None,
-) -> int:  # fmt: skip
-    """Writes FLUX.1 LoRA adapters as a Diffusers/PEFT safetensors file; returns #tensors.
+    lora: dict, lora_scale: dict, out_file: str | os.PathLike, *, config: Any, dtype: Any = None
+) -> int:
+    """Writes LoRA adapters as a Diffusers/PEFT safetensors file; returns #tensors.
 
-    `config` is the transformer's (its layer counts fix the table); see
-    `lora_state_dict` for the layout and the scale.
+    `config` is the transformer's (a `FAMILIES` config class: it picks the key table,
+    and its layer counts fix it); see `lora_state_dict` for the layout and the scale.
     """
-    _, abstract = transformer_init_shapes(config)
-    tensors = lora_state_dict(lora, lora_scale, transformer_rules(config), flat_shapes(abstract),
+    family = family_of(config)
+    _, abstract = family.init_shapes(config)
+    tensors = lora_state_dict(lora, lora_scale, family.rules(config), flat_shapes(abstract),
                               dtype=dtype)  # fmt: skip
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(out_file, tensors, metadata={"format": "pt", "ffjax_lora_scale": "in lora_B"})
@@ -140,15 +191,16 @@ def export_lora(
 
 
 def export_full(
-    transformer_params: dict, config: FluxTransformerConfig, out_dir: str | os.PathLike,
-    *, dtype: Any = None,
-) -> int:  # fmt: skip
-    """Writes full transformer params as a Diffusers folder (`save_diffusers`); returns #tensors.
+    transformer_params: dict, config: Any, out_dir: str | os.PathLike, *, dtype: Any = None
+) -> int:
+    """Writes full transformer params as a Diffusers folder (the family's `save_diffusers`);
+    returns #tensors. `config` is the transformer's (a `FAMILIES` config class).
 
     Every parameter's shape is checked against `config`'s model first, so a tree of
     another model fails here, naming the parameter, not in the loader.
     """
-    _, abstract = transformer_init_shapes(config)
+    family = family_of(config)
+    _, abstract = family.init_shapes(config)
     want, got = flat_shapes(abstract), flat_shapes(transformer_params)
     bad = [k for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
     if bad:
@@ -158,7 +210,7 @@ def export_full(
             f" params, {want.get(k, 'absent')} in the model"
             + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else "")
         )
-    return save_diffusers("transformer", config, transformer_params, out_dir, dtype=dtype)
+    return family.save_diffusers("transformer", config, transformer_params, out_dir, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- a run
@@ -238,16 +290,15 @@ def export_run(
     except sample.SampleError as e:
         raise ExportError(str(e)) from None
     c = _run_config(run_dir)
-    if c.get("model.name") != "flux1":
-        raise ExportError(
-            f"export supports FLUX.1 runs (model.name 'flux1'), not {c.get('model.name')!r}"
-        )
+    family = FAMILIES.get(c["model.name"])
+    if family is None:
+        raise ExportError(f"export supports {_supported()} runs, not {c['model.name']!r}")
     folder = Path(model_path or c["model.path"]).expanduser() / "transformer"
     if not (folder / "config.json").is_file():
         raise ExportError(
             f"{folder} has no config.json: the run's model is not there (pass --model_path)"
         )
-    config = FluxTransformerConfig.from_diffusers(folder)
+    config = family.config.from_diffusers(folder)
     tree, used, ckpt = restore_weights(run_dir, located if epoch is None else epoch, weights)
     out = Path(out)
     if c["train.lora_rank"] > 0:
