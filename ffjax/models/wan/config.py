@@ -260,6 +260,8 @@ class WanVAEConfig:
                           ("scale_factor_spatial", self.spatial_factor)):  # fmt: skip
             v = getattr(self, key)
             _check(v is None or v == want, key, v, f"None or {want} (what the layout compresses)")
+        if self.is_residual:
+            self._check_shortcuts()
         p2 = self.patch**2
         _check(self.in_channels % p2 == 0, "in_channels", self.in_channels,
                f"a multiple of patch_size^2 = {p2}")  # fmt: skip
@@ -273,3 +275,21 @@ class WanVAEConfig:
         _check(self.dtype in _VAE_DTYPES, "dtype", self.dtype, f"one of {_VAE_DTYPES}")
         _check(self.param_dtype in _VAE_DTYPES, "param_dtype", self.param_dtype,
                f"one of {_VAE_DTYPES}")  # fmt: skip
+
+    def _check_shortcuts(self) -> None:
+        # Wan 2.2's shortcuts fold (t, h, w) blocks into channels: the channel counts
+        # must divide (AvgDown3D) / be divided (DupUp3D) as Diffusers asserts.
+        n, td = len(self.dim_mult), self.temperal_downsample
+        enc = [self.base_dim * m for m in (1, *self.dim_mult)]
+        dec = [self.decoder_dim * m for m in (self.dim_mult[-1], *self.dim_mult[::-1])]
+        for i in range(n):
+            down = i != n - 1
+            f = (2 if down and td[i] else 1) * (4 if down else 1)
+            _check(enc[i] * f % enc[i + 1] == 0, "dim_mult", self.dim_mult,
+                   f"encoder stage {i}: {enc[i]} channels x {f} divisible by {enc[i + 1]}"
+                   " (Wan 2.2 pooled shortcut)")  # fmt: skip
+            if down:
+                f = (2 if td[::-1][i] else 1) * 4
+                _check(dec[i + 1] * f % dec[i] == 0, "dim_mult", self.dim_mult,
+                       f"decoder stage {i}: {dec[i + 1]} channels x {f} divisible by {dec[i]}"
+                       " (Wan 2.2 repeated shortcut)")  # fmt: skip
