@@ -83,7 +83,6 @@ def _transformer(module: WanTransformer, params: Any, kwargs: dict) -> np.ndarra
 from ffjax.models.wan.config import WanVAEConfig as WanVAEConfig  # noqa: E402
 from ffjax.models.wan.vae import WanVAE as WanVAE  # noqa: E402
 
-
 # The seam compiles with LLVM's backend optimisation off: parity tests compile a dozen
 # frame counts of tiny VAEs, where LLVM's passes take ~2/3 of the compile time and the
 # run time does not matter. (HLO optimisation, fusion and buffer assignment, so the
