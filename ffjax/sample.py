@@ -1,4 +1,4 @@
-"""Command-line sampling: images from a trained run's checkpoint.
+"""Command-line sampling: images (or videos) from a trained run's checkpoint.
 
     python -m ffjax.sample --config configs/demo.py:nft --checkpoint /tmp/run \
         --prompts assets/demo/prompts --out /tmp/run/sampled --num_per_prompt 4
@@ -16,9 +16,9 @@ steps, in batches of `sampling.batch_size` (0: all images at once). Image k of p
 so it depends on the seed, the weights and its own prompt only: not on the batch size
 or the other prompts in the file.
 
-Outputs in `--out`: `{index:05d}_{k}.png` per image, `prompts.jsonl` (one object per
-image: index, k, prompt, file, and the prompt's metadata if any) and `grid.png` (the
-first images, captioned).
+Outputs in `--out`: `{index:05d}_{k}.png` per image (`.gif` per video), `prompts.jsonl`
+(one object per image: index, k, prompt, file, and the prompt's metadata if any) and
+`grid.png` (the first images, captioned; `grid.gif` for videos).
 """
 
 from __future__ import annotations
@@ -270,7 +270,6 @@ def sample(
     """
     import jax
     import numpy as np
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from ffjax import trainer
@@ -314,8 +313,8 @@ def sample(
         )
         images = trainer._decode(run, final)[: len(chunk)]
         for (i, j), image in zip(chunk, images, strict=True):
-            name = f"{i:05d}_{j}.png"
-            Image.fromarray(image).save(out / name)
+            # An image [H, W, 3] becomes a PNG, a video [T, H, W, 3] an animated GIF.
+            name = os.path.basename(save_grid(out / f"{i:05d}_{j}.png", image))
             row = {"index": i, "k": j, "prompt": prompt_set.prompts[i], "file": name}
             if prompt_set.metadata[i]:
                 row["metadata"] = prompt_set.metadata[i]
@@ -331,8 +330,9 @@ def sample(
     )
     save_grid(out / "grid.png", grid)
     dt = time.perf_counter() - t0
+    kind = "videos" if np.ndim(grid_images[0]) == 4 else "images"
     return (
-        f"wrote {len(rows)} images ({len(prompt_set)} prompts x {num_per_prompt}) with the"
+        f"wrote {len(rows)} {kind} ({len(prompt_set)} prompts x {num_per_prompt}) with the"
         f" {used} weights of {source}, seed {seed}, to {out} in {dt:.1f}s"
     )
 
