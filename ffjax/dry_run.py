@@ -489,6 +489,7 @@ def _programs(su: _Setup, ep: _Epoch) -> dict[str, Program]:
         "rollout", f"{chunk} samples x {s.num_steps} steps", options, rollout_lib._rollout_jit,
         su.adapter.velocity, ep.variables, take(ep.cond), take(ep.noise), ep.sigmas, ep.levels,
         _key(), ep.record, dynamics=s.dynamics, storage_dtype=jnp.dtype(s.storage_dtype),
+        prepare_fn=getattr(su.adapter, "prepare_cond", None),
     )  # fmt: skip
     decode = jax.jit(su.adapter.decode, static_argnums=(2, 3))  # as trainer.setup
     # The trainer decodes in chunks of sampling.batch_size, like the rollout.
