@@ -8,6 +8,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -60,20 +61,29 @@ def test_tiny_trains_two_epochs(tmp_path):
     assert math.isfinite(history[-1]["eval/reward_mean"])
 
 
-def test_cfg_in_train_false_trains_the_conditional_pass_alone(tmp_path, monkeypatch):
+def test_cfg_in_train_false_trains_the_conditional_pass_alone(monkeypatch):
     """The training policy with cfg_in_train False = the velocity of a cond without the
-    negative prompt, one transformer call instead of two; with True, the guided one."""
-    from ffjax.models.qwen_image import QwenImageAdapter
+    negative prompt, one transformer call; with True, both calls (the guided velocity)."""
+    import flax.linen as nn
 
-    adapter, w = QwenImageAdapter.from_pretrained(build_qwen_image_pipeline(tmp_path / "p"))
+    from ffjax.models.qwen_image import QwenImageAdapter
+    from ffjax.models.qwen_image.config import QwenImageTransformerConfig
+    from ffjax.models.qwen_image.convert import transformer_init_shapes
+    from tests.models.qwen_image.tiny import TRANSFORMER_CONFIGS
+
+    config = QwenImageTransformerConfig.from_diffusers(TRANSFORMER_CONFIGS["two_blocks"])
+    module, abstract = transformer_init_shapes(config)
     rng = np.random.default_rng(0)
+    draw = lambda a: 0.2 * rng.standard_normal(a.shape).astype(np.float32)  # no zero layers
+    params = jax.tree.map(draw, nn.unbox(abstract))
+    adapter = QwenImageAdapter(module)  # true_cfg_scale 4, negative prompt " "
     d, (b, h, wd) = adapter.config.joint_attention_dim, (2, 32, 48)
     pos, neg = rng.standard_normal((b, 7, d)), rng.standard_normal((1, 3, d))
     guided = adapter.make_cond(pos, None, h, wd, neg, None)
     plain = adapter.make_cond(pos, None, h, wd)
     assert guided.cfg and not plain.cfg
     x = rng.standard_normal(adapter.latent_shape(b, h, wd)).astype(np.float32)
-    sigma, variables = np.float32([0.7, 0.3]), {"params": w["transformer"]}
+    sigma = np.float32([0.7, 0.3])
 
     calls = []
     forward = adapter._forward
@@ -81,10 +91,9 @@ def test_cfg_in_train_false_trains_the_conditional_pass_alone(tmp_path, monkeypa
     v = {}
     for cfg in (True, False):
         calls.clear()
-        v[cfg] = trainer.make_policy(adapter, False, cfg)(w["transformer"], {}, x, sigma, guided)
+        v[cfg] = trainer.make_policy(adapter, False, cfg)(params, {}, x, sigma, guided)
         assert len(calls) == (2 if cfg else 1)
-    np.testing.assert_array_equal(v[False], adapter.velocity(variables, x, sigma, plain))
-    np.testing.assert_array_equal(v[True], adapter.velocity(variables, x, sigma, guided))
+    np.testing.assert_array_equal(v[False], adapter.velocity({"params": params}, x, sigma, plain))
     assert np.abs(v[True] - v[False]).max() > 0.1 * np.abs(v[True]).max()  # CFG matters here
 
     grpo = _recipe().get_config("tiny")
