@@ -16,7 +16,9 @@ Model adapters are used through a small protocol (see `ffjax.models.flux.adapter
 first), `init_noise(key, batch, height, width)`, `sigmas(num_steps, height, width)`,
 `velocity(variables, x, sigma, cond)`, `decode(vae_weights, x, height, width)` ->
 uint8 images. `weights["vae"]` is passed to `decode`. Optional: `logical_specs()` ->
-{weights key: logical PartitionSpec tree}; weights without specs are replicated.
+{weights key: logical PartitionSpec tree}; weights without specs are replicated;
+`supports_cfg` with `conditional_only(cond)`, the cond whose velocity is the
+conditional pass alone (the training forward of `algorithm.cfg_in_train=False`).
 
 Sharding (`ffjax.parallel`): `setup` builds the mesh of `config.mesh` and places the
 weights, the TrainState (trainable, optimizer state, EMA) and the frozen variables on
