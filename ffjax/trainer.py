@@ -771,9 +771,7 @@ def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray,
     weights = state.ema if state.ema is not None else state.trainable
     final, _ = _sample(run, weights, cond, noise, sigmas, levels, key, None)
     images = _decode(run, final)
-    raw = _score(
-        run.eval_rewards, Samples.of(prompts, images, metadata=run.eval_prompts.metadata)
-    )
+    raw = _score(run.eval_rewards, Samples.of(prompts, images, metadata=run.eval_prompts.metadata))
     w = {a: wt for a, (_, wt) in run.eval_rewards.items()}
     combined = sum(w[a] * raw[a] for a in raw)
     out = {"eval/reward_mean": float(np.nanmean(combined))}

@@ -140,9 +140,19 @@ def test_prepare_fn_runs_once_before_the_steps():
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert len(calls) == 1
     jaxpr = jax.make_jaxpr(
-        lambda c: rollout._rollout_jit(velocity, PARAMS, c, noise, jnp.asarray(sig), levels,
-                                       jax.random.key(0), None, dynamics="flow_sde",
-                                       storage_dtype=jnp.float32, prepare_fn=prepare)  # fmt: skip
+        lambda c: rollout._rollout_jit(
+            velocity,
+            PARAMS,
+            c,
+            noise,
+            jnp.asarray(sig),
+            levels,
+            jax.random.key(0),
+            None,
+            dynamics="flow_sde",
+            storage_dtype=jnp.float32,
+            prepare_fn=prepare,
+        )  # fmt: skip
     )(cond)
     # The doubling happens once: outside the scan body, which sees the doubled array.
     assert "mul" in str(jaxpr.jaxpr).split("scan")[0]
