@@ -72,7 +72,7 @@ def test_memory_does_not_grow_with_frames(tiny_vaes):
     every temporal conv's input) and writes into the output, so XLA's scratch memory
     (`temp_size_in_bytes`) is one chunk's activations whatever the length; holding all
     frames' activations would grow it ~3.7x with the frames. Bound: the 33-frame temp
-    is within 10% of the 9-frame one (measured: +0.1% encode, +0.1% decode). The
+    is within 10% of the 9-frame one (measured: +0.2% encode, +0.1% decode). The
     33-frame outputs also match Diffusers.
     """
     model, _, module, params = tiny_vaes["wan21"]
@@ -92,8 +92,9 @@ def test_memory_does_not_grow_with_frames(tiny_vaes):
                 ref_video = model.decode(torch.from_numpy(z.transpose(0, 4, 1, 2, 3))).sample
             mean = np.asarray(enc(params, x)[0]).transpose(0, 4, 1, 2, 3)
             video = np.asarray(dec(params, z)).transpose(0, 4, 1, 2, 3)
-            assert rel_err(mean, ref_mean.numpy()) < 1e-5
-            assert rel_err(video, ref_video.numpy()) < 1e-5
+            errs = rel_err(mean, ref_mean.numpy()), rel_err(video, ref_video.numpy())
+            print(f"33 frames: encode / decode max rel err {errs[0]:.2e} / {errs[1]:.2e}")
+            assert max(errs) < 1e-5
     print(f"temp bytes (encode, decode): 9 frames {temps[9]}, 33 frames {temps[33]}")
     for small, large in zip(temps[9], temps[33], strict=True):
         assert large <= 1.1 * small, temps
