@@ -5,6 +5,10 @@
     python tools/bench.py --family flux --size dev --dtype bfloat16 --attention cudnn \
         --remat full                                           # GPU: FLUX.1-dev dims, MFU
     python tools/bench.py --family qwen_image --size tiny      # Qwen-Image transformer
+    python tools/bench.py --family wan --size tiny             # WAN 2.1 step, kv= step, VAE
+    python tools/bench.py --family wan --size dev --video 5 64 64 --vae-frames 9 17 \
+        --layers 8                                             # Wan2.1-1.3B width, on CPU
+    python tools/bench.py --family wan --size dev --device gpu --dtype bfloat16  # GPU
 
 Times, in one process on one machine: (1) a transformer forward, (2) an N-step Euler
 rollout (the sampler's inner loop), (3) forward + backward of a mean-square loss
@@ -16,6 +20,11 @@ converter (same numbers both sides); dev uses random weights on each side (timin
 only; 12B parameters are never built on CPU).
 
 Families are rows of FAMILIES, so Qwen-Image and WAN plug in with their own builders.
+WAN measures other rows (`build_wan`): a denoising step with and without the
+cross-attention K/V precomputed (`kv=`, the rollout path), `context_kv`, and VAE
+decodes at two frame counts with their compiled memory (`memory_analysis()`); its dev
+size is the Wan2.1-T2V-1.3B shape with weights copied from PyTorch, so `--layers`,
+`--video` and `--vae-frames` shrink it for a CPU. `--device gpu` runs on CUDA.
 """
 
 from __future__ import annotations
@@ -67,6 +76,11 @@ class Case:
     torch_fwd_bwd: Callable[[], object] | None
     forward_flops: float
     description: str
+    # Rows (name, ffjax call, PyTorch call or None, FLOPs) replacing the three above,
+    # and lines printed after the table (e.g. compiled memory), for families that
+    # measure other things.
+    rows: list[tuple[str, Callable[[], object], Callable[[], object] | None, float]] | None = None
+    notes: Callable[[], list[str]] | None = None
 
 
 def flux_forward_flops(cfg, batch: int, n_img: int, n_txt: int) -> float:
@@ -344,7 +358,248 @@ def build_qwen_image(
     return case
 
 
-FAMILIES = {"flux": build_flux, "qwen_image": build_qwen_image}
+# WAN sizes: transformer (WanTransformer3DModel kwargs), the video it denoises (frames,
+# height, width; latents are 4x / 8x / 8x smaller, tokens another 2x2), text length,
+# and the Wan 2.1 VAE (AutoencoderKLWan kwargs) with the frame size it decodes.
+WAN_SIZES = {
+    "tiny": dict(
+        transformer=dict(num_attention_heads=2, attention_head_dim=16, text_dim=32, freq_dim=32,
+                         ffn_dim=64, num_layers=2, rope_max_seq_len=32),
+        video=(5, 64, 64), text_len=16,
+        vae=dict(base_dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1), vae_frames=(9, 17),
+    ),
+    "small": dict(
+        transformer=dict(num_attention_heads=4, attention_head_dim=64, text_dim=256,
+                         ffn_dim=1024, num_layers=4, rope_max_seq_len=64),
+        video=(9, 128, 128), text_len=64,
+        vae=dict(base_dim=16, num_res_blocks=2), vae_frames=(9, 17),
+    ),
+    # Wan2.1-T2V-1.3B: 30 blocks, 12 x 128 heads, ffn 8960, UMT5-XXL 4096, 512 text
+    # tokens; 81 frames of 480x832; the Wan 2.1 VAE (base_dim 96).
+    "dev": dict(
+        transformer=dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960,
+                         num_layers=30),
+        video=(81, 480, 832), text_len=512, vae=dict(), vae_frames=(17, 81),
+    ),
+}  # fmt: skip
+
+
+def _compiled(fn, *args) -> tuple[Callable[[], object], dict]:
+    """A call of `jax.jit(fn)(*args)` that compiles on first use, keeping the executable
+    (for `memory_analysis`) in the returned dict. An argument that is a `_Lazy` is
+    computed on that first use too (so its compile is not counted in another row)."""
+    held = {}
+
+    def call():
+        if "exe" not in held:
+            held["args"] = [a() if isinstance(a, _Lazy) else a for a in args]
+            held["exe"] = jax.jit(fn).lower(*held["args"]).compile()
+        return held["exe"](*held["args"])
+
+    return call, held
+
+
+class _Lazy:
+    """A zero-argument callable standing for its (cached) result in `_compiled`'s args."""
+
+    def __init__(self, fn: Callable[[], object]):
+        self.fn, self.value = fn, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.fn()
+        return self.value
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def _rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def wan_step_flops(cfg, batch: int, n_tok: int, n_txt: int, with_kv: bool) -> float:
+    """Matmul FLOPs of one WAN transformer step (2 per multiply-add; norms ignored).
+    `with_kv`: the text embedder and the cross-attention K/V projections are not run."""
+    d, f, L, S = cfg.inner_dim, cfg.ffn_dim, n_tok, n_txt
+    block = 2 * L * d * 4 * d + 4 * L * L * d  # self-attention q k v o, q k^T and p v
+    block += 2 * L * d * 2 * d + 4 * L * S * d + 2 * L * d * f * 2  # cross q o, attention, MLP
+    context = 0 if with_kv else cfg.num_layers * 2 * S * d * 2 * d + 2 * S * (cfg.text_dim + d) * d
+    return float(batch * (cfg.num_layers * block + context))
+
+
+def build_wan(
+    size: str, batch: int, steps: int, dtype: str, attention: str, remat: str, with_torch: bool,
+    video: tuple[int, int, int] | None = None, vae_frames: tuple[int, ...] | None = None,
+    layers: int | None = None, text_len: int | None = None,
+) -> Case:  # fmt: skip
+    """Wan 2.1 T2V transformer (`WanTransformer3DModel`) and VAE (`AutoencoderKLWan`).
+
+    Rows: one denoising step (text states -> K/V inside the step, as Diffusers runs
+    every step), the same step with `kv=` from `context_kv` (the rollout path: K/V
+    once per rollout), the `context_kv` call itself, and a VAE decode at each of
+    `vae_frames`, with the compiled decode's memory per frame count. Weights: the
+    Diffusers model is built with random init and loaded into ffjax through the
+    converter (tiny / small from a saved folder; dev from its state dict, to keep one
+    copy on disk less), so both sides compute the same function and the printed
+    differences check it.
+    """
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from ffjax.models.wan.convert import load_transformer, load_vae
+    from ffjax.models.weights import ArraySource
+
+    spec = WAN_SIZES[size]
+    diff_cfg = dict(spec["transformer"], **({} if layers is None else {"num_layers": layers}))
+    n_frames, height, width = video or spec["video"]
+    n_txt = text_len or spec["text_len"]
+    dev = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    tmp = tempfile.TemporaryDirectory(prefix="ffjax_bench_wan_")
+    folder = os.path.join(tmp.name, "transformer")
+
+    torch.manual_seed(0)
+    with torch.device(dev):
+        tmodel = WanTransformer3DModel(**diff_cfg).eval()
+    if size == "dev":  # config.json only; the tensors from the state dict (no 5 GB file)
+        tmodel.save_config(folder)
+        sd = {k: v.detach().float().cpu().numpy() for k, v in tmodel.state_dict().items()}
+        module, params = load_transformer(
+            folder, dtype, ArraySource(sd), attention=attention, remat=remat
+        )
+        del sd
+    else:
+        tmodel.save_pretrained(folder)
+        module, params = load_transformer(folder, dtype, attention=attention, remat=remat)
+    params = jax.device_put(params)
+    if not with_torch:
+        tmodel = None  # (dev: 5 GB)
+    elif tdtype != torch.float32:
+        tmodel = tmodel.to(tdtype)
+    cfg = module.config
+
+    lat = ((n_frames - 1) // 4 + 1, height // 8, width // 8)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, *lat, cfg.in_channels)).astype(np.float32)  # channels-last
+    ctx = rng.normal(size=(batch, n_txt, cfg.text_dim)).astype(np.float32)
+    t = np.full((batch,), 500.0, np.float32)  # sigma 0.5, in WAN's 0..1000 units
+    n_tok = lat[0] * (lat[1] // 2) * (lat[2] // 2)
+    jx, jc, jt = (jnp.asarray(a) for a in (x, ctx, t))
+
+    def step(p, z, ts, c):
+        return module.apply({"params": p}, z, ts, c)
+
+    def kv_of(p, c):
+        return module.apply({"params": p}, c, method="context_kv")
+
+    def step_kv(p, z, ts, kv):
+        return module.apply({"params": p}, z, ts, None, kv=kv)
+
+    j_step, step_exe = _compiled(step, params, jx, jt, jc)
+    j_kv, _ = _compiled(kv_of, params, jc)
+    j_step_kv, step_kv_exe = _compiled(step_kv, params, jx, jt, _Lazy(j_kv))
+
+    # The VAE: Wan 2.1 layout, decode of raw latents of a vae_frames-frame video.
+    vae_frames = tuple(vae_frames or spec["vae_frames"])
+    torch.manual_seed(1)
+    tvae = AutoencoderKLWan(**spec["vae"]).eval()
+    tvae.save_pretrained(os.path.join(tmp.name, "vae"))
+    vmodule, vparams = load_vae(os.path.join(tmp.name, "vae"), dtype)
+    vparams = jax.device_put(vparams)
+    tmp.cleanup()
+    tvae = tvae.to(dev) if with_torch else None  # (random init on the host)
+    if tvae is not None and tdtype != torch.float32:
+        tvae = tvae.to(tdtype)
+    vcfg = vmodule.config
+    zs = {n: rng.normal(size=(batch, (n - 1) // 4 + 1, height // 8, width // 8, vcfg.z_dim))
+          .astype(np.float32) for n in vae_frames}  # fmt: skip
+
+    def decode(p, z):
+        return vmodule.apply({"params": p}, z, method="decode")
+
+    decoders = {n: _compiled(decode, vparams, jnp.asarray(z)) for n, z in zs.items()}
+
+    outputs = {}  # the last PyTorch outputs, to compare with ffjax's
+    t_step = None
+    t_decode = dict.fromkeys(vae_frames)
+    if with_torch:
+        tt = lambda a: torch.from_numpy(a).to(dev, tdtype)
+        tx, tc, tts = tt(x.transpose(0, 4, 1, 2, 3)), tt(ctx), tt(t)  # channels-first
+
+        def t_step():
+            with torch.no_grad():
+                outputs["step"] = tmodel(
+                    hidden_states=tx, timestep=tts, encoder_hidden_states=tc
+                ).sample
+            return outputs["step"]
+
+        def decoder(n):
+            z = tt(zs[n].transpose(0, 4, 1, 2, 3))
+
+            def call():
+                with torch.no_grad():
+                    outputs[n] = tvae.decode(z).sample
+                return outputs[n]
+
+            return call
+
+        t_decode = {n: decoder(n) for n in vae_frames}
+
+    # Diffusers has no K/V cache: its column in the kv= row is the same full step.
+    rows = [
+        ("transformer step", j_step, t_step, wan_step_flops(cfg, batch, n_tok, n_txt, False)),
+        ("context_kv (once per rollout)", j_kv, None, 0.0),
+        ("transformer step, kv= (rollout path)", j_step_kv, t_step,
+         wan_step_flops(cfg, batch, n_tok, n_txt, True)),
+        *[(f"VAE decode {n} frames", decoders[n][0], t_decode[n], 0.0) for n in vae_frames],
+    ]  # fmt: skip
+
+    def notes() -> list[str]:
+        out = []
+        mem = lambda held: held["exe"].memory_analysis()
+        for n in vae_frames:
+            m = mem(decoders[n][1])
+            out.append(f"VAE decode {n} frames, compiled: temp {_mib(m.temp_size_in_bytes)},"
+                       f" args {_mib(m.argument_size_in_bytes)}, output {_mib(m.output_size_in_bytes)}")  # fmt: skip
+        for name, held in (("transformer step", step_exe), ("step, kv=", step_kv_exe)):
+            m = mem(held)
+            out.append(f"{name}, compiled: temp {_mib(m.temp_size_in_bytes)},"
+                       f" args {_mib(m.argument_size_in_bytes)}")  # fmt: skip
+        if outputs:
+            as_np = lambda a: a.float().cpu().numpy()
+            ref = as_np(outputs["step"]).transpose(0, 2, 3, 4, 1)
+            errs = [
+                f"step {_rel_err(j_step(), ref):.1e}",
+                f"kv= step {_rel_err(j_step_kv(), ref):.1e}",
+            ]
+            errs += [f"decode {n} frames {_rel_err(decoders[n][0](), as_np(outputs[n]).transpose(0, 2, 3, 4, 1)):.1e}"
+                     for n in vae_frames if n in outputs]  # fmt: skip
+            out.append("max |ffjax - PyTorch| / max |PyTorch|: " + ", ".join(errs))
+        return out
+
+    n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+    n_vae = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(vparams))
+    return Case(
+        jax_forward=j_step, jax_rollout=None, jax_fwd_bwd=None,
+        torch_forward=None, torch_rollout=None, torch_fwd_bwd=None,
+        forward_flops=rows[0][3], rows=rows, notes=notes,
+        description=f"WAN 2.1 T2V {size}: inner {cfg.inner_dim}, {cfg.num_layers} blocks, ffn"
+        f" {cfg.ffn_dim}, {_count(n_params)} params; video {n_frames}x{height}x{width} ="
+        f" latents {lat[0]}x{lat[1]}x{lat[2]} = {n_tok} tokens + {n_txt} text; VAE base_dim"
+        f" {vcfg.base_dim}, {_count(n_vae)} params; batch {batch}, {dtype}",
+    )  # fmt: skip
+
+
+FAMILIES = {"flux": build_flux, "qwen_image": build_qwen_image, "wan": build_wan}
 
 
 def _sync(out):
@@ -387,7 +642,22 @@ def main(argv=None) -> int:
     p.add_argument(
         "--peak-tflops", type=float, default=None, help="bf16 peak for MFU if not in PEAK_BF16"
     )
+    # WAN only (other families fix their inputs per size):
+    p.add_argument("--video", type=int, nargs=3, metavar=("FRAMES", "HEIGHT", "WIDTH"),
+                   help="wan: the video the transformer denoises and the VAE decodes")  # fmt: skip
+    p.add_argument("--vae-frames", type=int, nargs="+", help="wan: decode frame counts (1 + 4k)")
+    p.add_argument("--layers", type=int, help="wan: transformer blocks instead of the size's")
+    p.add_argument("--text-len", type=int, help="wan: text tokens instead of the size's")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="JAX platform (and torch device); auto: JAX's default")  # fmt: skip
     args = p.parse_args(argv)
+    wan_only = dict(video=args.video, vae_frames=args.vae_frames, layers=args.layers,
+                    text_len=args.text_len)  # fmt: skip
+    given = [k for k, v in wan_only.items() if v is not None]
+    if args.family != "wan" and given:
+        p.error(f"--{given[0].replace('_', '-')} is for --family wan only")
+    if args.device != "auto":
+        jax.config.update("jax_platforms", {"cpu": "cpu", "gpu": "cuda"}[args.device])
 
     import diffusers
     import flax
@@ -397,9 +667,11 @@ def main(argv=None) -> int:
         # On a small shared CPU, torch's spinning OpenMP threads can lose 100x to
         # oversubscription; pinning the count makes the comparison meaningful.
         torch.set_num_threads(args.torch_threads)
+    extra = {k: v for k, v in wan_only.items() if v is not None}
     case = FAMILIES[args.family](
-        args.size, args.batch, args.steps, args.dtype, args.attention, args.remat, not args.no_torch
-    )
+        args.size, args.batch, args.steps, args.dtype, args.attention, args.remat,
+        not args.no_torch, **extra,
+    )  # fmt: skip
     device = jax.devices()[0]
     print(f"# {case.description}")
     print(f"# device: {device.device_kind} ({jax.default_backend()}), {os.cpu_count()} CPU cores; "
@@ -407,7 +679,7 @@ def main(argv=None) -> int:
     print("\n| measurement | ffjax compile+1st (s) | ffjax (ms) | PyTorch (ms) | PyTorch / ffjax |")
     print("|---|---|---|---|---|")
     results = {}
-    for name, jfn, tfn, flops in [
+    for name, jfn, tfn, flops in case.rows or [
         ("forward", case.jax_forward, case.torch_forward, case.forward_flops),
         (
             f"rollout {args.steps} steps",
@@ -419,8 +691,12 @@ def main(argv=None) -> int:
     ]:
         first, jt = timed(jfn, args.repeats)
         tt = timed(tfn, args.repeats)[1] if tfn is not None else float("nan")
-        results[name] = (jt, flops)
+        if flops:
+            results[name] = (jt, flops)
         print(f"| {name} | {first:.2f} | {jt * 1e3:.2f} | {tt * 1e3:.2f} | {tt / jt:.2f} |")
+    notes = case.notes() if case.notes else []
+    if notes:
+        print("\n" + "\n".join(notes))
 
     if jax.default_backend() != "cpu":
         peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
