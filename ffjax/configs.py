@@ -99,6 +99,10 @@ def base_config() -> ConfigDict:
     d.group_size = 8  # K: samples per prompt; advantages are normalised within a group
     d.prompts_per_epoch = 8  # prompts (groups) sampled per epoch, over all hosts
     d.shuffle = True  # reshuffle prompts every pass (deterministic from seed)
+    # Image-conditioned models (wan2-i2v): folder that relative paths in the prompt rows'
+    # "image" field are resolved against; "" = Flow-Factory's default <data folder>/images,
+    # then the data folder itself. Absolute paths are used as they are.
+    d.image_dir = ""
 
     c.train = t = ConfigDict()
     t.num_epochs = 100  # rollout + optimise iterations

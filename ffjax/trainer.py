@@ -18,7 +18,9 @@ first), `init_noise(key, batch, height, width)`, `sigmas(num_steps, height, widt
 uint8 images. `weights["vae"]` is passed to `decode`. Optional: `logical_specs()` ->
 {weights key: logical PartitionSpec tree}; weights without specs are replicated;
 `supports_cfg` with `conditional_only(cond)`, the cond whose velocity is the
-conditional pass alone (the training forward of `algorithm.cfg_in_train=False`).
+conditional pass alone (the training forward of `algorithm.cfg_in_train=False`);
+`wants_metadata` (`encode_prompts` then also gets `metadata=`, one dict per prompt);
+`finish_latents(final, cond)` (applied to every rollout chunk's final latents).
 
 Sharding (`ffjax.parallel`): `setup` builds the mesh of `config.mesh` and places the
 weights, the TrainState (trainable, optimizer state, EMA) and the frozen variables on
@@ -241,6 +243,14 @@ def make_policy(adapter, lora: bool, cfg: bool = True) -> Callable:
     return policy
 
 
+def encode_prompts(adapter, prompts: list[str], height: int, width: int, metadata: list) -> Any:
+    """`adapter.encode_prompts`, given the prompts' metadata too when the adapter declares
+    `wants_metadata` (wan2-i2v reads each prompt's conditioning image from it)."""
+    if getattr(adapter, "wants_metadata", False):
+        return adapter.encode_prompts(prompts, height, width, metadata=metadata)
+    return adapter.encode_prompts(prompts, height, width)
+
+
 def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
     """Loads model, data and rewards and builds the jitted functions; no training yet.
 
@@ -449,10 +459,11 @@ def _sample(
     bar = _stage_bar(run, -(-n // chunk), "rollout", "chunk")
     for start in range(0, n, chunk):
         sl = slice(start, start + chunk)
+        chunk_cond = jax.tree.map(lambda a, sl=sl: a[sl], cond)
         final, traj = rollout_lib.rollout(
             run.adapter.velocity,
             _variables(run, weights),
-            jax.tree.map(lambda a, sl=sl: a[sl], cond),
+            chunk_cond,
             noise[sl],
             sigmas,
             noise_levels,
@@ -462,6 +473,8 @@ def _sample(
             storage_dtype=jnp.dtype(c.storage_dtype),
             prepare_fn=getattr(run.adapter, "prepare_cond", None),
         )
+        if hasattr(run.adapter, "finish_latents"):  # e.g. TI2V pins frame 0 to the image
+            final = run.adapter.finish_latents(final, chunk_cond)
         finals.append(final)
         trajs.append(traj)
         if on_chunk is not None:
@@ -637,7 +650,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     metadata = [run.prompts.metadata[i] for i in prompt_idx]
     k = c.data.group_size
     unique = [prompts[i] for i in range(0, len(prompts), k)]
-    cond = run.adapter.encode_prompts(unique, m.height, m.width)
+    cond = encode_prompts(run.adapter, unique, m.height, m.width, metadata[::k])
     cond = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), cond)
     n = len(prompts)
 
@@ -763,7 +776,7 @@ def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray,
     c = run.config
     m = c.model
     prompts = run.eval_prompts.prompts
-    cond = run.adapter.encode_prompts(prompts, m.height, m.width)
+    cond = encode_prompts(run.adapter, prompts, m.height, m.width, run.eval_prompts.metadata)
     key = jax.random.key(c.seed + EVAL_SEED_OFFSET)
     noise = run.adapter.init_noise(key, len(prompts), m.height, m.width)
     sigmas = run.adapter.sigmas(c.sampling.eval_num_steps, m.height, m.width)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ffjax.models import weights as W
-from ffjax.models.clip.model import CLIPConfig, CLIPModel, CLIPVisionConfig
+from ffjax.models.clip.model import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel
 from ffjax.models.text import convert as text_convert
 from ffjax.models.weights import CONV2D, LINEAR, Rule, dense, norm
 
@@ -153,6 +153,50 @@ def load_clip_model(
     return module, convert_clip_model(source, cfg, dtype=dt, what=os.fspath(path))
 
 
+_VISION_TYPES = ("clip_vision_model", "clip")
+
+
+def load_clip_vision(
+    path: str | os.PathLike, dtype: Any = "float32"
+) -> tuple[CLIPVisionModel, dict[str, Any]]:
+    """(module, params) from a transformers `CLIPVisionModel` / `CLIPVisionModelWithProjection`
+    folder (e.g. the `image_encoder/` of a Wan 2.1 I2V pipeline); strict like `load_clip_model`.
+
+    The visual projection is part of the module exactly when config.json's architectures
+    name `CLIPVisionModelWithProjection`.
+
+    Raises:
+      FileNotFoundError without config.json; CheckpointFormatError for another model type.
+    """
+    path = os.fspath(path)
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{path}: no config.json; expected a transformers CLIPVisionModel")
+    with open(file) as f:
+        d = json.load(f)
+    if d.get("model_type") not in _VISION_TYPES:
+        raise W.CheckpointFormatError(
+            f"{path}: config.json says model_type {d.get('model_type')!r} (architectures"
+            f" {d.get('architectures')}), expected 'clip_vision_model' (a CLIPVisionModel)"
+        )
+    with_projection = "CLIPVisionModelWithProjection" in (d.get("architectures") or ())
+    proj = int(d.get("projection_dim", 512)) if with_projection else None
+    cfg = CLIPVisionConfig.from_dict(d, projection_dim=proj)
+    raw = open_tensors(path)
+    # Hub folders nest the tower under "vision_model."; transformers 5 saves it bare.
+    prefix = "vision_model." if any(k.startswith("vision_model.") for k in raw.keys()) else ""
+    source = text_convert.HiddenKeys(raw, (*_BUFFERS, "embeddings.position_ids"))
+    dt = jnp.dtype(dtype or "float32")
+    module = CLIPVisionModel(cfg, dtype=dt, param_dtype=dt)
+    s = cfg.image_size
+    pixels = jax.ShapeDtypeStruct((1, s, s, cfg.num_channels), jnp.float32)
+    expected = W.flat_shapes(jax.eval_shape(module.init, jax.random.key(0), pixels)["params"])
+    params = W.load_params(
+        vision_rules(cfg, prefix), source, expected, dtype=dt, place=_place, what=path
+    )
+    return module, params
+
+
 def open_tensors(path: str | os.PathLike) -> W.TensorSource:
     """The tensors of a transformers folder: `model*.safetensors`, else `pytorch_model.bin`.
 
@@ -184,6 +228,7 @@ __all__ = [
     "export_clip_model",
     "expected_shapes",
     "load_clip_model",
+    "load_clip_vision",
     "open_tensors",
     "read_clip_config",
     "vision_rules",

@@ -103,6 +103,15 @@ class CLIPConfig:
         return cls(text, vision, proj, float(d.get("logit_scale_init_value", 2.6592)))
 
 
+class _EmittingLayer(CLIPEncoderLayer):
+    """`CLIPEncoderLayer` that also emits its output, so the scan stacks every layer's
+    (same parameters and names: a subclass, not a wrapper)."""
+
+    def __call__(self, x: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x, _ = super().__call__(x, bias)
+        return x, x
+
+
 class CLIPVisionModel(nn.Module):
     """transformers' `CLIPVisionModel` (+ `visual_projection` when `config.projection_dim`).
 
@@ -118,17 +127,23 @@ class CLIPVisionModel(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, pixel_values: jax.Array) -> dict[str, jax.Array]:
+    def __call__(
+        self, pixel_values: jax.Array, output_hidden_states: bool = False
+    ) -> dict[str, jax.Array]:
         """Encodes preprocessed images.
 
         Args:
           pixel_values: float[B, S, S, C], S = config.image_size, normalised as the
             CLIP image processor does (see `ffjax.models.clip.preprocess`).
+          output_hidden_states: also return every layer's input and the last output.
 
         Returns:
           {"last_hidden_state": [B, 1 + N, D], "pooler_output": [B, D]} (class token
           after post_layernorm), plus "image_embeds": [B, projection_dim] (unnormalised,
-          = transformers' `get_image_features`) with a projection.
+          = transformers' `get_image_features`) with a projection, plus with
+          `output_hidden_states` "hidden_states": [num_layers + 1, B, 1 + N, D], as
+          transformers' tuple (index 0 after pre_layrnorm, i after layer i; WAN I2V
+          conditions on index -2).
         """
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         b, h, w, ch = pixel_values.shape
@@ -164,10 +179,14 @@ class CLIPVisionModel(nn.Module):
         pos = blocks.embed(c.num_patches + 1, d, name="position_embedding", **kw)
         x = nn.with_logical_constraint(x + pos(jnp.arange(x.shape[1]))[None], _ACT)
         x = blocks.layer_norm(c.layer_norm_eps, name="pre_layrnorm", **kw)(x)
-        stack = blocks.stack(CLIPEncoderLayer, c.num_hidden_layers, 1, self.remat)
-        x, _ = stack(c, self.dtype, self.param_dtype, name="layers")(x, None)  # no mask
+        layer = _EmittingLayer if output_hidden_states else CLIPEncoderLayer
+        stack = blocks.stack(layer, c.num_hidden_layers, 1, self.remat)
+        x0 = x
+        x, per_layer = stack(c, self.dtype, self.param_dtype, name="layers")(x, None)  # no mask
         pooled = blocks.layer_norm(c.layer_norm_eps, name="post_layernorm", **kw)(x[:, 0])
         out = {"last_hidden_state": x, "pooler_output": pooled}
+        if output_hidden_states:
+            out["hidden_states"] = jnp.concatenate([x0[None], per_layer])
         if c.projection_dim is not None:
             proj = layers.Dense(
                 c.projection_dim,

@@ -319,3 +319,21 @@ def preprocess(images: jax.Array, cfg: CLIPImageProcessorConfig) -> jax.Array:
 def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorConfig:
     """`CLIPImageProcessorConfig.from_pretrained(path)` (the loader the rewards call)."""
     return CLIPImageProcessorConfig.from_pretrained(path)
+
+
+def preprocess_pil(image: Any, cfg: CLIPImageProcessorConfig) -> np.ndarray:
+    """One PIL image -> float32[h, w, 3] pixel values on the host, for images of any size.
+
+    The processor's own steps with Pillow itself (RGB conversion, `Image.resize` with
+    `cfg.resample`, centre crop, the rescale + normalise table), so equal to
+    `CLIPImageProcessor(images=image)` bit for bit; no compile per input size (the
+    conditioning images of image-to-video prompts come in many sizes).
+    """
+    image = image.convert("RGB")
+    if cfg.do_resize:
+        h, w = cfg.resized_size(image.height, image.width)
+        image = image.resize((w, h), resample=cfg.resample)
+    a = np.asarray(image, np.uint8)[None]
+    if cfg.do_center_crop:
+        a = np.asarray(center_crop(a, cfg.crop_height, cfg.crop_width))
+    return _value_table(cfg, 3)[a[0].astype(np.int64), np.arange(3)]

@@ -143,3 +143,5 @@ def call_like_diffusers(kind: str, module: Any, params: Any, **kwargs) -> np.nda
 # Importing the adapters registers them in ffjax.registry.MODELS ("wan2-t2v", ...).
 from ffjax.models.wan.adapter import WanCond as WanCond  # noqa: E402
 from ffjax.models.wan.adapter import WanT2VAdapter as WanT2VAdapter  # noqa: E402
+from ffjax.models.wan.adapter_i2v import WanI2VAdapter as WanI2VAdapter  # noqa: E402
+from ffjax.models.wan.adapter_i2v import WanI2VCond as WanI2VCond  # noqa: E402

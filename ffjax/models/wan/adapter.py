@@ -231,7 +231,9 @@ class WanT2VAdapter:
         )
 
     @classmethod
-    def load(cls, config: Any) -> tuple[WanT2VAdapter, dict[str, Any]]:
+    def load(
+        cls, config: Any, *, pipelines: tuple[str, ...] = _PIPELINES
+    ) -> tuple[WanT2VAdapter, dict[str, Any]]:
         """From a run config: adapter with its UMT5 text encoder.
 
         `config.model.path` is a Diffusers WanPipeline folder (anything else is an error
@@ -245,7 +247,7 @@ class WanT2VAdapter:
         m = config.model
         adapter, weights = cls.from_pretrained(
             m.path, dtype=m.param_dtype, attention=m.attention, remat=m.remat,
-            shift=m.get("flow_shift", 0.0) or None, **cls._runtime(config),
+            shift=m.get("flow_shift", 0.0) or None, pipelines=pipelines, **cls._runtime(config),
         )  # fmt: skip
         adapter._set_activation_dtype(m.dtype)
         from ffjax.models.text.encode import load_wan_text
@@ -275,15 +277,18 @@ class WanT2VAdapter:
         shift: float | None = None,
         attention: str = "auto",
         remat: str = "none",
+        pipelines: tuple[str, ...] = _PIPELINES,
         **kwargs,
     ) -> tuple[WanT2VAdapter, dict[str, Any]]:
         """From a WanPipeline folder, without the text encoder (see `load`).
 
         kwargs: the constructor's num_frames, guidance_scale, guidance_scale_2,
-        negative_prompt. Returns (adapter, {"transformer": params, "vae": params}).
+        negative_prompt. `pipelines`: the model_index.json classes accepted (the
+        `wan2-i2v` adapter builds its core from WanImageToVideoPipeline folders).
+        Returns (adapter, {"transformer": params, "vae": params}).
         """
         path = os.fspath(path)
-        index = _check_folder(path, _PIPELINES)
+        index = _check_folder(path, pipelines)
         runtime = dict(attention=attention, remat=remat)
         experts, params = {}, {}
         for name in EXPERTS:
@@ -305,11 +310,13 @@ class WanT2VAdapter:
         return adapter, {"transformer": tp, "vae": vp}
 
     @classmethod
-    def abstract_load(cls, config: Any) -> tuple[WanT2VAdapter, dict[str, Any]]:
+    def abstract_load(
+        cls, config: Any, *, pipelines: tuple[str, ...] = _PIPELINES
+    ) -> tuple[WanT2VAdapter, dict[str, Any]]:
         """`load` from the config.json files alone (for `--dry_run`): weights as
         `jax.ShapeDtypeStruct`s in `config.model.param_dtype`; no text encoder."""
         m = config.model
-        index = _check_folder(m.path, _PIPELINES)
+        index = _check_folder(m.path, pipelines)
         rt = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention=m.attention, remat=m.remat)
         configs = {
             name: WanTransformerConfig.from_diffusers(os.path.join(m.path, name), **rt)
@@ -465,16 +472,18 @@ class WanT2VAdapter:
             for name in EXPERTS
         }
 
-    def prepare_cond(self, variables: Any, cond: WanCond) -> WanCond:
+    def prepare_cond(self, variables: Any, cond: WanCond, context_image=None) -> WanCond:
         """`cond` with every expert's cross-attention keys / values of the prompt (and
-        negative prompt), computed once: rollouts call it before the denoising loop."""
+        negative prompt), computed once: rollouts call it before the denoising loop.
+        `context_image`: the CLIP image states of image-attention models (wan2-i2v)."""
         if cond.kv is not None:
             return cond
         dtype = jnp.dtype(self.config.dtype)
+        img = None if context_image is None else context_image.astype(dtype)
 
         def kv_of(embeds):
             return {
-                name: module.apply(ev, embeds.astype(dtype), method="context_kv")
+                name: module.apply(ev, embeds.astype(dtype), img, method="context_kv")
                 for name, (module, ev) in self._experts(variables).items()
             }
 
@@ -493,14 +502,15 @@ class WanT2VAdapter:
         n = (f // pt) * (h // ph) * (w // pw)
         return jnp.broadcast_to(t[:, None], (x.shape[0], n))
 
-    def _expert_velocity(self, name, module, ev, x, t, cond) -> jax.Array:
+    def _expert_velocity(self, name, module, ev, x, t, cond, context_image=None) -> jax.Array:
         dtype = jnp.dtype(module.config.dtype)
         xin = x.astype(dtype)
+        img = None if context_image is None else context_image.astype(dtype)
 
         def run(embeds, kv):
             if kv is not None:
                 return module.apply(ev, xin, t, None, kv=kv[name])
-            return module.apply(ev, xin, t, embeds.astype(dtype))
+            return module.apply(ev, xin, t, embeds.astype(dtype), img)
 
         v = run(cond.prompt_embeds, cond.kv).astype(jnp.float32)
         if not cond.cfg:
@@ -525,10 +535,21 @@ class WanT2VAdapter:
           use `transformer`, the others `transformer_2` (only the experts some row needs
           are evaluated when all rows agree, as in a rollout step).
         """
+        return self.denoise(variables, x, sigma, cond)
+
+    def denoise(
+        self, variables: Any, x: jax.Array, sigma: jax.Array, cond: WanCond, *,
+        timestep: jax.Array | None = None, context_image: jax.Array | None = None,
+    ) -> jax.Array:  # fmt: skip
+        """`velocity` for a model input `x` built by the caller (wan2-i2v: latents with
+        their image condition), float32[B, f, h, w, out_channels]; `timestep` overrides
+        sigma * 1000 (per-token TI2V timesteps), `context_image` goes to image
+        cross-attention. The expert is still chosen from `sigma`."""
         sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
-        t = self._timestep(x, sigma)
+        t = self._timestep(x, sigma) if timestep is None else timestep
         experts = self._experts(variables)
-        fns = {name: (lambda n=name, me=me: self._expert_velocity(n, *me, x, t, cond))
+        fns = {name: (lambda n=name, me=me: self._expert_velocity(n, *me, x, t, cond,
+                                                                  context_image))
                for name, me in experts.items()}  # fmt: skip
         if not self.two_experts:
             return fns["transformer"]()

@@ -1,0 +1,448 @@
+"""The `wan2-i2v` model adapter: WAN image-to-video (Diffusers `WanImageToVideoPipeline`).
+
+It holds a `WanT2VAdapter` (the core: UMT5 prompts, CFG, schedule, A14B experts, shapes,
+decode) and adds the image condition, the way `WanImageToVideoPipeline` does:
+
+Wan 2.1 I2V (14B 480P / 720P; Wan 2.2 I2V A14B without the CLIP part):
+  * `context_image`: the CLIP vision encoder's hidden_states[-2] of the image (the
+    folder's `image_encoder` + `image_processor`, on the image as loaded), for the
+    transformer's image cross-attention (only when the transformer has `image_dim`).
+  * the video condition: [image resized to H x W, zeros for the other frames] through
+    the VAE encoder (its mean), in transformer space, after a 4-channel mask (1 on the
+    first latent frame, the 4 video frames it covers; 0 elsewhere); concatenated to
+    the latents on the channel axis at every step: model input [x, mask, latents]
+    (16 + 4 + 16 = in_channels 36 for the real models).
+
+Wan 2.2 TI2V-5B (`expand_timesteps=True`): the image's latent frame replaces latent
+frame 0 of the model input (mask 0 on frame 0: (1 - m) c + m x), whose tokens get
+timestep 0 (per-token timesteps m * t); the final latents get the same blend
+(`finish_latents`). The pipeline steps frame 0 of its own latents with the model's
+output there, and discards them at the end. Here frame 0's velocity is instead the
+exact one of a known clean frame, v = (x - c) / sigma (= noise - c on the path
+x = (1 - sigma) c + sigma noise): the same video, an ODE rollout already ends on c,
+and frame 0 no longer adds policy-dependent terms to log-probs or NFT / AWM losses
+(it cannot change the reward). Frames >= 1 match the pipeline step for step.
+
+The conditioning image of each prompt comes from its metadata: the `IMAGE_FIELD`
+("image") of a Flow-Factory jsonl row, a path, absolute or relative to
+`config.data.image_dir` (default: the data folder's `images/`, Flow-Factory's default,
+then the data folder itself); a PIL image or uint8[H, W, 3] array in the metadata is
+used as it is. Images are converted to RGB (as Flow-Factory loads them) and resized to
+H x W with Pillow's Lanczos filter, exactly `video_processor.preprocess(image, H, W)`
+(a plain resize: the aspect ratio is not kept, nothing is cropped); the CLIP encoder
+gets the RGB image at its own size, as the pipeline's `image_processor` does.
+
+The trainer passes the prompts' metadata to `encode_prompts` because the adapter
+declares `wants_metadata`. The VAE params `load` returns are also kept by the adapter
+for encoding conditions in `encode_prompts` (the VAE is a few hundred MB).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from ffjax.models.wan.adapter import WanCond, WanT2VAdapter
+from ffjax.models.wan.vae import to_transformer_space
+from ffjax.registry import MODELS
+
+IMAGE_FIELD = "image"  # metadata key of a prompt's conditioning image (Flow-Factory jsonl)
+_PIPELINES = ("WanImageToVideoPipeline",)
+_MIN_SIGMA = 1e-12  # floor of sigma in frame 0's exact velocity (sigma > 0 in use)
+
+
+@struct.dataclass
+class WanI2VCond:
+    """Conditioning of one image-to-video batch; every leaf batch-first (until
+    `prepare_cond` fills `text.kv`).
+
+    Attributes:
+      text: the prompts' WanCond (UMT5 states, negative prompt, CFG scales, K/V).
+      condition: float32 transformer-space image condition: [B, f, h, w, 4 + z_dim]
+        (mask then latents, Wan 2.1) or [B, 1, h, w, z_dim] (the first latent frame,
+        Wan 2.2 TI2V).
+      image_embeds: float[B, S_img, image_dim] CLIP hidden_states[-2], or None for
+        transformers without image cross-attention.
+    """
+
+    text: WanCond
+    condition: jax.Array
+    image_embeds: jax.Array | None = None
+
+
+def image_mask(latent_frames: int, temporal: int = 4) -> np.ndarray:
+    """float32[f, temporal]: `prepare_latents`' first-frame mask in latent frames.
+
+    The video-frame mask (1 on frame 0, 0 on the other num_frames - 1) with frame 0
+    repeated `temporal` times, grouped by `temporal`: 1 on every channel of latent
+    frame 0, 0 elsewhere.
+    """
+    m = np.zeros((latent_frames, temporal), np.float32)
+    m[0] = 1.0
+    return m
+
+
+def resolve_image(value: Any, roots: Sequence[str]) -> Any:
+    """A metadata image value -> PIL image in RGB: a path (absolute, or the first of
+    `roots` joined with it that exists), a PIL image or a uint8[H, W, 3|4] array."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, np.ndarray):
+        if value.dtype != np.uint8 or value.ndim != 3 or value.shape[-1] not in (3, 4):
+            raise ValueError(
+                f"a conditioning image array must be uint8[H, W, 3 or 4]; got {value.dtype}"
+                f" {value.shape}"
+            )
+        return Image.fromarray(value).convert("RGB")
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"a conditioning image must be a path, a PIL image or a uint8 array; got"
+            f" {type(value).__name__}"
+        )
+    path = os.fspath(value)
+    tried = [path] if os.path.isabs(path) else [os.path.join(r, path) for r in roots]
+    for p in tried:
+        if os.path.isfile(p):
+            with Image.open(p) as im:
+                return im.convert("RGB")
+    raise FileNotFoundError(f"conditioning image {path!r} not found; looked at {tried}")
+
+
+def video_condition_pixels(image: Any, height: int, width: int) -> np.ndarray:
+    """`video_processor.preprocess(image, height, width)`, channels last: float32[H, W, 3]
+    in [-1, 1] (Pillow Lanczos resize to width x height, / 255, * 2 - 1)."""
+    from PIL import Image
+
+    resized = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    return np.asarray(resized, np.float32) / np.float32(255.0) * np.float32(2) - np.float32(1)
+
+
+def image_roots(config: Any) -> tuple[str, ...]:
+    """Folders relative image paths are looked up in (see the module docstring)."""
+    d = config.data
+    if d.get("image_dir"):
+        return (os.path.expanduser(d.image_dir),)
+    path = d.get("path")
+    if not path or str(path).startswith("tfds:"):
+        return (os.getcwd(),)
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return (os.path.join(folder, "images"), folder)
+
+
+@MODELS.register("wan2-i2v")
+class WanI2VAdapter:
+    """WAN image-to-video around a `WanT2VAdapter` core (see the module docstring).
+
+    Args:
+      core: the text-to-video adapter built from the I2V folder (its transformer takes
+        the image condition's channels).
+      image_encoder: (CLIPVisionModel module, params), or None (no image attention).
+      image_processor: its CLIPImageProcessorConfig (with image_encoder).
+      vae_params: VAE params to encode conditions with (set by `load`).
+      image_roots: folders relative image paths are looked up in.
+    """
+
+    supports_cfg = True
+    denoiser = "transformer"
+    wants_metadata = True  # the trainer passes the prompts' metadata to encode_prompts
+
+    def __init__(
+        self,
+        core: WanT2VAdapter,
+        image_encoder: tuple[Any, Any] | None = None,
+        image_processor: Any = None,
+        vae_params: Any = None,
+        image_roots: Sequence[str] = (),
+    ):
+        self.core = core
+        self.image_encoder = image_encoder
+        self.image_processor = image_processor
+        self.vae_params = vae_params
+        self.image_roots = tuple(image_roots) or (os.getcwd(),)
+        c, z = core.config, core.vae_config.z_dim
+        self.expand_timesteps = core.expand_timesteps
+        want = z if self.expand_timesteps else 2 * z + core.vae_config.temporal_factor
+        if c.in_channels != want:
+            what = "latents" if self.expand_timesteps else "latents + mask + image latents"
+            raise ValueError(
+                f"transformer in_channels={c.in_channels}, but a WAN I2V model with z_dim={z}"
+                f" takes {want} ({what})"
+            )
+        if c.has_image_attention and image_encoder is None:
+            raise ValueError(
+                "the transformer has image cross-attention: an image encoder is needed"
+            )
+        if c.pos_embed_seq_len is not None:
+            raise ValueError("Wan 2.1 FLF2V (first + last frame) is not supported yet")
+
+    # ----------------------------------------------------------------- the core's API
+
+    lora_targets = property(lambda self: self.core.lora_targets)
+    do_cfg = property(lambda self: self.core.do_cfg)
+    config = property(lambda self: self.core.config)
+
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+        return self.core.latent_shape(batch, height, width)
+
+    def init_noise(self, key: jax.Array, batch: int, height: int, width: int) -> jax.Array:
+        return self.core.init_noise(key, batch, height, width)
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> np.ndarray:
+        return self.core.sigmas(num_steps, height, width)
+
+    def decode_latents(self, vae_params, x, height: int, width: int) -> jax.Array:
+        return self.core.decode_latents(vae_params, x, height, width)
+
+    def decode(self, vae_params, x, height: int, width: int) -> jax.Array:
+        return self.core.decode(vae_params, x, height, width)
+
+    # ----------------------------------------------------------------- loading
+
+    @classmethod
+    def _parts(cls, path: str) -> dict[str, Any]:
+        with open(os.path.join(path, "model_index.json")) as f:
+            index = json.load(f)
+        return {k: index.get(k) and index[k][0] is not None for k in ("image_encoder",)}
+
+    @classmethod
+    def load(cls, config: Any) -> tuple[WanI2VAdapter, dict[str, Any]]:
+        """From a run config: `WanT2VAdapter.load` of the WanImageToVideoPipeline folder
+        `config.model.path` (same keys), plus its CLIP image encoder when present.
+        Returns (adapter, {"transformer": params, "vae": params})."""
+        core, weights = WanT2VAdapter.load(config, pipelines=_PIPELINES)
+        return cls._with_image_encoder(core, weights, config), weights
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: Any = "float32", **kwargs):
+        """Without the text encoder (velocities and conditions from given embeddings)."""
+        core, weights = WanT2VAdapter.from_pretrained(path, dtype, pipelines=_PIPELINES, **kwargs)
+        return cls._with_image_encoder(core, weights, None, os.fspath(path), dtype), weights
+
+    @classmethod
+    def _with_image_encoder(cls, core, weights, config, path=None, dtype=None):
+        from ffjax.models.clip.convert import load_clip_vision
+        from ffjax.models.clip.preprocess import CLIPImageProcessorConfig
+
+        path = path or config.model.path
+        dtype = dtype or config.model.dtype
+        encoder = processor = None
+        if cls._parts(path)["image_encoder"]:
+            encoder = load_clip_vision(os.path.join(path, "image_encoder"), dtype=dtype)
+            processor = CLIPImageProcessorConfig.from_pretrained(
+                os.path.join(path, "image_processor")
+            )
+        roots = image_roots(config) if config is not None else ()
+        return cls(core, encoder, processor, weights["vae"], roots)
+
+    @classmethod
+    def abstract_load(cls, config: Any) -> tuple[WanI2VAdapter, dict[str, Any]]:
+        """`load` from config.json files alone (for `--dry_run`)."""
+        core, weights = WanT2VAdapter.abstract_load(config, pipelines=_PIPELINES)
+        encoder = None
+        if cls._parts(config.model.path)["image_encoder"]:
+            encoder = _abstract_image_encoder(config)  # (module, params as shapes)
+        return cls(core, encoder, None, None, image_roots(config)), weights
+
+    @classmethod
+    def abstract_text_encoders(cls, config: Any) -> dict[str, Any]:
+        """The UMT5 encoder (and the CLIP image encoder) as `jax.ShapeDtypeStruct`s."""
+        out = WanT2VAdapter.abstract_text_encoders(config)
+        if cls._parts(config.model.path)["image_encoder"]:
+            out["image_encoder (CLIP vision)"] = _abstract_image_encoder(config)[1]
+        return out
+
+    def logical_specs(self) -> dict[str, Any]:
+        return self.core.logical_specs()
+
+    # ----------------------------------------------------------------- conditioning
+
+    def _condition_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+        b, f, h, w, z = self.core.latent_shape(batch, height, width)
+        if self.expand_timesteps:
+            return b, 1, h, w, z
+        return b, f, h, w, z + self.core.vae_config.temporal_factor
+
+    def abstract_cond(self, batch: int, height: int, width: int) -> WanI2VCond:
+        """The `encode_prompts` result for `batch` prompts as `jax.ShapeDtypeStruct`s."""
+        text = self.core.abstract_cond(batch, height, width)
+        cond = jax.ShapeDtypeStruct(self._condition_shape(batch, height, width), jnp.float32)
+        img = None
+        if self.config.has_image_attention:
+            vc = self.image_encoder[0].config
+            n = (vc.image_size // vc.patch_size) ** 2 + 1
+            img = jax.ShapeDtypeStruct((batch, n, vc.hidden_size), jnp.dtype(self.config.dtype))
+        return WanI2VCond(text=text, condition=cond, image_embeds=img)
+
+    def images_of(self, prompts: Sequence[str], metadata: Sequence[Any] | None) -> list[Any]:
+        """The RGB conditioning image of every prompt, from its metadata's IMAGE_FIELD."""
+        if metadata is None or len(metadata) != len(prompts):
+            got = "none" if metadata is None else f"{len(metadata)} entries"
+            raise ValueError(
+                f"wan2-i2v needs one metadata dict per prompt (with an {IMAGE_FIELD!r} field);"
+                f" got {got} for {len(prompts)} prompts"
+            )
+        images = []
+        for i, (p, meta) in enumerate(zip(prompts, metadata, strict=True)):
+            value = (meta or {}).get(IMAGE_FIELD)
+            if isinstance(value, (list, tuple)) and len(value) == 1:
+                value = value[0]  # Flow-Factory's "images": [path] form, one image
+            if value is None or (isinstance(value, (list, tuple)) and not value):
+                raise ValueError(
+                    f"prompt {i} ({p!r}) has no {IMAGE_FIELD!r} in its metadata; wan2-i2v"
+                    f' needs a conditioning image per prompt (jsonl rows {{"prompt": ...,'
+                    f' "{IMAGE_FIELD}": "path/to/image.png"}})'
+                )
+            if isinstance(value, (list, tuple)):
+                raise ValueError(
+                    f"prompt {i} ({p!r}): {IMAGE_FIELD!r} lists {len(value)} images; wan2-i2v"
+                    " conditions on one (the first frame)"
+                )
+            try:
+                images.append(resolve_image(value, self.image_roots))
+            except (OSError, ValueError, TypeError) as e:
+                raise type(e)(f"prompt {i} ({p!r}): {e}") from None
+        return images
+
+    def encode_images(self, images: Sequence[Any], height: int, width: int) -> dict[str, Any]:
+        """RGB PIL images -> {"condition": float32[B, ...], "image_embeds": [B, S, D] | None}."""
+        if self.vae_params is None:
+            raise ValueError("this wan2-i2v adapter has no VAE params; build it with .load(config)")
+        f = self.core.latent_frames
+        conds, embeds = [], []
+        for image in images:
+            pixels = video_condition_pixels(image, height, width)[None, None]  # [1, 1, H, W, 3]
+            if not self.expand_timesteps:  # the image, then zero frames
+                rest = np.zeros((1, self.core.num_frames - 1, height, width, 3), np.float32)
+                pixels = np.concatenate([pixels, rest], axis=1)
+            latents = _encode_fn(self.core)(self.vae_params, jnp.asarray(pixels))
+            if not self.expand_timesteps:
+                mask = np.broadcast_to(image_mask(f, self.core.vae_config.temporal_factor)[
+                    None, :, None, None, :], latents.shape[:-1] + (self.core.vae_config.temporal_factor,))  # fmt: skip
+                latents = jnp.concatenate([jnp.asarray(mask), latents], axis=-1)
+            conds.append(latents)
+            if self.config.has_image_attention:
+                from ffjax.models.clip.preprocess import preprocess_pil
+
+                pv = preprocess_pil(image, self.image_processor)[None]
+                embeds.append(_clip_fn(self.image_encoder[0])(self.image_encoder[1], pv))
+        out = {"condition": jnp.concatenate(conds), "image_embeds": None}
+        if embeds:
+            out["image_embeds"] = jnp.concatenate(embeds).astype(jnp.dtype(self.config.dtype))
+        return out
+
+    def make_cond(self, text: WanCond, condition, image_embeds=None) -> WanI2VCond:
+        return WanI2VCond(text=text, condition=jnp.asarray(condition, jnp.float32),
+                          image_embeds=image_embeds)  # fmt: skip
+
+    def encode_prompts(
+        self, prompts: list[str], height: int, width: int, metadata: Sequence[Any] | None = None
+    ) -> WanI2VCond:
+        """Prompts + their metadata's images -> WanI2VCond (`load` first).
+
+        Raises ValueError naming the prompt and the field when a prompt has no image,
+        FileNotFoundError naming the paths looked at when its file is missing.
+        """
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a sequence of strings, not a string")
+        self.core.latent_hw(height, width)  # size errors before any encoding
+        images = self.images_of(list(prompts), metadata)
+        text = self.core.encode_prompts(list(prompts), height, width)
+        return self.make_cond(text, **self.encode_images(images, height, width))
+
+    def conditional_only(self, cond: WanI2VCond) -> WanI2VCond:
+        """`cond` without the negative prompt (config.algorithm.cfg_in_train=False)."""
+        return cond.replace(text=self.core.conditional_only(cond.text))
+
+    # ----------------------------------------------------------------- the contract
+
+    def prepare_cond(self, variables: Any, cond: WanI2VCond) -> WanI2VCond:
+        """Cross-attention K/V of prompt and image, once per rollout."""
+        return cond.replace(text=self.core.prepare_cond(variables, cond.text, cond.image_embeds))
+
+    def _token_timesteps(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
+        """float32[B, L]: the pipeline's mask * t per token (0 on latent frame 0)."""
+        _, f, h, w, _ = x.shape
+        pt, ph, pw = self.config.patch_size
+        m = np.ones((f, h, w), np.float32)
+        m[0] = 0.0
+        per_token = m[::pt, ::ph, ::pw].reshape(-1)
+        return sigma[:, None] * 1000.0 * jnp.asarray(per_token)[None]
+
+    def velocity(
+        self, variables: Any, x: jax.Array, sigma: jax.Array, cond: WanI2VCond
+    ) -> jax.Array:
+        """v = noise - x0 at x_sigma given the image (module docstring), with CFG.
+
+        x: float32[B, f, h, w, z_dim]; sigma float32[B]; returns float32 like x.
+        """
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
+        c = cond.condition.astype(x.dtype)
+        if self.expand_timesteps:
+            xin = jnp.concatenate([c, x[:, 1:]], axis=1)
+            t = self._token_timesteps(x, sigma)
+        else:
+            xin = jnp.concatenate([x, c], axis=-1)
+            t = None
+        v = self.core.denoise(
+            variables, xin, sigma, cond.text, timestep=t, context_image=cond.image_embeds
+        )
+        if self.expand_timesteps:  # frame 0 is known: its exact velocity (x - c) / sigma
+            s = jnp.maximum(sigma, _MIN_SIGMA).reshape(-1, 1, 1, 1, 1)
+            v = jnp.concatenate([(x[:, :1] - c) / s, v[:, 1:]], axis=1)
+        return v
+
+    def finish_latents(self, x: jax.Array, cond: WanI2VCond) -> jax.Array:
+        """The pipeline's last blend: TI2V final latents with frame 0 = the image's."""
+        if not self.expand_timesteps:
+            return x
+        return jnp.concatenate([cond.condition.astype(x.dtype), x[:, 1:]], axis=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _encode_fn(core: WanT2VAdapter):
+    """jit: pixels float32[B, T, H, W, 3] -> transformer-space VAE means."""
+    vae, cfg = core.vae, core.vae_config
+
+    def encode(params, pixels):
+        mean, _ = vae.apply({"params": params}, pixels.astype(vae.config.dtype), method="encode")
+        return to_transformer_space(mean.astype(jnp.float32), cfg)
+
+    return jax.jit(encode)
+
+
+@functools.lru_cache(maxsize=8)
+def _clip_fn(module):
+    """jit: CLIP pixel values [B, S, S, 3] -> hidden_states[-2] (the pipeline's encode_image)."""
+    return jax.jit(
+        lambda params, pv: module.apply({"params": params}, pv, output_hidden_states=True)[
+            "hidden_states"
+        ][-2]
+    )
+
+
+def _abstract_image_encoder(config: Any):
+    """(CLIPVisionModel, params as `jax.ShapeDtypeStruct`s) of the folder's image encoder."""
+    import flax.linen as nn
+
+    from ffjax.models.clip.model import CLIPVisionConfig, CLIPVisionModel
+
+    with open(os.path.join(config.model.path, "image_encoder", "config.json")) as f:
+        d = json.load(f)
+    proj = d.get("projection_dim") if "CLIPVisionModelWithProjection" in (
+        d.get("architectures") or ()) else None  # fmt: skip
+    vc = CLIPVisionConfig.from_dict(d, projection_dim=proj)
+    dt = jnp.dtype(config.model.param_dtype)
+    module = CLIPVisionModel(vc, dtype=jnp.dtype(config.model.dtype), param_dtype=dt)
+    px = jax.ShapeDtypeStruct((1, vc.image_size, vc.image_size, vc.num_channels), jnp.float32)
+    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), px)["params"])
+    return module, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dt), shapes)

@@ -1,0 +1,231 @@
+"""End-to-end parity of the `wan2-i2v` adapter with tiny Diffusers WanImageToVideoPipelines.
+
+Same initial noise (`latents=`), same prompts, same images (the pipeline takes one
+image a call, so it runs once per row): the adapter's image conditioning (CLIP
+hidden_states[-2], VAE-encoded video condition and mask), velocity (with CFG), Euler
+ODE steps and decode must reproduce the pipeline's. Wan 2.1 I2V layout ("i2v") and
+Wan 2.2 TI2V-5B ("ti2v", expand_timesteps: frames >= 1 match the pipeline's noise
+predictions, frame 0 gets its exact velocity by design, see adapter_i2v.py).
+"""
+
+import html
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ffjax import configs, registry
+from ffjax.models.wan.adapter_i2v import IMAGE_FIELD, WanI2VAdapter
+from tests.models.flux.tiny import rel_err
+from tests.tiny_wan_i2v_pipeline import build_wan_i2v_pipeline
+
+FRAMES, STEPS = 5, 4
+SIZES = {"i2v": (16, 32), "ti2v": (32, 64)}  # VAE 4x / 16x, patch 2
+PROMPTS = ["a photo of a cat", "an astronaut riding a horse on the moon"]
+
+
+def _images():
+    rng = np.random.default_rng(3)
+    rgb = Image.fromarray(rng.integers(0, 256, (40, 24, 3), np.uint8))  # tall, not square
+    rgba = Image.fromarray(rng.integers(0, 256, (21, 33, 4), np.uint8), "RGBA")  # odd sizes
+    return [rgb, rgba]
+
+
+def _config(path, variant, scale, data_path=None) -> configs.ConfigDict:
+    c = configs.base_config()
+    c.model.name = "wan2-i2v"
+    c.model.path = str(path)
+    c.model.height, c.model.width = SIZES[variant]
+    c.model.num_frames = FRAMES
+    c.model.negative_prompt = ""
+    c.sampling.guidance_scale = scale
+    if data_path is not None:
+        c.data.path = str(data_path)
+    return c
+
+
+@pytest.fixture(scope="module", params=["i2v", "ti2v"])
+def pipeline(request, tmp_path_factory):
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+
+    # Diffusers 0.42's I2V `basic_clean` calls ftfy even when it is not installed (its
+    # T2V one skips it, as ffjax does): the same cleaning without ftfy.
+    clean = pipeline_wan_i2v.basic_clean
+    pipeline_wan_i2v.basic_clean = lambda t: html.unescape(html.unescape(t)).strip()
+    path, pipe = build_wan_i2v_pipeline(tmp_path_factory.mktemp(request.param) / "p", request.param)
+    yield request.param, pipe, path
+    pipeline_wan_i2v.basic_clean = clean
+
+
+def _to_ours(a):  # (B, C, F, H, W) -> (B, F, H, W, C)
+    return np.moveaxis(np.asarray(a), 1, -1)
+
+
+def _run_pipeline(pipe, noise, scale, h, w):
+    """Per row: frames in [0, 1], the last latents, [(x, sigma, v)] per step, and the
+    pipeline's conditioning (prepare_latents' condition, encode_image's states)."""
+    out = {"frames": [], "latents": [], "steps": [], "condition": [], "image_embeds": []}
+    step, prepare, encode = pipe.scheduler.step, pipe.prepare_latents, pipe.encode_image
+
+    def recording_step(model_output, timestep, sample, **kw):
+        sigma = pipe.scheduler.sigmas[pipe.scheduler.step_index or 0]
+        rows[-1].append((sample.numpy().copy(), float(sigma), model_output.numpy().copy()))
+        return step(model_output, timestep, sample, **kw)
+
+    def recording_prepare(*a, **kw):
+        res = prepare(*a, **kw)
+        out["condition"].append(res[1].numpy().copy())
+        return res
+
+    def recording_encode(*a, **kw):
+        res = encode(*a, **kw)
+        out["image_embeds"].append(res.numpy().copy())
+        return res
+
+    def on_step_end(_pipe, i, t, kwargs):
+        last["latents"] = kwargs["latents"].numpy().copy()
+        return {}
+
+    rows, last = [], {}
+    pipe.scheduler.step, pipe.prepare_latents, pipe.encode_image = (
+        recording_step, recording_prepare, recording_encode)  # fmt: skip
+    try:
+        for i, (prompt, image) in enumerate(zip(PROMPTS, _images(), strict=True)):
+            rows.append([])
+            with torch.no_grad():
+                res = pipe(
+                    image=image.convert("RGB"), prompt=prompt, negative_prompt="",
+                    guidance_scale=scale, latents=noise[i : i + 1], height=h, width=w,
+                    num_frames=FRAMES, num_inference_steps=STEPS, output_type="np",
+                    callback_on_step_end=on_step_end,
+                )  # fmt: skip
+            out["frames"].append(res.frames)
+            out["latents"].append(last["latents"])
+    finally:
+        del pipe.scheduler.step, pipe.prepare_latents, pipe.encode_image
+    cat = lambda k: np.concatenate(out[k]) if out[k] else None
+    steps = [tuple(np.concatenate([r[j][k] for r in rows]) if k != 1 else rows[0][j][1]
+                   for k in range(3)) for j in range(STEPS)]  # fmt: skip
+    return dict(frames=cat("frames"), latents=cat("latents"), steps=steps,
+                condition=cat("condition"), image_embeds=cat("image_embeds"),
+                sigmas=pipe.scheduler.sigmas.numpy())  # fmt: skip
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0], ids=["no_cfg", "cfg"])
+def test_pipeline_parity(pipeline, scale):
+    variant, pipe, path = pipeline
+    h, w = SIZES[variant]
+    adapter, weights = registry.MODELS.get("wan2-i2v").load(_config(path, variant, scale))
+    assert isinstance(adapter, WanI2VAdapter) and adapter.do_cfg == (scale > 1)
+    assert adapter.expand_timesteps == (variant == "ti2v")
+    shape = adapter.latent_shape(len(PROMPTS), h, w)
+    noise = torch.randn(tuple(np.array(shape)[[0, 4, 1, 2, 3]]),
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    ref = _run_pipeline(pipe, noise, scale, h, w)
+    sigmas = adapter.sigmas(STEPS, h, w)
+    np.testing.assert_allclose(sigmas, ref["sigmas"], rtol=1e-6)
+
+    metadata = [{IMAGE_FIELD: im} for im in _images()]
+    cond = adapter.encode_prompts(PROMPTS, h, w, metadata=metadata)
+    errs = {"condition": rel_err(cond.condition, _to_ours(ref["condition"]))}
+    if variant == "i2v":
+        errs["image_embeds"] = rel_err(cond.image_embeds, ref["image_embeds"])
+    else:
+        assert cond.image_embeds is None and not ref["image_embeds"].size if ref[
+            "image_embeds"] is not None else True  # fmt: skip
+
+    velocity = jax.jit(adapter.velocity)
+    variables = {"params": weights["transformer"]}
+    errs["v"] = 0.0
+    for x_ref, s_ref, v_ref in ref["steps"]:
+        x = jnp.asarray(_to_ours(x_ref))
+        v = np.asarray(velocity(variables, x, jnp.full((2,), s_ref), cond))
+        v_ref = _to_ours(v_ref)
+        if variant == "ti2v":  # frame 0: the exact velocity of the known first frame
+            c = np.asarray(cond.condition)
+            np.testing.assert_allclose(v[:, :1], (np.asarray(x)[:, :1] - c) / s_ref, rtol=1e-5)
+            v, v_ref = v[:, 1:], v_ref[:, 1:]
+        errs["v"] = max(errs["v"], rel_err(v, v_ref))
+
+    prepared = jax.jit(adapter.prepare_cond)(variables, cond)
+    x_ref, s_ref, v_ref = ref["steps"][-1]
+    v = velocity(variables, jnp.asarray(_to_ours(x_ref)), jnp.full((2,), s_ref), prepared)
+    sl = slice(1, None) if variant == "ti2v" else slice(None)
+    errs["v_prepared"] = rel_err(np.asarray(v)[:, sl], _to_ours(v_ref)[:, sl])
+
+    x = jnp.asarray(_to_ours(noise.numpy()))
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        x = x + velocity(variables, x, jnp.full((2,), s, jnp.float32), cond) * (s_next - s)
+    if variant == "ti2v":  # an ODE rollout already ends on the image's latent frame
+        assert rel_err(x[:, :1], cond.condition) < 1e-5
+    x = adapter.finish_latents(x, cond)
+    errs["latents"] = rel_err(x[:, sl], _to_ours(ref["latents"])[:, sl])
+
+    video = np.asarray(adapter.decode_latents(weights["vae"], x, h, w))
+    assert video.shape == (2, FRAMES, h, w, 3)
+    errs["video"] = float(np.abs(np.clip(video / 2 + 0.5, 0, 1) - ref["frames"]).max())
+    print(variant, scale, {k: f"{v:.1e}" for k, v in errs.items()})
+    assert max(errs.values()) < 1e-4, errs
+
+
+@pytest.fixture(scope="module")
+def i2v_folder(tmp_path_factory):
+    return build_wan_i2v_pipeline(tmp_path_factory.mktemp("i2v_bad") / "p", "i2v")[0]
+
+
+def test_images_from_jsonl_rows_and_bad_inputs(i2v_folder, tmp_path):
+    """Relative paths resolve against <data>/images (Flow-Factory), then <data>; a prompt
+    without an image, a missing file, a bad array or two images are refused clearly."""
+    (tmp_path / "images").mkdir()
+    im = _images()
+    im[0].save(tmp_path / "images" / "a.png")
+    im[1].save(tmp_path / "b.png")  # RGBA, next to the jsonl
+    rows = [{"prompt": PROMPTS[0], "image": "a.png"}, {"prompt": PROMPTS[1], "image": "b.png"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    adapter, _ = WanI2VAdapter.load(_config(i2v_folder, "i2v", 1.0, tmp_path))
+    h, w = SIZES["i2v"]
+    meta = [{k: v for k, v in r.items() if k != "prompt"} for r in rows]
+    from_files = adapter.encode_prompts(PROMPTS, h, w, metadata=meta)
+    given = adapter.encode_prompts(PROMPTS, h, w, metadata=[{"image": i} for i in im])
+    # From a file == given in memory; RGBA is converted to RGB (as Flow-Factory loads).
+    np.testing.assert_array_equal(from_files.condition, given.condition)
+    np.testing.assert_array_equal(from_files.image_embeds, given.image_embeds)
+    as_array = adapter.encode_prompts(PROMPTS[:1], h, w, metadata=[{"image": np.asarray(im[0])}])
+    np.testing.assert_array_equal(as_array.condition, given.condition[:1])
+
+    with pytest.raises(ValueError, match=r"prompt 1 \('an astronaut.*no 'image' in its metadata"):
+        adapter.encode_prompts(PROMPTS, h, w, metadata=[meta[0], {"other": 1}])
+    with pytest.raises(ValueError, match="needs one metadata dict per prompt"):
+        adapter.encode_prompts(PROMPTS, h, w)
+    with pytest.raises(FileNotFoundError, match=r"prompt 0 .*'gone.png' not found; looked at"):
+        adapter.encode_prompts(PROMPTS[:1], h, w, metadata=[{"image": "gone.png"}])
+    with pytest.raises(ValueError, match=r"uint8\[H, W, 3 or 4\]; got float32"):
+        adapter.encode_prompts(
+            PROMPTS[:1], h, w, metadata=[{"image": np.zeros((4, 4, 3), np.float32)}]
+        )
+    with pytest.raises(ValueError, match="lists 2 images; wan2-i2v conditions on one"):
+        adapter.encode_prompts(PROMPTS[:1], h, w, metadata=[{"image": ["a.png", "b.png"]}])
+    with pytest.raises(ValueError, match="multiples of 8x8"):
+        adapter.encode_prompts(PROMPTS, 12, 32, metadata=meta)
+
+
+def test_abstract_load_matches_load(i2v_folder):
+    """--dry_run shapes: abstract_cond and abstract weights agree with the real ones."""
+    c = _config(i2v_folder, "i2v", 4.0)
+    adapter, weights = WanI2VAdapter.load(c)
+    abstract, shapes = WanI2VAdapter.abstract_load(c)
+    shape_of = lambda t: jax.tree.map(lambda a: (a.shape, jnp.dtype(a.dtype)), t)
+    assert shape_of(shapes) == shape_of(weights)
+    h, w = SIZES["i2v"]
+    cond = adapter.encode_prompts(PROMPTS, h, w, metadata=[{"image": i} for i in _images()])
+    want = shape_of(abstract.abstract_cond(2, h, w))
+    got = shape_of(cond)
+    assert jax.tree.structure(want) == jax.tree.structure(got)
+    assert jax.tree.leaves(want)[1:] == jax.tree.leaves(got)[1:]  # S = max_sequence_length
+    enc = WanI2VAdapter.abstract_text_encoders(c)
+    assert set(enc) == {"text_encoder (UMT5)", "image_encoder (CLIP vision)"}
+    assert shape_of(enc["image_encoder (CLIP vision)"]) == shape_of(adapter.image_encoder[1])
