@@ -17,17 +17,18 @@ from ffjax.models.wan.adapter import WanT2VAdapter, check_num_frames
 from ffjax.models.weights import CheckpointFormatError
 from tests.models.flux.tiny import rel_err
 from tests.tiny_flux_pipeline import build_flux_pipeline
-from tests.tiny_wan_pipeline import A14B_BOUNDARY, build_wan_pipeline
+from tests.tiny_wan_pipeline import A14B_BOUNDARY, SIZES, build_wan_pipeline
 
-HEIGHT, WIDTH, FRAMES, STEPS = 16, 32, 5, 6
+FRAMES, STEPS = 5, 6
+HEIGHT, WIDTH = SIZES["t2v"]
 PROMPTS = ["a photo of a cat", "an astronaut riding a horse on the moon"]
 
 
-def _config(path, guidance_scale: float) -> configs.ConfigDict:
+def _config(path, guidance_scale: float, size=(HEIGHT, WIDTH)) -> configs.ConfigDict:
     c = configs.base_config()
     c.model.name = "wan2-t2v"
     c.model.path = str(path)
-    c.model.height, c.model.width, c.model.num_frames = HEIGHT, WIDTH, FRAMES
+    (c.model.height, c.model.width), c.model.num_frames = size, FRAMES
     c.model.negative_prompt = ""
     c.sampling.guidance_scale = guidance_scale
     return c
@@ -44,17 +45,12 @@ def _built(variant, tmp_path_factory):
     return _BUILT[variant]
 
 
-@pytest.fixture(scope="module", params=["t2v", "a14b"])
-def wan_pipeline(request, tmp_path_factory):
-    return (request.param, *_built(request.param, tmp_path_factory))
-
-
 @pytest.fixture(scope="module")
 def a14b_folder(tmp_path_factory):
     return _built("a14b", tmp_path_factory)[1]
 
 
-def _run_pipeline(pipe, noise, scale):
+def _run_pipeline(pipe, noise, scale, height, width):
     """Runs the pipeline; returns (frames in [0, 1], final latents, [(x, sigma, v)] per
     step, its sigmas, [expert name per step])."""
     steps, final, experts = [], {}, []
@@ -80,7 +76,7 @@ def _run_pipeline(pipe, noise, scale):
         with torch.no_grad():
             out = pipe(
                 prompt=PROMPTS, negative_prompt="", guidance_scale=scale, latents=noise,
-                height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=STEPS,
+                height=height, width=width, num_frames=FRAMES, num_inference_steps=STEPS,
                 output_type="np", callback_on_step_end=on_step_end,
             )  # fmt: skip
     finally:
@@ -95,18 +91,29 @@ def _to_ours(a):  # (B, C, F, H, W) -> (B, F, H, W, C)
     return np.moveaxis(np.asarray(a), 1, -1)
 
 
-@pytest.mark.parametrize("scale", [1.0, 4.0], ids=["no_cfg", "cfg"])
-def test_pipeline_parity(wan_pipeline, scale):
-    variant, pipe, path = wan_pipeline
-    adapter, weights = registry.MODELS.get("wan2-t2v").load(_config(path, scale))
+# Without CFG once (t2v); the CFG runs cover both passes for every layout.
+@pytest.mark.parametrize(
+    "variant,scale", [("t2v", 1.0), ("t2v", 4.0), ("a14b", 4.0), ("ti2v", 4.0)],
+    ids=["t2v-no_cfg", "t2v-cfg", "a14b-cfg", "ti2v-cfg"],
+)  # fmt: skip
+def test_pipeline_parity(tmp_path_factory, variant, scale):
+    pipe, path = _built(variant, tmp_path_factory)
+    h, w = SIZES[variant]
+    adapter, weights = registry.MODELS.get("wan2-t2v").load(_config(path, scale, (h, w)))
     assert adapter.do_cfg == (scale > 1)
     assert adapter.two_experts == (variant == "a14b")
-    shape = adapter.latent_shape(len(PROMPTS), HEIGHT, WIDTH)
-    assert shape == (2, 2, 4, 8, 4)
-    noise = torch.randn((2, 4, 2, 4, 8), generator=torch.Generator().manual_seed(0))
-    ref_frames, ref_latents, ref_steps, pipe_sigmas, ref_experts = _run_pipeline(pipe, noise, scale)
+    assert adapter.expand_timesteps == (variant == "ti2v")
+    shape = adapter.latent_shape(len(PROMPTS), h, w)
+    assert (
+        shape == {"t2v": (2, 2, 4, 8, 4), "a14b": (2, 2, 4, 8, 4), "ti2v": (2, 2, 2, 4, 6)}[variant]
+    )
+    noise = torch.randn(np.moveaxis(np.empty(shape), -1, 1).shape,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    ref_frames, ref_latents, ref_steps, pipe_sigmas, ref_experts = _run_pipeline(
+        pipe, noise, scale, h, w
+    )
 
-    sigmas = adapter.sigmas(STEPS, HEIGHT, WIDTH)
+    sigmas = adapter.sigmas(STEPS, h, w)
     np.testing.assert_allclose(sigmas, pipe_sigmas, rtol=1e-6)
     if variant == "a14b":
         # The expert of every step is the pipeline's: t >= boundary_ratio * 1000 -> high.
@@ -114,7 +121,7 @@ def test_pipeline_parity(wan_pipeline, scale):
                 for s in np.asarray(sigmas[:-1], np.float32)]  # fmt: skip
         assert ours == ref_experts
         assert "transformer" in ours and "transformer_2" in ours, ours
-    cond = adapter.encode_prompts(PROMPTS, HEIGHT, WIDTH)
+    cond = adapter.encode_prompts(PROMPTS, h, w)
     assert cond.cfg == (scale > 1)
 
     velocity = jax.jit(adapter.velocity)
@@ -135,13 +142,13 @@ def test_pipeline_parity(wan_pipeline, scale):
         x = x + v * (s_next - s)  # Euler ODE step (DESIGN.md time convention)
     assert rel_err(x, _to_ours(ref_latents)) < 1e-4
 
-    video = np.asarray(adapter.decode_latents(weights["vae"], x, HEIGHT, WIDTH))
-    assert video.shape == (2, FRAMES, HEIGHT, WIDTH, 3)
-    np.testing.assert_allclose(np.clip(video / 2 + 0.5, 0, 1), ref_frames, atol=1e-4)
-    uint8 = np.asarray(
-        jax.jit(adapter.decode, static_argnums=(2, 3))(weights["vae"], x, HEIGHT, WIDTH)
+    video = np.asarray(
+        jax.jit(adapter.decode_latents, static_argnums=(2, 3))(weights["vae"], x, h, w)
     )
-    assert uint8.shape == (2, FRAMES, HEIGHT, WIDTH, 3) and uint8.dtype == np.uint8
+    assert video.shape == (2, FRAMES, h, w, 3)
+    np.testing.assert_allclose(np.clip(video / 2 + 0.5, 0, 1), ref_frames, atol=1e-4)
+    uint8 = np.asarray(jax.jit(adapter.decode, static_argnums=(2, 3))(weights["vae"], x, h, w))
+    assert uint8.shape == (2, FRAMES, h, w, 3) and uint8.dtype == np.uint8
     assert np.abs(uint8.astype(int) - np.round(ref_frames * 255).astype(int)).max() <= 1
 
 
