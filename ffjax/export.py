@@ -1,16 +1,33 @@
-"""Export trained weights to Diffusers: a PEFT-LoRA safetensors file or a transformer folder.
+"""Export trained weights to Diffusers: PEFT-LoRA safetensors files or transformer folders.
 
     python -m ffjax.export --workdir RUN_DIR [--epoch N] [--weights ema|current] --out PATH
 
-Runs of the families in `FAMILIES` export (FLUX.1 `flux1`, Qwen-Image `qwen-image`); any
-other `model.name` is an error naming those. A LoRA run (train.lora_rank > 0) becomes
-one safetensors file that the family's pipeline takes with `load_lora_weights(PATH)`
-(`FluxPipeline`, `QwenImagePipeline`): `transformer.<Diffusers module>.lora_A.weight`
-[r, in] and `.lora_B.weight` [out, r] for every adapted Linear. `--out` ending in
-`.safetensors` names the file; any other `--out` is a folder that receives
+Runs of the families in `FAMILIES` export (FLUX.1 `flux1`, Qwen-Image `qwen-image`, WAN
+`wan2-t2v` / `wan2-i2v`); any other `model.name` is an error naming those. A LoRA run
+(train.lora_rank > 0) becomes one safetensors file that the family's pipeline takes with
+`load_lora_weights(PATH)` (`FluxPipeline`, `QwenImagePipeline`, `WanPipeline`,
+`WanImageToVideoPipeline`): `transformer.<Diffusers module>.lora_A.weight` [r, in] and
+`.lora_B.weight` [out, r] for every adapted Linear. `--out` ending in `.safetensors`
+names the file; any other `--out` is a folder that receives
 `pytorch_lora_weights.safetensors` (Diffusers' default name, so the folder loads too).
 A full fine-tune becomes a Diffusers `transformer/` folder (config.json + safetensors)
-for `FluxTransformer2DModel` / `QwenImageTransformer2DModel.from_pretrained(PATH)`.
+for `FluxTransformer2DModel` / `QwenImageTransformer2DModel` /
+`WanTransformer3DModel.from_pretrained(PATH)`.
+
+Two experts (Wan 2.2 A14B: the pipeline's model_index.json lists a `transformer_2`):
+each expert that carries adapters gets its own file, `transformer` the one above and
+`transformer_2` the same name with `_transformer_2` before `.safetensors`
+(`pytorch_lora_weights_transformer_2.safetensors` in a folder). Both files use the
+`transformer.` key prefix, which is what Diffusers expects for either expert:
+
+    pipe.load_lora_weights(OUT)  # the high-noise expert `transformer`
+    pipe.load_lora_weights(OUT, weight_name="pytorch_lora_weights_transformer_2.safetensors",
+                           load_into_transformer_2=True)  # the low-noise expert
+
+A LoRA on one expert only (configs/wan_t2v_grpo.py:a14b adapts `transformer`) writes
+that expert's file alone. A full fine-tune of two experts writes `OUT/transformer/`
+and `OUT/transformer_2/`, the pipeline's own layout
+(`WanTransformer3DModel.from_pretrained(OUT, subfolder="transformer_2")`).
 
 The run's `checkpoints/config.txt` says which model it trained (`model.name`, and
 `model.path`, whose `transformer/config.json` fixes the layer names; `--model_path`
@@ -25,6 +42,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import json
 import os
 import sys
 import types
@@ -45,6 +63,8 @@ from ffjax.models.flux.config import FluxTransformerConfig
 from ffjax.models.lora import lora_paths
 from ffjax.models.qwen_image import convert as qwen_image_convert
 from ffjax.models.qwen_image.config import QwenImageTransformerConfig
+from ffjax.models.wan import convert as wan_convert
+from ffjax.models.wan.config import WanTransformerConfig
 from ffjax.models.weights import (
     LINEAR,
     Rule,
@@ -74,6 +94,9 @@ class Family:
       rules: config -> the strict key table (ours <-> Diffusers names).
       init_shapes: config -> (module, abstract params).
       save_diffusers: the family's `save_diffusers(kind, config, params, out_dir, dtype=)`.
+      experts: the pipeline components that can hold a transformer, first the one every
+        pipeline has; a run of a pipeline with more than one (model_index.json lists
+        them) trains the tree {expert: params} (WAN 2.2 A14B).
     """
 
     label: str
@@ -81,17 +104,21 @@ class Family:
     rules: Callable[[Any], list[Rule]]
     init_shapes: Callable[[Any], tuple[Any, Any]]
     save_diffusers: Callable[..., int]
+    experts: tuple[str, ...] = ("transformer",)
 
 
-def _family(convert: types.ModuleType, label: str, config: type) -> Family:
+def _family(convert: types.ModuleType, label: str, config: type, **kw) -> Family:
     return Family(label, config, convert.transformer_rules, convert.transformer_init_shapes,
-                  convert.save_diffusers)  # fmt: skip
+                  convert.save_diffusers, **kw)  # fmt: skip
 
 
+_WAN = dict(config=WanTransformerConfig, experts=("transformer", "transformer_2"))
 # model.name (the run's adapter) -> its family; a family without a row does not export.
 FAMILIES: dict[str, Family] = {
     "flux1": _family(flux_convert, "FLUX.1", FluxTransformerConfig),
     "qwen-image": _family(qwen_image_convert, "Qwen-Image", QwenImageTransformerConfig),
+    "wan2-t2v": _family(wan_convert, "WAN T2V", **_WAN),
+    "wan2-i2v": _family(wan_convert, "WAN I2V", **_WAN),
 }
 
 
@@ -268,6 +295,43 @@ def restore_weights(run_dir: Path, epoch: int | None, which: str | None):
         manager.close()
 
 
+def lora_files(out: str | os.PathLike, experts: tuple[str, ...]) -> dict[str, Path]:
+    """{expert: file} `export_run` writes a LoRA to for `--out` (module docstring): the
+    first expert's file is `out` (a .safetensors) or `out/pytorch_lora_weights.safetensors`,
+    another's the same name with `_<expert>` before the suffix."""
+    out = Path(out)
+    first = out if out.suffix == ".safetensors" else out / LORA_WEIGHT_NAME
+    return {
+        name: first if i == 0 else first.with_name(f"{first.stem}_{name}{first.suffix}")
+        for i, name in enumerate(experts)
+    }
+
+
+def _pipeline_experts(family: Family, model_dir: Path) -> tuple[str, ...]:
+    """The family's experts that the pipeline at `model_dir` has: the first always, any
+    other when its model_index.json lists it (A14B `transformer_2`; Wan 2.1 has null)."""
+    index = {}
+    if (model_dir / "model_index.json").is_file():
+        with open(model_dir / "model_index.json") as f:
+            index = json.load(f)
+    return family.experts[:1] + tuple(
+        n for n in family.experts[1:] if (index.get(n) or [None])[0] is not None
+    )
+
+
+def _by_expert(tree: dict, experts: tuple[str, ...], ckpt: str) -> dict[str, dict]:
+    """{expert: its subtree} of a checkpoint tree ({expert: ...} for several experts)."""
+    if len(experts) == 1:
+        return {experts[0]: tree}
+    extra = sorted(set(tree) - set(experts))
+    if extra:
+        raise ExportError(
+            f"checkpoint {ckpt} holds {extra[:3]} beside the pipeline's experts"
+            f" {list(experts)}: not weights of this two-expert model (pass --model_path)"
+        )
+    return {n: tree[n] for n in experts if n in tree}
+
+
 def export_run(
     workdir: str | os.PathLike, out: str | os.PathLike, *, epoch: int | None = None,
     weights: str | None = None, model_path: str | None = None, dtype: str | None = None,
@@ -293,13 +357,18 @@ def export_run(
     family = FAMILIES.get(c["model.name"])
     if family is None:
         raise ExportError(f"export supports {_supported()} runs, not {c['model.name']!r}")
-    folder = Path(model_path or c["model.path"]).expanduser() / "transformer"
-    if not (folder / "config.json").is_file():
-        raise ExportError(
-            f"{folder} has no config.json: the run's model is not there (pass --model_path)"
-        )
-    config = family.config.from_diffusers(folder)
+    model_dir = Path(model_path or c["model.path"]).expanduser()
+    experts = _pipeline_experts(family, model_dir)
+    config = {}
+    for name in experts:
+        folder = model_dir / name
+        if not (folder / "config.json").is_file():
+            raise ExportError(
+                f"{folder} has no config.json: the run's model is not there (pass --model_path)"
+            )
+        config[name] = family.config.from_diffusers(folder)
     tree, used, ckpt = restore_weights(run_dir, located if epoch is None else epoch, weights)
+    trees = _by_expert(tree, experts, ckpt)
     out = Path(out)
     if c["train.lora_rank"] > 0:
         rank, alpha = c["train.lora_rank"], c["train.lora_alpha"]
@@ -308,19 +377,42 @@ def export_run(
         if {s[-1] for s in a_shapes.values()} != {rank}:
             ranks = sorted({s[-1] for s in a_shapes.values()})
             raise ExportError(f"checkpoint {ckpt} has LoRA rank {ranks}, its config.txt {rank}")
-        # The scale init_lora gave every adapter: alpha / r, over the layer axis of A.
-        lora_scale = traverse_util.unflatten_dict(
-            {f"{p}/scale": np.full(s[:-2], alpha / rank, np.float32) for p, s in a_shapes.items()},
-            sep="/",
+        files, written = lora_files(out, experts), []
+        for name, lora in trees.items():
+            paths = lora_paths(lora)
+            if not paths:
+                continue  # an expert without adapters (A14B LoRA on `transformer` alone)
+            # The scale init_lora gave every adapter: alpha / r, over the layer axis of A.
+            lead = {p: np.shape(flat_params(lora)[f"{p}/a"])[:-2] for p in paths}
+            lora_scale = traverse_util.unflatten_dict(
+                {f"{p}/scale": np.full(s, alpha / rank, np.float32) for p, s in lead.items()},
+                sep="/",
+            )
+            n = export_lora(lora, lora_scale, files[name], config=config[name], dtype=dtype)
+            written.append((name, n // 2, files[name]))
+        where = " and ".join(
+            f"{file} ({k} on {name})" if len(experts) > 1 else str(file)
+            for name, k, file in written
         )
-        file = out if out.suffix == ".safetensors" else out / LORA_WEIGHT_NAME
-        n = export_lora(tree, lora_scale, file, config=config, dtype=dtype)
-        what = f"{n // 2} LoRA adapters (rank {rank}, alpha {alpha:g}) as {file}"
+        what = (
+            f"{sum(k for _, k, _ in written)} LoRA adapters (rank {rank}, alpha {alpha:g})"
+            f" as {where}"
+        )
     else:
         if out.suffix == ".safetensors":
             raise ExportError("a full fine-tune exports a Diffusers folder: give --out a folder")
-        n = export_full(tree, config, out, dtype=dtype)
-        what = f"the transformer ({n} tensors) as the Diffusers folder {out}"
+        if len(experts) == 1:
+            n = export_full(tree, config[experts[0]], out, dtype=dtype)
+            what = f"the transformer ({n} tensors) as the Diffusers folder {out}"
+        else:
+            missing = [e for e in experts if e not in trees]
+            if missing:
+                raise ExportError(f"checkpoint {ckpt} has no weights of the expert {missing[0]}")
+            n = sum(export_full(trees[e], config[e], out / e, dtype=dtype) for e in experts)
+            what = (
+                f"the experts {', '.join(experts)} ({n} tensors) as the Diffusers folders"
+                f" {', '.join(str(out / e) for e in experts)}"
+            )
     return f"exported the {used} weights of {ckpt}: {what}"
 
 
@@ -341,8 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", choices=WEIGHTS, default=None,
                    help="ema (default when the checkpoint has one) or current")  # fmt: skip
     p.add_argument(
-        "--out", required=True, help="LoRA: FILE.safetensors or a folder; full: a folder"
-    )
+        "--out", required=True,
+        help="LoRA: FILE.safetensors or a folder (two experts: a second file with"
+        " _transformer_2 before .safetensors); full: a folder (two experts: its"
+        " transformer/ and transformer_2/)",
+    )  # fmt: skip
     p.add_argument("--model_path", default=None, help="the run's pipeline folder, if it moved")
     p.add_argument(
         "--dtype", default=None, help="cast the tensors (bfloat16, float16); default float32"

@@ -170,14 +170,16 @@ def test_lora_run_exports_for_the_pipeline_and_other_families_error(pipeline, tm
             print(f"Qwen-Image run export ({weights}): rel err {err:.2e}, effect {effect:.2e}")
         assert err < TOL and effect > 100 * TOL
 
-    # A run of a family without export (WAN here) fails with one line naming those with.
-    other = tmp_path / "wan_run"
+    # A run of a family without export (a made-up name here) fails with one line naming
+    # those with.
+    other = tmp_path / "sd3_run"
     shutil.copytree(tmp_path / "run", other)
     cfg = other / "checkpoints" / "config.txt"
-    cfg.write_text(cfg.read_text().replace("'qwen-image'", "'wan2-t2v'"))
+    cfg.write_text(cfg.read_text().replace("'qwen-image'", "'sd3'"))
     capsys.readouterr()  # what the loads above wrote
     assert export.main(["--workdir", str(other), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == (
         "ffjax.export: export supports FLUX.1 (model.name 'flux1'), Qwen-Image (model.name"
-        " 'qwen-image') runs, not 'wan2-t2v'\n"
+        " 'qwen-image'), WAN T2V (model.name 'wan2-t2v'), WAN I2V (model.name 'wan2-i2v')"
+        " runs, not 'sd3'\n"
     )
