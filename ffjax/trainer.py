@@ -65,7 +65,7 @@ from ffjax.flow import schedule
 from ffjax.logging import MetricsWriter, image_grid, save_grid
 from ffjax.parallel import sharding as sharding_lib
 from ffjax.parallel.mesh import make_mesh, maybe_initialize_distributed
-from ffjax.rewards.base import RewardError, Samples
+from ffjax.rewards.base import RewardError, Samples, call_reward
 from ffjax.state import TrainState, init_state
 
 EVAL_SEED_OFFSET = 1_000_003  # eval noise is fixed for the whole run: compare epochs
@@ -567,7 +567,7 @@ def _sample_and_score(
 def _score_one(alias: str, reward: Any, samples: Samples) -> np.ndarray:
     """float64[B] scores of one reward; RewardError / a wrong shape -> TrainingError."""
     try:
-        scores = np.asarray(reward(samples), np.float64).reshape(-1)
+        scores = call_reward(reward, samples)  # videos: per frame or per clip, as declared
     except RewardError as e:  # e.g. the reward server died: stop, keep what is done
         raise TrainingError(
             f"reward {alias!r}: {e}; stopping. Finished epochs, metrics and checkpoints are kept."

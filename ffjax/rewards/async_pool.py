@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ffjax.rewards.base import Reward, RewardError, Samples
+from ffjax.rewards.base import Reward, RewardError, Samples, call_reward
 
 ScoreFn = Callable[[str, Reward, Samples], np.ndarray]
 
@@ -42,7 +42,7 @@ ScoreFn = Callable[[str, Reward, Samples], np.ndarray]
 def score_reward(alias: str, reward: Reward, samples: Samples) -> np.ndarray:
     """float64[B] of `reward(samples)`; errors name the alias (the default `score_fn`)."""
     try:
-        scores = np.asarray(reward(samples), np.float64).reshape(-1)
+        scores = call_reward(reward, samples)
     except RewardError as e:
         raise RewardError(f"reward {alias!r}: {e}") from None
     if scores.shape != (len(samples),):

@@ -12,6 +12,13 @@ Two kinds of reward (`Reward.kind`):
   sample, float32[B]. Where no sampler assigned groups (evaluation), `group_ids` is
   None and `ffjax.rewards.groupwise.group_ids_of` groups samples by prompt text.
 
+Videos (`Reward.video`): a reward declares how it scores videos. "frames": it scores
+images, and `call_reward` hands it every frame of every clip as one image batch (prompt,
+metadata and group id repeated per frame), then averages each clip's frame scores;
+"clip" (the default when a reward declares nothing): it sees the videos themselves,
+uint8[B, T, H, W, 3], and scores whole clips (motion, temporal consistency, a video
+judge). Groupwise rewards should be "clip": "frames" would rank frames, not clips.
+
 Failures: a score of NaN marks a failed sample (dropped from the advantages and
 counted); a reward that cannot score at all (a remote server gone) raises
 `RewardError`, which the trainer reports as a one-line `TrainingError`.
@@ -79,10 +86,47 @@ class Samples:
         return cls(prompts, images=pixels, **fields)
 
 
+VIDEO_MODES = ("frames", "clip")
+
+
 class Reward(Protocol):
-    """A reward: `name`, `kind` ("pointwise" | "groupwise"), and a call -> float32[B]."""
+    """A reward: `name`, `kind` ("pointwise" | "groupwise"), optionally `video`
+    ("frames" | "clip", see the module docstring), and a call -> float32[B]."""
 
     name: str
     kind: str
 
     def __call__(self, samples: Samples) -> np.ndarray: ...
+
+
+def video_mode(reward: Any) -> str:
+    """The reward's declared `video` mode ("clip" when it declares none); ValueError
+    naming the reward for anything else."""
+    mode = getattr(reward, "video", "clip")
+    if mode not in VIDEO_MODES:
+        name = getattr(reward, "name", type(reward).__name__)
+        raise ValueError(f"reward {name!r} declares video={mode!r}; allowed: {VIDEO_MODES}")
+    return mode
+
+
+def call_reward(reward: Any, samples: Samples) -> np.ndarray:
+    """`reward(samples)` as its `video` mode asks: float64[B], one score per sample.
+
+    Images, and videos for "clip" rewards, go to the reward unchanged. For "frames"
+    rewards a video batch uint8[B, T, H, W, 3] is scored as B*T images and each clip's
+    score is the mean of its T frame scores (NaN if any frame failed).
+    """
+    if samples.videos is None or video_mode(reward) == "clip":
+        return np.asarray(reward(samples), np.float64).reshape(-1)
+    b, t = samples.videos.shape[:2]
+    rep = lambda seq: None if seq is None else [x for x in seq for _ in range(t)]
+    frames = Samples(
+        prompts=rep(samples.prompts),
+        images=samples.videos.reshape(b * t, *samples.videos.shape[2:]),
+        metadata=rep(samples.metadata),
+        group_ids=None if samples.group_ids is None else np.repeat(samples.group_ids, t),
+    )
+    scores = np.asarray(reward(frames), np.float64).reshape(-1)
+    if scores.shape != (b * t,):
+        return scores  # the caller reports the wrong shape
+    return scores.reshape(b, t).mean(axis=1)

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ffjax import registry
-from ffjax.rewards.base import RewardError, Samples
+from ffjax.rewards.base import RewardError, Samples, call_reward
 from ffjax.rewards.groupwise import group_ids_of, group_rank
 
 PICKSCORE_DIVISOR = 26.0  # Flow-Factory's "norm to 0-1" of PickScore
@@ -102,6 +102,7 @@ class _CLIPReward:
 
     kind = "pointwise"
     name = ""
+    video = "frames"  # a video scores the mean of its frames (ffjax.rewards.base)
     uses_text = True
     path_help = "a local transformers CLIPModel folder (config.json + model.safetensors)"
 
@@ -159,12 +160,9 @@ class _CLIPReward:
 
     def __call__(self, samples: Samples) -> np.ndarray:
         """Scores a batch: uint8 images [B, H, W, 3] (or videos [B, T, H, W, 3]) -> float32[B]."""
-        if samples.images is not None:
-            frames, per = samples.images, 1
-        else:
-            b, per = samples.videos.shape[:2]
-            frames = samples.videos.reshape(b * per, *samples.videos.shape[2:])
-        prompts = [p for p in samples.prompts for _ in range(per)]
+        if samples.videos is not None:  # each frame against its clip's prompt, averaged
+            return call_reward(self, samples).astype(np.float32)
+        frames, prompts = samples.images, samples.prompts
         ids = mask = None
         if self.uses_text:
             from ffjax.models.text.tokenize import tokenize
@@ -172,8 +170,7 @@ class _CLIPReward:
             length = self.module.config.text.max_position_embeddings
             tokens = tokenize(self.tokenizer, prompts, length)
             ids, mask = tokens.input_ids, tokens.attention_mask
-        scores = self._run(np.asarray(frames), ids, mask)
-        return scores.reshape(-1, per).mean(axis=1, dtype=np.float64).astype(np.float32)
+        return self._run(np.asarray(frames), ids, mask)
 
     def _run(self, frames: np.ndarray, ids, mask) -> np.ndarray:
         n = frames.shape[0]

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from ffjax import registry
-from ffjax.rewards.base import Samples
+from ffjax.rewards.base import Samples, call_reward
 from ffjax.rewards.remote import PROTOCOL_VERSION
 
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
@@ -187,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         name = self.server.reward_name
         try:
             with self.server.lock:
-                scores = np.asarray(self.server.reward(samples), np.float64).reshape(-1)
+                scores = call_reward(self.server.reward, samples)
         except Exception as e:  # the reward's bug: report it, keep serving
             traceback.print_exc()
             return self._reply(500, {"error": f"reward {name!r} raised {type(e).__name__}: {e}"})

@@ -57,7 +57,7 @@ from ffjax.data.shapes import (
     parse_prompt,
     relation_words,
 )
-from ffjax.rewards.base import Samples
+from ffjax.rewards.base import Samples, call_reward
 
 MAX_RESIDUAL = 60.0  # RGB distance from a background-colour blend line
 MIN_AREA = 0.01  # smallest object, fraction of the image's pixels
@@ -219,14 +219,15 @@ class ShapesReward:
 
     name = "shapes"
     kind = "pointwise"
+    video = "frames"  # a video scores the mean of its frames (ffjax.rewards.base)
 
     def __init__(self, max_residual: float = MAX_RESIDUAL, min_area: float = MIN_AREA):
         self.max_residual = max_residual
         self.min_area = min_area
 
     def __call__(self, samples: Samples) -> np.ndarray:
-        if samples.images is None:
-            raise ValueError("the shapes reward scores images; these samples are videos")
+        if samples.videos is not None:
+            return call_reward(self, samples).astype(np.float32)
         specs = [parse_prompt(p) for p in samples.prompts]  # fail before any work
         out = [
             score(detect(img, max_residual=self.max_residual, min_area=self.min_area), spec)

@@ -15,14 +15,9 @@ import numpy as np
 from PIL import Image
 
 from ffjax import registry
-from ffjax.rewards.base import Samples
+from ffjax.rewards.base import Samples, call_reward
 
 _LUMA = np.array([0.299, 0.587, 0.114])
-
-
-def _frames(samples: Samples) -> np.ndarray:
-    """uint8[B, T, H, W, 3]: images as one-frame videos."""
-    return samples.videos if samples.videos is not None else samples.images[:, None]
 
 
 def jpeg_kb(image: np.ndarray, quality: int = 95) -> float:
@@ -35,11 +30,12 @@ def jpeg_kb(image: np.ndarray, quality: int = 95) -> float:
 class _Pointwise:
     kind = "pointwise"
     name = ""
+    video = "frames"  # a video scores the mean of its frames (ffjax.rewards.base)
 
     def __call__(self, samples: Samples) -> np.ndarray:
-        frames = _frames(samples)
-        scores = [[self.score(f) for f in video] for video in frames]
-        return np.asarray(scores, np.float64).mean(axis=1).astype(np.float32)
+        if samples.videos is not None:
+            return call_reward(self, samples).astype(np.float32)
+        return np.asarray([self.score(f) for f in samples.images], np.float32)
 
     def score(self, frame: np.ndarray) -> float:
         raise NotImplementedError

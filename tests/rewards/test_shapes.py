@@ -162,8 +162,5 @@ def test_bad_inputs_raise_clear_errors():
     images = np.full((2, 32, 32, 3), 240, np.uint8)
     with pytest.raises(PromptError, match="'a purple circle' is outside the shapes grammar"):
         reward(Samples(prompts=["a red circle", "a purple circle"], images=images))
-    videos = np.zeros((1, 2, 32, 32, 3), np.uint8)
-    with pytest.raises(ValueError, match="scores images; these samples are videos"):
-        reward(Samples(prompts=["a red circle"], videos=videos))
     with pytest.raises(ValueError, match="one RGB image"):
         R.detect(images)
