@@ -579,8 +579,13 @@ def _score_one(alias: str, reward: Any, samples: Samples) -> np.ndarray:
     return scores
 
 
-def _score(rewards: dict[str, tuple[Any, float]], samples: Samples) -> dict[str, np.ndarray]:
-    return {alias: _score_one(alias, reward, samples) for alias, (reward, _) in rewards.items()}
+def _score(
+    rewards: dict[str, tuple[Any, float]], samples: Samples, progress: bool = False
+) -> dict[str, np.ndarray]:
+    """{alias: float64[B]} of every reward, one after another (a bar per reward with
+    `progress`: reward models can take as long as the rollout)."""
+    bar = tqdm(rewards.items(), desc="rewards", unit="reward", leave=False, disable=not progress)
+    return {alias: _score_one(alias, reward, samples) for alias, (reward, _) in bar}
 
 
 def _make_rows(
@@ -693,7 +698,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
         t1 = time.perf_counter()
         # group_ids: a groupwise reward scores within the sampler's groups (rewards/base.py).
         epoch_samples = Samples.of(prompts, images, metadata=metadata, group_ids=group_ids)
-        raw = _score(run.rewards, epoch_samples)
+        raw = _score(run.rewards, epoch_samples, run.config.logging.step_progress)
         t_reward = t_reward_busy = time.perf_counter() - t1
     weights = {a: w for a, (_, w) in run.rewards.items()}
     combined = sum(weights[a] * raw[a] for a in raw)

@@ -224,4 +224,5 @@ def test_stage_progress_bars_change_nothing(tmp_path, capsys):
     shown, _ = _train(c, tmp_path, "shown")
     err = capsys.readouterr().err
     assert "rollout" in err and "train" in err and "micro-batch" in err
+    assert "rewards" in err
     assert shown[-1]["params_digest"] == plain[-1]["params_digest"]
