@@ -159,8 +159,8 @@ def base_config() -> ConfigDict:
     g.tensorboard = True  # write TensorBoard event files under WORKDIR/tb
     g.image_grid_every = 10  # epochs between sample grids under WORKDIR/samples (0 disables)
     # Progress bars with ETA inside each epoch (rollout chunks, rewards, optimizer
-    # micro-batches) for models whose epoch takes minutes; each unit is waited for, so it costs a little
-    # overlap. The epoch bar is always shown.
+    # micro-batches) for models whose epoch takes minutes; each unit is waited for, so
+    # it costs a little overlap. The epoch bar is always shown.
     g.step_progress = False
     g.wandb_project = ""  # W&B project to log metrics and grids to ("" disables; pip install wandb)
     g.wandb_name = ""  # W&B run name ("": W&B picks one)
