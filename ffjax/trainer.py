@@ -295,6 +295,9 @@ def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
             " classifier-free guidance (FLUX.1 embeds guidance instead); set it to False"
         )
     mesh = make_mesh(config.mesh, devices)
+    for reward, _ in [*rewards.values(), *eval_rewards.values()]:
+        if hasattr(reward, "place"):  # reward models run on the mesh beside the generator
+            reward.place(mesh)
     specs = adapter.logical_specs() if hasattr(adapter, "logical_specs") else {}
     weights = {
         k: jax.device_put(w, sharding_lib.logical_shardings(w, specs.get(k), mesh))

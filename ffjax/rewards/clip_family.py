@@ -136,6 +136,18 @@ class _CLIPReward:
             raise RewardConfigError(f"reward {self.name!r}: {e}{hint}") from e
         self.params = self._prepare(params)
         self._jit = jax.jit(self._scores)
+        self.mesh = None  # set by `place`
+
+    def place(self, mesh) -> None:
+        """Runs this reward on `mesh` beside the generator: parameters replicated on its
+        devices, each batch's rows split over its ("data", "fsdp") axes (a batch is
+        padded to a multiple of their size). Scores are unchanged."""
+        import jax
+
+        from ffjax.parallel.sharding import replicated
+
+        self.mesh = mesh
+        self.params = jax.device_put(self.params, replicated(mesh))
 
     # Subclasses: which params the jit needs, and the score from preprocessed pixels.
     def _prepare(self, params: dict[str, Any]) -> Any:
@@ -173,12 +185,24 @@ class _CLIPReward:
         return self._run(np.asarray(frames), ids, mask)
 
     def _run(self, frames: np.ndarray, ids, mask) -> np.ndarray:
+        import jax
+
         n = frames.shape[0]
         size = self.batch_size or n
+        place = lambda a: a
+        if self.mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            from ffjax.parallel.sharding import BATCH_AXES
+
+            ways = int(np.prod([self.mesh.shape[a] for a in BATCH_AXES]))
+            size = -(-size // ways) * ways
+            rows_sharding = NamedSharding(self.mesh, PartitionSpec(BATCH_AXES))
+            place = lambda a: jax.device_put(a, rows_sharding)
         out = []
         for start in range(0, n, size):
             rows = np.arange(start, start + size).clip(max=n - 1)  # pad with the last row
-            chunk = [None if a is None else a[rows] for a in (frames, ids, mask)]
+            chunk = [None if a is None else place(a[rows]) for a in (frames, ids, mask)]
             out.append(np.asarray(self._jit(self.params, *chunk))[: n - start])
         return np.concatenate(out).astype(np.float32)
 
@@ -233,9 +257,14 @@ class PickScoreRank:
 
     name = "pickscore_rank"
     kind = "groupwise"
+    video = "clip"  # ranks clips (their PickScore is the mean over frames)
 
     def __init__(self, **args: Any):
         self.pickscore = PickScore(**args)
+
+    def place(self, mesh) -> None:
+        """Runs the PickScore model on `mesh` (see `_CLIPReward.place`)."""
+        self.pickscore.place(mesh)
 
     def __call__(self, samples: Samples) -> np.ndarray:
         scores = self.pickscore(samples)
