@@ -11,6 +11,7 @@ alone; a full fine-tune of both -> `transformer/` + `transformer_2/` folders for
 `WanTransformer3DModel.from_pretrained`.
 """
 
+import functools
 from pathlib import Path
 
 import jax
@@ -64,13 +65,19 @@ def _inputs(cfg, b=2, f=3, h=4, w=6, lt=7, seed=1, image_tokens=0):
     return kw
 
 
+@functools.lru_cache(maxsize=8)
+def _apply(module):
+    # One compile per module config and variables structure (the experts share both).
+    return jax.jit(lambda variables, *args: module.apply(variables, *args))
+
+
 def _ours(module, variables, kw):
     """ffjax's transformer with any variables (LoRA collections too) on `_inputs`."""
     x = jnp.asarray(kw["hidden_states"].numpy().transpose(0, 2, 3, 4, 1))
     args = [x] + [jnp.asarray(kw[k].numpy()) for k in ("timestep", "encoder_hidden_states")]
     if "encoder_hidden_states_image" in kw:
         args.append(jnp.asarray(kw["encoder_hidden_states_image"].numpy()))
-    out = jax.jit(lambda v: module.apply(v, *args))(variables)
+    out = _apply(module)(variables, *args)
     return np.asarray(out, np.float32).transpose(0, 4, 1, 2, 3)
 
 
@@ -110,7 +117,10 @@ def test_lora_loads_in_wan_pipeline_with_the_same_outputs(folders, tmp_path):
     print(f"WAN LoRA export: rel err {err:.2e}, LoRA effect {effect:.2e}")
     assert err < TOL
     assert effect > 100 * TOL  # the adapters change the output: the test can fail
-    assert rel_err(_ours(module, {"params": params}, kw), plain) < TOL
+    # The plain model is ffjax's without the adapters (B = 0: the compiled forward again).
+    zero = jax.tree.map(jnp.zeros_like, lora)
+    assert rel_err(_ours(module, {"params": params, "lora": zero, "lora_scale": scale}, kw),
+                   plain) < TOL  # fmt: skip
 
 
 def test_i2v_lora_with_image_attention_loads_in_the_i2v_pipeline(tmp_path):
@@ -165,13 +175,13 @@ def _save(workdir, config, state):
     ckpt.close()
 
 
-def _expert_outputs(run, tree, kw):
-    """{expert: ffjax's output} of the run's experts with the LoRA `tree` on `kw`."""
-    a = run.adapter
+def _expert_outputs(run, tree, kw, experts=EXPERTS):
+    """{expert: ffjax's output} of the run's `experts` with the LoRA `tree` on `kw`."""
+    modules = {"transformer": run.adapter.transformer, "transformer_2": run.adapter.transformer_2}
     return {
-        name: _ours(module, {"params": run.base["params"][name], "lora": tree.get(name, {}),
-                             "lora_scale": run.base["lora_scale"].get(name, {})}, kw)
-        for name, module in zip(EXPERTS, (a.transformer, a.transformer_2), strict=True)
+        name: _ours(modules[name], {"params": run.base["params"][name], "lora": tree[name],
+                                    "lora_scale": run.base["lora_scale"][name]}, kw)
+        for name in experts
     }  # fmt: skip
 
 
@@ -203,15 +213,24 @@ def test_a14b_lora_run_exports_one_file_per_adapted_expert(folders, tmp_path, ca
     # configs/wan_t2v_grpo.py:a14b adapts the high-noise expert alone: its file alone.
     high = {k: v for k, v in state.trainable.items() if k == "transformer"}
     _save(tmp_path / "high", run.config, state.replace(trainable=high, ema=None))
-    summary = export.export_run(tmp_path / "high", tmp_path / "high.safetensors")
-    assert summary.endswith(f"20 LoRA adapters (rank 4, alpha 8) as {tmp_path / 'high.safetensors'}"
-                            " (20 on transformer)")  # fmt: skip
+    capsys.readouterr()  # what the loads above wrote
+    file = tmp_path / "high.safetensors"
+    assert export.main(["--workdir", str(tmp_path / "high"), "--out", str(file)]) == 0
+    want = f"20 LoRA adapters (rank 4, alpha 8) as {file} (20 on transformer)\n"
+    assert capsys.readouterr().out.endswith(want)
     assert not (tmp_path / "high_transformer_2.safetensors").exists()
     pipe = WanPipeline.from_pretrained(folders["a14b"])
-    pipe.load_lora_weights(str(tmp_path / "high.safetensors"))
-    ours = _expert_outputs(run, high, kw)["transformer"]
+    pipe.load_lora_weights(str(file))
+    ours = _expert_outputs(run, high, kw, ("transformer",))["transformer"]
     assert rel_err(ours, _diffusers(pipe.transformer, kw)) < TOL
     assert rel_err(plain["transformer_2"], _diffusers(pipe.transformer_2, kw)) == 0
+
+    # The pair's adapters on a one-expert pipeline (a wrong --model_path) and back.
+    with pytest.raises(export.ExportError, match="'transformer/blocks/attn1/to_k' has no Dense"):
+        export.export_run(tmp_path / "run", tmp_path / "x", model_path=folders["t2v"])
+    _save(tmp_path / "one", run.config, state.replace(trainable=high["transformer"], ema=None))
+    with pytest.raises(export.ExportError, match=r"holds \['blocks'\] beside the pipeline's"):
+        export.export_run(tmp_path / "one", tmp_path / "x")
 
 
 def test_a14b_full_export_loads_with_the_same_outputs(folders, tmp_path):
