@@ -56,6 +56,7 @@ from ffjax.registry import MODELS
 
 IMAGE_FIELD = "image"  # metadata key of a prompt's conditioning image (Flow-Factory jsonl)
 _PIPELINES = ("WanImageToVideoPipeline",)
+I2V_TEXT_LENGTH = 512  # text tokens of image-attention models (hard-coded in Diffusers)
 _MIN_SIGMA = 1e-12  # floor of sigma in frame 0's exact velocity (sigma > 0 in use)
 
 
@@ -272,8 +273,18 @@ class WanI2VAdapter:
             return b, 1, h, w, z
         return b, f, h, w, z + self.core.vae_config.temporal_factor
 
+    def _check_text_length(self) -> None:
+        n = self.core.max_sequence_length
+        if self.config.has_image_attention and n != I2V_TEXT_LENGTH:
+            raise ValueError(
+                f"config.model.max_sequence_length={n}: Wan 2.1 I2V models take"
+                f" {I2V_TEXT_LENGTH} text tokens (Diffusers' image cross-attention reads all"
+                f" but the last {I2V_TEXT_LENGTH} context tokens as the image's)"
+            )
+
     def abstract_cond(self, batch: int, height: int, width: int) -> WanI2VCond:
         """The `encode_prompts` result for `batch` prompts as `jax.ShapeDtypeStruct`s."""
+        self._check_text_length()
         text = self.core.abstract_cond(batch, height, width)
         cond = jax.ShapeDtypeStruct(self._condition_shape(batch, height, width), jnp.float32)
         img = None
@@ -355,6 +366,7 @@ class WanI2VAdapter:
         if isinstance(prompts, str):
             raise TypeError("prompts must be a sequence of strings, not a string")
         self.core.latent_hw(height, width)  # size errors before any encoding
+        self._check_text_length()
         images = self.images_of(list(prompts), metadata)
         text = self.core.encode_prompts(list(prompts), height, width)
         return self.make_cond(text, **self.encode_images(images, height, width))

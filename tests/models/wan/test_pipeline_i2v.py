@@ -19,13 +19,16 @@ import torch
 from PIL import Image
 
 from ffjax import configs, registry
-from ffjax.models.wan.adapter_i2v import IMAGE_FIELD, WanI2VAdapter
+from ffjax.models.wan.adapter_i2v import IMAGE_FIELD, WanI2VAdapter, image_roots
 from tests.models.flux.tiny import rel_err
 from tests.tiny_wan_i2v_pipeline import build_wan_i2v_pipeline
 
 FRAMES, STEPS = 5, 4
 SIZES = {"i2v": (16, 32), "ti2v": (32, 64)}  # VAE 4x / 16x, patch 2
 PROMPTS = ["a photo of a cat", "an astronaut riding a horse on the moon"]
+# max_sequence_length of both sides: Diffusers' image cross-attention takes all but the
+# last 512 context tokens as the image's, so I2V needs 512; TI2V runs faster with 32.
+TEXT_LEN = {"i2v": 512, "ti2v": 32}
 
 
 def _images():
@@ -42,39 +45,74 @@ def _config(path, variant, scale, data_path=None) -> configs.ConfigDict:
     c.model.height, c.model.width = SIZES[variant]
     c.model.num_frames = FRAMES
     c.model.negative_prompt = ""
+    c.model.max_sequence_length = TEXT_LEN[variant]
     c.sampling.guidance_scale = scale
     if data_path is not None:
         c.data.path = str(data_path)
     return c
 
 
-@pytest.fixture(scope="module", params=["i2v", "ti2v"])
-def pipeline(request, tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)
+def _no_ftfy():
     from diffusers.pipelines.wan import pipeline_wan_i2v
 
     # Diffusers 0.42's I2V `basic_clean` calls ftfy even when it is not installed (its
     # T2V one skips it, as ffjax does): the same cleaning without ftfy.
     clean = pipeline_wan_i2v.basic_clean
     pipeline_wan_i2v.basic_clean = lambda t: html.unescape(html.unescape(t)).strip()
-    path, pipe = build_wan_i2v_pipeline(tmp_path_factory.mktemp(request.param) / "p", request.param)
-    yield request.param, pipe, path
+    yield
     pipeline_wan_i2v.basic_clean = clean
+
+
+_BUILT: dict[str, dict] = {}  # variant -> pipeline, folder, loaded adapter (once a session)
+
+
+def _built(variant, tmp_path_factory) -> dict:
+    """The tiny pipeline, its folder, and the adapter loaded from it (guidance 4: the
+    no-CFG case uses `conditional_only`), its weights and jitted functions."""
+    if variant not in _BUILT:
+        path, pipe = build_wan_i2v_pipeline(tmp_path_factory.mktemp(variant) / "p", variant)
+        adapter, weights = registry.MODELS.get("wan2-i2v").load(_config(path, variant, 4.0))
+        _BUILT[variant] = dict(
+            pipe=pipe, path=path, adapter=adapter, weights=weights,
+            velocity=jax.jit(adapter.velocity), prepare=jax.jit(adapter.prepare_cond),
+            decode=jax.jit(adapter.decode_latents, static_argnums=(2, 3)),
+        )  # fmt: skip
+    return _BUILT[variant]
+
+
+@pytest.fixture(scope="module", params=["i2v", "ti2v"])
+def pipeline(request, tmp_path_factory):
+    return request.param, _built(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def i2v(tmp_path_factory):
+    return _built("i2v", tmp_path_factory)
 
 
 def _to_ours(a):  # (B, C, F, H, W) -> (B, F, H, W, C)
     return np.moveaxis(np.asarray(a), 1, -1)
 
 
-def _run_pipeline(pipe, noise, scale, h, w):
-    """Per row: frames in [0, 1], the last latents, [(x, sigma, v)] per step, and the
-    pipeline's conditioning (prepare_latents' condition, encode_image's states)."""
+def _run_pipeline(pipe, noise, scale, h, w, text_len):
+    """Per row: frames in [0, 1], the last latents, [(x, sigma, v, v_conditional)] per
+    step, and the pipeline's conditioning (prepare_latents' condition, encode_image's
+    states). v_conditional: the conditional pass of the step's CFG pair (its first)."""
     out = {"frames": [], "latents": [], "steps": [], "condition": [], "image_embeds": []}
     step, prepare, encode = pipe.scheduler.step, pipe.prepare_latents, pipe.encode_image
 
     def recording_step(model_output, timestep, sample, **kw):
         sigma = pipe.scheduler.sigmas[pipe.scheduler.step_index or 0]
-        rows[-1].append((sample.numpy().copy(), float(sigma), model_output.numpy().copy()))
+        v_cond = calls[-2 if scale > 1 else -1]
+        rows[-1].append((sample.numpy().copy(), float(sigma), model_output.numpy().copy(),
+                         v_cond))  # fmt: skip
         return step(model_output, timestep, sample, **kw)
+
+    calls = []
+    hook = pipe.transformer.register_forward_hook(
+        lambda _m, _a, o: calls.append(o[0].numpy().copy())
+    )
 
     def recording_prepare(*a, **kw):
         res = prepare(*a, **kw)
@@ -101,36 +139,40 @@ def _run_pipeline(pipe, noise, scale, h, w):
                     image=image.convert("RGB"), prompt=prompt, negative_prompt="",
                     guidance_scale=scale, latents=noise[i : i + 1], height=h, width=w,
                     num_frames=FRAMES, num_inference_steps=STEPS, output_type="np",
-                    callback_on_step_end=on_step_end,
+                    callback_on_step_end=on_step_end, max_sequence_length=text_len,
                 )  # fmt: skip
             out["frames"].append(res.frames)
             out["latents"].append(last["latents"])
     finally:
         del pipe.scheduler.step, pipe.prepare_latents, pipe.encode_image
+        hook.remove()
     cat = lambda k: np.concatenate(out[k]) if out[k] else None
     steps = [tuple(np.concatenate([r[j][k] for r in rows]) if k != 1 else rows[0][j][1]
-                   for k in range(3)) for j in range(STEPS)]  # fmt: skip
+                   for k in range(4)) for j in range(STEPS)]  # fmt: skip
     return dict(frames=cat("frames"), latents=cat("latents"), steps=steps,
                 condition=cat("condition"), image_embeds=cat("image_embeds"),
                 sigmas=pipe.scheduler.sigmas.numpy())  # fmt: skip
 
 
-@pytest.mark.parametrize("scale", [1.0, 4.0], ids=["no_cfg", "cfg"])
-def test_pipeline_parity(pipeline, scale):
-    variant, pipe, path = pipeline
+def test_pipeline_parity(pipeline):
+    """With CFG (scale 4): per-step guided predictions, prepared K/V, final latents and
+    video; without (`conditional_only`): the pipeline's conditional pass at each step."""
+    variant, b = pipeline
+    scale = 4.0
+    pipe, adapter, weights, velocity = b["pipe"], b["adapter"], b["weights"], b["velocity"]
     h, w = SIZES[variant]
-    adapter, weights = registry.MODELS.get("wan2-i2v").load(_config(path, variant, scale))
-    assert isinstance(adapter, WanI2VAdapter) and adapter.do_cfg == (scale > 1)
+    assert isinstance(adapter, WanI2VAdapter) and adapter.do_cfg
     assert adapter.expand_timesteps == (variant == "ti2v")
     shape = adapter.latent_shape(len(PROMPTS), h, w)
     noise = torch.randn(tuple(np.array(shape)[[0, 4, 1, 2, 3]]),
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
-    ref = _run_pipeline(pipe, noise, scale, h, w)
+    ref = _run_pipeline(pipe, noise, scale, h, w, TEXT_LEN[variant])
     sigmas = adapter.sigmas(STEPS, h, w)
     np.testing.assert_allclose(sigmas, ref["sigmas"], rtol=1e-6)
 
     metadata = [{IMAGE_FIELD: im} for im in _images()]
     cond = adapter.encode_prompts(PROMPTS, h, w, metadata=metadata)
+    conditional = adapter.conditional_only(cond)
     errs = {"condition": rel_err(cond.condition, _to_ours(ref["condition"]))}
     if variant == "i2v":
         errs["image_embeds"] = rel_err(cond.image_embeds, ref["image_embeds"])
@@ -138,21 +180,21 @@ def test_pipeline_parity(pipeline, scale):
         assert cond.image_embeds is None and not ref["image_embeds"].size if ref[
             "image_embeds"] is not None else True  # fmt: skip
 
-    velocity = jax.jit(adapter.velocity)
     variables = {"params": weights["transformer"]}
-    errs["v"] = 0.0
-    for x_ref, s_ref, v_ref in ref["steps"]:
+    errs["v"] = errs["v_no_cfg"] = 0.0
+    for x_ref, s_ref, *v_refs in ref["steps"]:
         x = jnp.asarray(_to_ours(x_ref))
-        v = np.asarray(velocity(variables, x, jnp.full((2,), s_ref), cond))
-        v_ref = _to_ours(v_ref)
-        if variant == "ti2v":  # frame 0: the exact velocity of the known first frame
-            c = np.asarray(cond.condition)
-            np.testing.assert_allclose(v[:, :1], (np.asarray(x)[:, :1] - c) / s_ref, rtol=1e-5)
-            v, v_ref = v[:, 1:], v_ref[:, 1:]
-        errs["v"] = max(errs["v"], rel_err(v, v_ref))
+        for name, cd, v_ref in (("v", cond, v_refs[0]), ("v_no_cfg", conditional, v_refs[1])):
+            v = np.asarray(velocity(variables, x, jnp.full((2,), s_ref), cd))
+            v_ref = _to_ours(v_ref)
+            if variant == "ti2v":  # frame 0: the exact velocity of the known first frame
+                c = np.asarray(cond.condition)
+                np.testing.assert_allclose(v[:, :1], (np.asarray(x)[:, :1] - c) / s_ref, rtol=1e-5)
+                v, v_ref = v[:, 1:], v_ref[:, 1:]
+            errs[name] = max(errs[name], rel_err(v, v_ref))
 
-    prepared = jax.jit(adapter.prepare_cond)(variables, cond)
-    x_ref, s_ref, v_ref = ref["steps"][-1]
+    prepared = b["prepare"](variables, cond)
+    x_ref, s_ref, v_ref, _ = ref["steps"][-1]
     v = velocity(variables, jnp.asarray(_to_ours(x_ref)), jnp.full((2,), s_ref), prepared)
     sl = slice(1, None) if variant == "ti2v" else slice(None)
     errs["v_prepared"] = rel_err(np.asarray(v)[:, sl], _to_ours(v_ref)[:, sl])
@@ -165,19 +207,14 @@ def test_pipeline_parity(pipeline, scale):
     x = adapter.finish_latents(x, cond)
     errs["latents"] = rel_err(x[:, sl], _to_ours(ref["latents"])[:, sl])
 
-    video = np.asarray(adapter.decode_latents(weights["vae"], x, h, w))
+    video = np.asarray(b["decode"](weights["vae"], x, h, w))
     assert video.shape == (2, FRAMES, h, w, 3)
     errs["video"] = float(np.abs(np.clip(video / 2 + 0.5, 0, 1) - ref["frames"]).max())
-    print(variant, scale, {k: f"{v:.1e}" for k, v in errs.items()})
+    print(variant, {k: f"{v:.1e}" for k, v in errs.items()})
     assert max(errs.values()) < 1e-4, errs
 
 
-@pytest.fixture(scope="module")
-def i2v_folder(tmp_path_factory):
-    return build_wan_i2v_pipeline(tmp_path_factory.mktemp("i2v_bad") / "p", "i2v")[0]
-
-
-def test_images_from_jsonl_rows_and_bad_inputs(i2v_folder, tmp_path):
+def test_images_from_jsonl_rows_and_bad_inputs(i2v, tmp_path):
     """Relative paths resolve against <data>/images (Flow-Factory), then <data>; a prompt
     without an image, a missing file, a bad array or two images are refused clearly."""
     (tmp_path / "images").mkdir()
@@ -186,7 +223,14 @@ def test_images_from_jsonl_rows_and_bad_inputs(i2v_folder, tmp_path):
     im[1].save(tmp_path / "b.png")  # RGBA, next to the jsonl
     rows = [{"prompt": PROMPTS[0], "image": "a.png"}, {"prompt": PROMPTS[1], "image": "b.png"}]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    adapter, _ = WanI2VAdapter.load(_config(i2v_folder, "i2v", 1.0, tmp_path))
+    adapter = i2v["adapter"]
+    roots = image_roots(_config(i2v["path"], "i2v", 1.0, tmp_path / "train.jsonl"))
+    assert roots == (str(tmp_path / "images"), str(tmp_path))
+    assert image_roots(_config(i2v["path"], "i2v", 1.0, tmp_path)) == roots
+    c = _config(i2v["path"], "i2v", 1.0, tmp_path)
+    c.data.image_dir = "/elsewhere"
+    assert image_roots(c) == ("/elsewhere",)
+    adapter.image_roots = roots  # what load(config) sets from config.data
     h, w = SIZES["i2v"]
     meta = [{k: v for k, v in r.items() if k != "prompt"} for r in rows]
     from_files = adapter.encode_prompts(PROMPTS, h, w, metadata=meta)
@@ -211,12 +255,18 @@ def test_images_from_jsonl_rows_and_bad_inputs(i2v_folder, tmp_path):
         adapter.encode_prompts(PROMPTS[:1], h, w, metadata=[{"image": ["a.png", "b.png"]}])
     with pytest.raises(ValueError, match="multiples of 8x8"):
         adapter.encode_prompts(PROMPTS, 12, 32, metadata=meta)
+    adapter.core.max_sequence_length = 77
+    try:
+        with pytest.raises(ValueError, match="max_sequence_length=77.*512"):
+            adapter.encode_prompts(PROMPTS, h, w, metadata=meta)
+    finally:
+        adapter.core.max_sequence_length = 512
 
 
-def test_abstract_load_matches_load(i2v_folder):
+def test_abstract_load_matches_load(i2v):
     """--dry_run shapes: abstract_cond and abstract weights agree with the real ones."""
-    c = _config(i2v_folder, "i2v", 4.0)
-    adapter, weights = WanI2VAdapter.load(c)
+    c = _config(i2v["path"], "i2v", 4.0)
+    adapter, weights = i2v["adapter"], i2v["weights"]
     abstract, shapes = WanI2VAdapter.abstract_load(c)
     shape_of = lambda t: jax.tree.map(lambda a: (a.shape, jnp.dtype(a.dtype)), t)
     assert shape_of(shapes) == shape_of(weights)
@@ -225,7 +275,7 @@ def test_abstract_load_matches_load(i2v_folder):
     want = shape_of(abstract.abstract_cond(2, h, w))
     got = shape_of(cond)
     assert jax.tree.structure(want) == jax.tree.structure(got)
-    assert jax.tree.leaves(want)[1:] == jax.tree.leaves(got)[1:]  # S = max_sequence_length
+    assert jax.tree.leaves(want) == jax.tree.leaves(got)
     enc = WanI2VAdapter.abstract_text_encoders(c)
     assert set(enc) == {"text_encoder (UMT5)", "image_encoder (CLIP vision)"}
     assert shape_of(enc["image_encoder (CLIP vision)"]) == shape_of(adapter.image_encoder[1])
