@@ -394,10 +394,9 @@ def _resident(su: _Setup) -> tuple[dict[str, tuple[Bytes, str]], list[str]]:
     if su.lora:
         out[f"{what} (frozen)"] = (tree_bytes(su.base), _dtypes(su.weights[what]) + " + lora_scale")
     elif jnp.dtype(c.model.param_dtype) != jnp.float32:
-        out[f"{what} (as loaded)"] = (tree_bytes(su.weights[what]), _dtypes(su.weights[what]))
         notes.append(
-            f"full fine-tune: trainer.setup keeps the loaded {c.model.param_dtype} {what}"
-            " (Run.weights) next to the float32 trainable copy"
+            f"full fine-tune: the loaded {c.model.param_dtype} {what} lives only while"
+            " trainer.setup makes the float32 trainable copy (not counted in the peak)"
         )
     for k, w in su.weights.items():
         if k != what:

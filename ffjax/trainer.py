@@ -38,6 +38,7 @@ repeated valid rows, so every step sees the same shapes and nothing recompiles.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -52,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from ffjax import configs, optim, registry
@@ -63,6 +65,7 @@ from ffjax.data.prompts import GroupSampler, PromptSet, load_prompts
 from ffjax.flow import rollout as rollout_lib
 from ffjax.flow import schedule
 from ffjax.logging import MetricsWriter, image_grid, save_grid
+from ffjax.parallel import rows as rows_lib
 from ffjax.parallel import sharding as sharding_lib
 from ffjax.parallel.mesh import make_mesh, maybe_initialize_distributed
 from ffjax.rewards.base import RewardError, Samples, call_reward
@@ -173,7 +176,9 @@ def _check_run_shapes(config, spec: AlgorithmSpec, process_count: int) -> int:
             f"config.data.prompts_per_epoch={d.prompts_per_epoch} must be divisible by the"
             f" number of processes ({process_count})"
         )
-    samples = d.prompts_per_epoch * d.group_size // process_count
+    # Training rows are global (the train step draws micro-batches from every host's
+    # rows); a rollout chunk (sampling.batch_size) is per process.
+    samples = d.prompts_per_epoch * d.group_size
     if spec.record == "sde_steps":
         per_sample, what = _sde_count(config), "SDE steps per sample (sampling.sde_num_steps)"
     else:
@@ -186,12 +191,31 @@ def _check_run_shapes(config, spec: AlgorithmSpec, process_count: int) -> int:
             f" not divisible by config.train.micro_batch_size x config.train.grad_accum_steps"
             f" = {t.micro_batch_size} x {t.grad_accum_steps} = {step_rows}; change one of them"
         )
-    if config.sampling.batch_size and samples % config.sampling.batch_size:
+    per_process = samples // process_count
+    if config.sampling.batch_size and per_process % config.sampling.batch_size:
+        hosts = f" / {process_count} processes" if process_count > 1 else ""
         raise configs.ConfigError(
             f"config.sampling.batch_size={config.sampling.batch_size} must divide the"
-            f" {samples} samples of an epoch (data.prompts_per_epoch x data.group_size)"
+            f" {per_process} samples of an epoch (data.prompts_per_epoch x data.group_size"
+            f"{hosts})"
         )
     return rows
+
+
+def _check_row_blocks(config, mesh) -> None:
+    """ConfigError unless every process holds whole groups of the epoch's rows (so its
+    prompts are encoded, and its groupwise rewards scored, where its rows live)."""
+    d = config.data
+    try:
+        blocks = rows_lib.row_blocks(mesh, d.prompts_per_epoch * d.group_size)
+    except ValueError as e:
+        raise configs.ConfigError(f"config.mesh: {e}") from None
+    if blocks.size % d.group_size:
+        raise configs.ConfigError(
+            f"each process holds {blocks.size} rows of an epoch, not a whole number of groups"
+            f" of config.data.group_size={d.group_size}; make config.data.prompts_per_epoch"
+            f" a multiple of {blocks.count} (the processes holding distinct rows)"
+        )
 
 
 def _check_algorithm_needs(config, spec: AlgorithmSpec) -> None:
@@ -295,6 +319,7 @@ def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
             " classifier-free guidance (FLUX.1 embeds guidance instead); set it to False"
         )
     mesh = make_mesh(config.mesh, devices)
+    _check_row_blocks(config, mesh)
     for reward, _ in [*rewards.values(), *eval_rewards.values()]:
         if hasattr(reward, "place"):  # reward models run on the mesh beside the generator
             reward.place(mesh)
@@ -339,6 +364,11 @@ def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
     policy = make_policy(adapter, lora, cfg_in_train(config))
     loss_fn = spec.make_loss(config.algorithm, policy, dynamics=config.sampling.dynamics)
     initial = init_state(trainable, optimizer, ema=config.ema.decay > 0)
+    if not lora:
+        # The float32 trainable copy replaces the loaded weights: keeping both would hold
+        # the denoiser twice (FLUX.1-dev: 24 GB in bfloat16 beside 48 GB in float32).
+        weights = {k: w for k, w in weights.items() if k != adapter.denoiser}
+        del denoiser, trainable
     state_shardings = _state_shardings(initial, trainable_specs, optimizer, mesh)
     initial = jax.device_put(initial, state_shardings)
     specs_used = sorted({str(sh.spec) for sh in jax.tree.leaves(state_shardings.trainable)})
@@ -452,22 +482,22 @@ def _sample(
 ) -> tuple[jax.Array, Any]:
     """Rollout in chunks of `sampling.batch_size`; trajectories concatenated on the batch axis.
 
+    A chunk holds `sampling.batch_size` rows of every process (`ffjax.parallel.rows`).
     `on_chunk(final)` is called with each chunk's final latents right after the chunk
     is dispatched (JAX dispatch is asynchronous: the device is still running it).
     """
     c = run.config.sampling
-    n = noise.shape[0]
-    chunk = c.batch_size or n
+    blocks = rows_lib.row_blocks(run.mesh, noise.shape[0])
+    chunk = c.batch_size or blocks.size
     finals, trajs = [], []
-    bar = _stage_bar(run, -(-n // chunk), "rollout", "chunk")
-    for start in range(0, n, chunk):
-        sl = slice(start, start + chunk)
-        chunk_cond = jax.tree.map(lambda a, sl=sl: a[sl], cond)
+    bar = _stage_bar(run, -(-blocks.size // chunk), "rollout", "chunk")
+    for start in range(0, blocks.size, chunk):
+        chunk_cond, chunk_noise = rows_lib.chunk((cond, noise), start, chunk, blocks, run.mesh)
         final, traj = rollout_lib.rollout(
             run.adapter.velocity,
             _variables(run, weights),
             chunk_cond,
-            noise[sl],
+            chunk_noise,
             sigmas,
             noise_levels,
             jax.random.fold_in(key, start),
@@ -484,12 +514,12 @@ def _sample(
             on_chunk(final)
         _advance(bar, final)
     bar.close()
-    final = jnp.concatenate(finals)
+    final = rows_lib.unchunk(finals, blocks)
     if record is None:
         return final, None
     if len(trajs) == 1:
         return final, trajs[0]
-    cat = lambda name: jnp.concatenate([getattr(t, name) for t in trajs], axis=1)
+    cat = lambda name: rows_lib.unchunk([getattr(t, name) for t in trajs], blocks, axis=1)
     traj = dataclasses.replace(
         trajs[0], x_t=cat("x_t"), x_next=cat("x_next"), log_prob=cat("log_prob")
     )  # sigma, sigma_next, step are the same for every chunk
@@ -512,15 +542,17 @@ def _advance(bar, result: Any) -> None:
 
 
 def _decode(run: Run, latents: jax.Array) -> np.ndarray:
-    """uint8 images of `latents`, decoded in chunks of `sampling.batch_size` (as the
-    rollout runs): one VAE call over a whole FLUX.1 epoch would need hundreds of GiB."""
+    """uint8 images of this process's rows of `latents`, decoded in chunks of
+    `sampling.batch_size` (as the rollout runs): one VAE call over a whole FLUX.1 epoch
+    would need hundreds of GiB."""
     m = run.config.model
-    n = latents.shape[0]
-    chunk = run.config.sampling.batch_size or n
-    parts = [
-        np.asarray(run.decode(run.weights["vae"], latents[i : i + chunk], m.height, m.width))
-        for i in range(0, n, chunk)
-    ]
+    blocks = rows_lib.row_blocks(run.mesh, latents.shape[0])
+    chunk = run.config.sampling.batch_size or blocks.size
+    parts = []
+    for i in range(0, blocks.size, chunk):
+        x = rows_lib.chunk(latents, i, chunk, blocks, run.mesh)
+        images = run.decode(run.weights["vae"], x, m.height, m.width)
+        parts.append(rows_lib.local_rows(images, blocks, run.mesh))
     return np.concatenate(parts)
 
 
@@ -540,13 +572,15 @@ def _sample_and_score(
     from ffjax.rewards.async_pool import AsyncScorer
 
     m = run.config.model
+    blocks = rows_lib.row_blocks(run.mesh, noise.shape[0])
     t0 = time.perf_counter()
     parts: list[np.ndarray] = []
     pending: list[jax.Array] = []
     with AsyncScorer(run.rewards, run.config.train.reward_workers, _score_one) as scorer:
 
         def hand_over() -> None:
-            images = np.asarray(pending.pop(0))  # waits for this chunk's decode only
+            # Waits for this chunk's decode only; this process's rows of it.
+            images = rows_lib.local_rows(pending.pop(0), blocks, run.mesh)
             scorer.submit(samples_of(images, sum(len(p) for p in parts)))
             parts.append(images)
 
@@ -645,8 +679,17 @@ def _summarise(steps: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4, 5))
+def _init_noise(adapter, key: jax.Array, n: int, height: int, width: int, mesh) -> jax.Array:
+    """`adapter.init_noise` with rows over (data, fsdp): each device draws only its rows,
+    the values of one global draw (jax_threefry_partitionable, the default)."""
+    noise = adapter.init_noise(key, n, height, width)
+    return jax.lax.with_sharding_constraint(noise, sharding_lib.batch_shardings(noise, mesh))
+
+
 def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], np.ndarray]:
-    """One rollout + optimisation epoch; returns (state, metrics, epoch images)."""
+    """One rollout + optimisation epoch; returns (state, metrics, this process's epoch
+    images)."""
     c = run.config
     m, t = c.model, c.train
     epoch = int(state.epoch)
@@ -654,13 +697,17 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     t0 = time.perf_counter()
 
     prompt_idx, group_ids = run.sampler.samples(epoch)
-    prompts = [run.prompts.prompts[i] for i in prompt_idx]
-    metadata = [run.prompts.metadata[i] for i in prompt_idx]
+    n = len(prompt_idx)
+    # This process's rows of the epoch, whole groups (setup checks): it encodes, rolls
+    # out, decodes and scores only those; the scores are then gathered.
+    blocks = rows_lib.row_blocks(run.mesh, n)
+    mine = blocks.local
+    prompts = [run.prompts.prompts[i] for i in prompt_idx[mine]]
+    metadata = [run.prompts.metadata[i] for i in prompt_idx[mine]]
     k = c.data.group_size
     unique = [prompts[i] for i in range(0, len(prompts), k)]
     cond = encode_prompts(run.adapter, unique, m.height, m.width, metadata[::k])
     cond = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), cond)
-    n = len(prompts)
 
     sigmas = run.adapter.sigmas(c.sampling.num_steps, m.height, m.width)
     window = rollout_lib.sde_window(
@@ -671,9 +718,8 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
         c.sampling.num_steps, window, c.sampling.noise_level
     )
     record = window if run.spec.record == "sde_steps" else None
-    noise = run.adapter.init_noise(jax.random.fold_in(key, 0), n, m.height, m.width)
-    rows_over_mesh = sharding_lib.batch_shardings((cond, noise), run.mesh)  # (data, fsdp)
-    cond, noise = jax.device_put((cond, noise), rows_over_mesh)
+    noise = _init_noise(run.adapter, jax.random.fold_in(key, 0), n, m.height, m.width, run.mesh)
+    cond = rows_lib.put_rows(cond, run.mesh, blocks)  # rows over (data, fsdp)
     snapshot = None
     if run.spec.wants("needs_snapshot", c.algorithm):
         snapshot = jax.tree.map(jnp.copy, state.trainable)  # the state is donated below
@@ -682,12 +728,12 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
         sample_weights = state.ema
     sample_args = (sample_weights, cond, noise, sigmas, noise_levels,
                    jax.random.fold_in(key, 1), record)  # fmt: skip
-    if t.async_rewards and 0 < c.sampling.batch_size < n:
+    if t.async_rewards and 0 < c.sampling.batch_size < blocks.size:
 
         def samples_of(images: np.ndarray, start: int | None) -> Samples:
             sl = slice(None) if start is None else slice(start, start + len(images))
             return Samples.of(prompts[sl], images, metadata=metadata[sl],
-                           group_ids=np.asarray(group_ids)[sl])  # fmt: skip
+                           group_ids=np.asarray(group_ids)[mine][sl])  # fmt: skip
 
         final, traj, images, raw, times = _sample_and_score(run, *sample_args, samples_of)
         t_rollout, t_reward, t_reward_busy = (
@@ -700,9 +746,11 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
 
         t1 = time.perf_counter()
         # group_ids: a groupwise reward scores within the sampler's groups (rewards/base.py).
-        epoch_samples = Samples.of(prompts, images, metadata=metadata, group_ids=group_ids)
+        epoch_samples = Samples.of(prompts, images, metadata=metadata, group_ids=group_ids[mine])
         raw = _score(run.rewards, epoch_samples, run.config.logging.step_progress)
         t_reward = t_reward_busy = time.perf_counter() - t1
+    # Every process gets every row's scores, so all compute the same advantages.
+    raw = {a: rows_lib.gather_rows(v, blocks) for a, v in raw.items()}
     weights = {a: w for a, (_, w) in run.rewards.items()}
     combined = sum(weights[a] * raw[a] for a in raw)
     try:
@@ -779,20 +827,28 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
 def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray, list[str]]:
     """ODE samples of the eval prompts with the EMA (or current) weights.
 
-    Returns ({"eval/reward_mean": ..., "eval/reward/<alias>": ...}, uint8 images, captions).
+    Returns ({"eval/reward_mean": ..., "eval/reward/<alias>": ...}, uint8 images of the
+    first EVAL_GRID_IMAGES samples, captions). Each process samples and scores its rows
+    (`ffjax.parallel.rows`); scores and grid images are gathered.
     """
     c = run.config
     m = c.model
     prompts = run.eval_prompts.prompts
-    cond = encode_prompts(run.adapter, prompts, m.height, m.width, run.eval_prompts.metadata)
+    blocks = rows_lib.row_blocks(run.mesh, len(prompts))
+    mine = blocks.local
+    metadata = run.eval_prompts.metadata[mine]
+    cond = encode_prompts(run.adapter, prompts[mine], m.height, m.width, metadata)
+    cond = rows_lib.put_rows(cond, run.mesh, blocks)
     key = jax.random.key(c.seed + EVAL_SEED_OFFSET)
-    noise = run.adapter.init_noise(key, len(prompts), m.height, m.width)
+    noise = _init_noise(run.adapter, key, len(prompts), m.height, m.width, run.mesh)
     sigmas = run.adapter.sigmas(c.sampling.eval_num_steps, m.height, m.width)
     levels = np.zeros(c.sampling.eval_num_steps, np.float32)
     weights = state.ema if state.ema is not None else state.trainable
     final, _ = _sample(run, weights, cond, noise, sigmas, levels, key, None)
     images = _decode(run, final)
-    raw = _score(run.eval_rewards, Samples.of(prompts, images, metadata=run.eval_prompts.metadata))
+    raw = _score(run.eval_rewards, Samples.of(prompts[mine], images, metadata=metadata))
+    raw = {a: rows_lib.gather_rows(v, blocks) for a, v in raw.items()}
+    images = rows_lib.gather_rows(images, blocks, EVAL_GRID_IMAGES)
     w = {a: wt for a, (_, wt) in run.eval_rewards.items()}
     combined = sum(w[a] * raw[a] for a in raw)
     out = {"eval/reward_mean": float(np.nanmean(combined))}
@@ -812,8 +868,12 @@ def params_digest(tree: Any) -> str:
     """sha256 (hex, 16 chars) over the bytes of every leaf, in tree order: equal weights,
     equal digest — the resume-equality check of metrics.jsonl."""
     h = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.device_get(tree)):
-        a = np.ascontiguousarray(np.asarray(leaf))
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and not (
+            leaf.is_fully_addressable or leaf.is_fully_replicated
+        ):  # sharded over processes (e.g. fsdp): a collective, as every process digests
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
+        a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
         h.update(str((a.dtype, a.shape)).encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
@@ -879,7 +939,8 @@ def train(
         if os.path.exists(config_file):
             _check_resumable(config_file, text)
         state = ckpt.restore(latest, run.initial)
-        _drop_rows_after(os.path.join(workdir, "metrics.jsonl"), latest)
+        if jax.process_index() == 0:  # the only writer of metrics.jsonl
+            _drop_rows_after(os.path.join(workdir, "metrics.jsonl"), latest)
         logging.info("resumed from %s/%d", ckpt.directory, latest)
     elif jax.process_index() == 0:
         with open(config_file, "w") as f:
@@ -923,17 +984,23 @@ def train(
             ):
                 metrics.update(do_eval(done))
             if c.logging.image_grid_every and done % c.logging.image_grid_every == 0:
-                grid = image_grid(images[: 4 * c.data.group_size], columns=c.data.group_size)
+                k = c.data.group_size
+                blocks = rows_lib.row_blocks(run.mesh, run.sampler.prompts_per_epoch * k)
+                shown = rows_lib.gather_rows(images, blocks, 4 * k)  # the first 4 groups
+                grid = image_grid(shown, columns=k)
                 save_grid(os.path.join(workdir, "samples", f"train_epoch_{done:04d}.png"), grid)
-            last = done == c.train.num_epochs or stop.received is not None
+            # Every process stops after the same epoch, whichever got the signal.
+            stopping = rows_lib.any_process(stop.received is not None)
+            last = done == c.train.num_epochs or stopping
             if ckpt.maybe_save(done, state, force=last):
                 metrics["params_digest"] = params_digest(state.trainable)
             writer.write(done, metrics)
             history.append(metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.4g}")
-            if stop.received is not None and done < c.train.num_epochs:
+            if stopping and done < c.train.num_epochs:
                 raise Interrupted(
-                    f"stopped by signal {stop.received} after epoch {done}; checkpoint"
+                    f"stopped by signal {stop.received or 'on another process'} after epoch"
+                    f" {done}; checkpoint"
                     f" {ckpt.directory}/{done} written; run the same command to resume"
                 )
     finally:
