@@ -82,12 +82,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     a.num_train_timesteps = 4  # [FF] num_train_timesteps
     a.sigma_range = (0.0, 0.7)  # [FF] timestep_range 0.7 = [0, 0.7] along denoising
     a.time_shift = 3.0  # [FF] time_shift (unused by "discrete")
-    # The EMA of the EMA-KL: [FF] ema_decay_schedule "linear", ema_decay 0.3, initial
-    # decay 0 (Flow-Factory's default), warmup_steps 300, updated every epoch.
-    c.ema.schedule = "linear"
-    c.ema.start_decay = 0.0
-    c.ema.decay = 0.3
-    c.ema.ramp_epochs = 300
+    configs.ema_awm(c)  # [FF] linear EMA 0 -> 0.3 over 300 epochs (the EMA-KL's)
     configs.add_reward(c, "jpeg_compressibility")  # placeholder for [FF] PickScore
 
 

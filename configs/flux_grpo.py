@@ -85,7 +85,7 @@ def _flow_grpo(c: configs.ConfigDict) -> None:
     c.train.eval_every = 30  # [G] eval_freq
     c.checkpoint.every_epochs = 30  # [G] save_freq
     c.checkpoint.keep = 5  # [G] num_checkpoint_limit
-    _ema_every_4_epochs(c)
+    configs.ema_every_4_epochs(c)  # [FF] / [GS] decay 0.9 every 4 epochs
     configs.add_reward(c, "jpeg_compressibility")  # placeholder for [G] PickScore
 
 
@@ -121,26 +121,8 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.algorithm.kl_type = "v-based"  # [FF] kl_type (kl_beta 0: unused)
     c.train.eval_every = 20  # [FF] eval.eval_freq
     c.checkpoint.every_epochs = 20  # [FF] log.save_freq
-    _ema_every_4_epochs(c)
+    configs.ema_every_4_epochs(c)  # [FF] / [GS] decay 0.9 every 4 epochs
     configs.add_reward(c, "jpeg_compressibility")  # placeholder for [FF] PickScore_Rank
-
-
-def _ema_every_4_epochs(c: configs.ConfigDict) -> None:
-    """The evaluated EMA: decay 0.9 every 4 epochs, warm-up min(0.9, (1 + t) / (10 + t)).
-
-    [FF] ema_decay 0.9, ema_update_interval 4 (epochs), the "power" warm-up above with t
-    the epoch; [GS] EMAModuleWrapper(decay=0.9, update_step_interval=8), the same warm-up
-    on the optimizer step, i.e. also every 4 epochs at 2 steps per epoch. ffjax steps the
-    EMA once per epoch, so the same averaging horizon per epoch, 1 - d_epoch = (1 - d) / 4,
-    is 1 - 2.25 / (10 + t), from 0.775 to 0.975; the power schedule
-    1 - 2.25 / (2.25 + t) clipped to [0.775, 0.975] follows it (0.975 from epoch ~88, the
-    reference's 0.9 from epoch 80).
-    """
-    c.ema.schedule = "power"
-    c.ema.power = 1.0
-    c.ema.inv_gamma = 2.25
-    c.ema.start_decay = 0.775
-    c.ema.decay = 0.975
 
 
 def _tiny(c: configs.ConfigDict) -> None:

@@ -75,13 +75,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.checkpoint.every_epochs = 20  # [FF] log.save_freq
     c.algorithm.num_train_timesteps = 2  # [FF] num_train_timesteps
     c.algorithm.sigma_range = (0.0, 0.7)  # [FF] timestep_range 0.7 = [0, 0.7] along denoising
-    # The old policy (and sampler) is the EMA: [FF] ema_decay_schedule "piecewise_linear",
-    # flat_steps 0, ramp_rate 0.001, ema_decay 0.5, updated every epoch: decay 0 at epoch
-    # 0 rising by 0.001 an epoch to 0.5 at epoch 500 (ffjax/ema.py, "NFT style").
-    c.ema.schedule = "piecewise_linear"
-    c.ema.boundaries = (0, 500)
-    c.ema.decays = (0.0, 0.5)
-    c.ema.decay = 0.5  # the held value; > 0 keeps the EMA on
+    configs.ema_nft(c)  # [FF] piecewise_linear EMA 0 -> 0.5 over 500 epochs: the old policy
     configs.add_reward(c, "jpeg_compressibility")  # placeholder for [FF] PickScore
 
 

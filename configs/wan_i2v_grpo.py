@@ -83,13 +83,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.algorithm.cfg_in_train = True  # the WAN forward guides like inference does
     c.train.eval_every = 20  # [FF] eval.eval_freq
     c.checkpoint.every_epochs = 20  # [FF] log.save_freq
-    # [FF] ema_decay 0.9 every 4 epochs; one EMA step per epoch with the same horizon
-    # (see configs/flux_grpo.py `_ema_every_4_epochs`).
-    c.ema.schedule = "power"
-    c.ema.power = 1.0
-    c.ema.inv_gamma = 2.25
-    c.ema.start_decay = 0.775
-    c.ema.decay = 0.975
+    configs.ema_every_4_epochs(c)  # [FF] ema_decay 0.9 every 4 epochs
     configs.add_reward(c, "pick_score", "pickscore", 1.0)  # [FF] rewards: PickScore
 
 

@@ -71,12 +71,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.algorithm.beta = 0.1  # [FF] nft_beta
     c.algorithm.num_train_timesteps = 4  # [FF] num_train_timesteps
     c.algorithm.sigma_range = (0.0, 0.9)  # [FF] timestep_range 0.9
-    # The old policy (and sampler) is the EMA: [FF] ema_decay_schedule "piecewise_linear",
-    # flat_steps 0, ramp_rate 0.001, ema_decay 0.5, updated every epoch (configs/flux_nft.py).
-    c.ema.schedule = "piecewise_linear"
-    c.ema.boundaries = (0, 500)
-    c.ema.decays = (0.0, 0.5)
-    c.ema.decay = 0.5  # the held value; > 0 keeps the EMA on
+    configs.ema_nft(c)  # [FF] piecewise_linear EMA 0 -> 0.5 over 500 epochs: the old policy
     configs.add_reward(c, "pick_score", "pickscore")  # [FF] PickScore
 
 

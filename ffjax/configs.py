@@ -482,6 +482,45 @@ def set_algorithm(config: ConfigDict, name: str) -> ConfigDict:
     return config
 
 
+# --------------------------------------------------------------------------- recipe pieces
+# Flow-Factory's EMA settings, shared by the recipes that follow them (configs/*.py).
+
+
+def ema_every_4_epochs(config: ConfigDict) -> ConfigDict:
+    """Flow-Factory's GRPO EMA: decay 0.9 every 4 epochs, warm-up min(0.9, (1+t)/(10+t)).
+
+    Flow-Factory: ema_decay 0.9, ema_update_interval 4 (epochs), the "power" warm-up
+    above with t the epoch; Flow-GRPO SD3: EMAModuleWrapper(decay=0.9,
+    update_step_interval=8), the same warm-up on the optimizer step, i.e. also every 4
+    epochs at 2 steps per epoch. ffjax steps the EMA once per epoch, so the same
+    averaging horizon per epoch, 1 - d_epoch = (1 - d) / 4, is 1 - 2.25 / (10 + t), from
+    0.775 to 0.975; the power schedule 1 - 2.25 / (2.25 + t) clipped to [0.775, 0.975]
+    follows it (0.975 from epoch ~88, the reference's 0.9 from epoch 80).
+    """
+    e = config.ema
+    e.schedule, e.power, e.inv_gamma = "power", 1.0, 2.25
+    e.start_decay, e.decay = 0.775, 0.975
+    return config
+
+
+def ema_nft(config: ConfigDict) -> ConfigDict:
+    """Flow-Factory's DiffusionNFT old policy (and sampler), the EMA: ema_decay_schedule
+    "piecewise_linear", flat_steps 0, ramp_rate 0.001, ema_decay 0.5, updated every
+    epoch: decay 0 at epoch 0 rising by 0.001 an epoch to 0.5 at epoch 500."""
+    e = config.ema
+    e.schedule, e.boundaries, e.decays = "piecewise_linear", (0, 500), (0.0, 0.5)
+    e.decay = 0.5  # the held value; > 0 keeps the EMA on
+    return config
+
+
+def ema_awm(config: ConfigDict) -> ConfigDict:
+    """Flow-Factory's AWM EMA (of the EMA-KL): ema_decay_schedule "linear", ema_decay
+    0.3, initial decay 0, warmup_steps 300, updated every epoch."""
+    e = config.ema
+    e.schedule, e.start_decay, e.decay, e.ramp_epochs = "linear", 0.0, 0.3, 300
+    return config
+
+
 def add_reward(
     config: ConfigDict,
     alias: str,
