@@ -324,11 +324,18 @@ def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorConfig:
 def preprocess_pil(image: Any, cfg: CLIPImageProcessorConfig) -> np.ndarray:
     """One PIL image -> float32[h, w, 3] pixel values on the host, for images of any size.
 
-    The processor's own steps with Pillow itself (RGB conversion, `Image.resize` with
-    `cfg.resample`, centre crop, the rescale + normalise table), so equal to
+    The processor's own steps with Pillow itself (RGB conversion, transparency composited
+    onto white as transformers' `convert_to_rgb`; `Image.resize` with `cfg.resample`;
+    centre crop; the rescale + normalise table), so equal to
     `CLIPImageProcessor(images=image)` bit for bit; no compile per input size (the
     conditioning images of image-to-video prompts come in many sizes).
     """
+    from PIL import Image
+
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
     image = image.convert("RGB")
     if cfg.do_resize:
         h, w = cfg.resized_size(image.height, image.width)
