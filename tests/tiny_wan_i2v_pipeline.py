@@ -5,6 +5,8 @@ Variants:
            50 tokens) + CLIPImageProcessor, a transformer with image cross-attention
            taking 4 + 4 + 4 input channels (noise, first-frame mask, image latents),
            the z=4 VAE of `tiny_wan_pipeline` (4x spatial, 4x temporal).
+  "flf2v": Wan 2.1 FLF2V layout: "i2v" with a position embedding over the first and last
+           frame's 2 x 50 CLIP tokens.
   "ti2v":  Wan 2.2 TI2V-5B layout: `expand_timesteps=True`, no image encoder, the Wan 2.2
            VAE of `tests/models/wan/tiny_vae.py` (16x spatial, z=6), a transformer with
            z input channels (the first latent frame is replaced by the image's).
@@ -32,6 +34,11 @@ TRANSFORMERS = {
     "i2v": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
                 in_channels=12, out_channels=4, text_dim=24, freq_dim=16, ffn_dim=32,
                 num_layers=2, image_dim=16, added_kv_proj_dim=24, rope_max_seq_len=32),
+    # Wan 2.1 FLF2V: as "i2v" with a learned position embedding over both images' tokens.
+    "flf2v": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                  in_channels=12, out_channels=4, text_dim=24, freq_dim=16, ffn_dim=32,
+                  num_layers=2, image_dim=16, added_kv_proj_dim=24, rope_max_seq_len=32,
+                  pos_embed_seq_len=2 * 50),
     "ti2v": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
                  in_channels=6, out_channels=6, text_dim=24, freq_dim=16, ffn_dim=32,
                  num_layers=2, rope_max_seq_len=32),
@@ -56,10 +63,10 @@ def build_wan_i2v_pipeline(path: str | os.PathLike, variant: str = "i2v", seed: 
     torch.manual_seed(seed)
     transformer = perturb(WanTransformer3DModel(**TRANSFORMERS[variant]), seed=seed + 2)
     torch.manual_seed(seed + 3)
-    vae_cfg = VAE if variant == "i2v" else VAE_CONFIGS["wan22"]
+    vae_cfg = VAE_CONFIGS["wan22"] if variant == "ti2v" else VAE
     vae = perturb(AutoencoderKLWan(**vae_cfg), seed=seed + 4)
     extra = {}
-    if variant == "i2v":
+    if variant != "ti2v":
         extra["image_encoder"] = build("CLIPVisionModel", CLIP_VISION, seed=seed + 5)
         extra["image_processor"] = CLIPImageProcessor(**CLIP_PROCESSOR)
     pipe = WanImageToVideoPipeline(

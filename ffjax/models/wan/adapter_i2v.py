@@ -13,6 +13,11 @@ Wan 2.1 I2V (14B 480P / 720P; Wan 2.2 I2V A14B without the CLIP part):
     the latents on the channel axis at every step: model input [x, mask, latents]
     (16 + 4 + 16 = in_channels 36 for the real models).
 
+Wan 2.1 FLF2V (the transformer has `pos_embed_seq_len`): the prompt's "image" lists
+[first, last]; the video condition is [first, zeros, last], the mask also marks the
+last video frame (the last channel of the last latent frame), and `context_image` is
+both images' CLIP states side by side, [B, 2 S, image_dim] (the pipeline's [2B, S, D]).
+
 Wan 2.2 TI2V-5B (`expand_timesteps=True`): the image's latent frame replaces latent
 frame 0 of the model input (mask 0 on frame 0: (1 - m) c + m x), whose tokens get
 timestep 0 (per-token timesteps m * t); the final latents get the same blend
@@ -24,7 +29,7 @@ and frame 0 no longer adds policy-dependent terms to log-probs or NFT / AWM loss
 (it cannot change the reward). Frames >= 1 match the pipeline step for step.
 
 The conditioning image of each prompt comes from its metadata: the `IMAGE_FIELD`
-("image") of a Flow-Factory jsonl row, a path, absolute or relative to
+("image") of a Flow-Factory jsonl row (a one-element list is taken as its image), a path, absolute or relative to
 `config.data.image_dir` (default: the data folder's `images/`, Flow-Factory's default,
 then the data folder itself); a PIL image or uint8[H, W, 3] array in the metadata is
 used as it is. Images are converted to RGB (as Flow-Factory loads them) and resized to
@@ -79,16 +84,18 @@ class WanI2VCond:
     image_embeds: jax.Array | None = None
 
 
-def image_mask(latent_frames: int, temporal: int = 4) -> np.ndarray:
-    """float32[f, temporal]: `prepare_latents`' first-frame mask in latent frames.
+def image_mask(num_frames: int, temporal: int = 4, last: bool = False) -> np.ndarray:
+    """float32[f, temporal]: `prepare_latents`' mask of the given frames in latent frames.
 
-    The video-frame mask (1 on frame 0, 0 on the other num_frames - 1) with frame 0
-    repeated `temporal` times, grouped by `temporal`: 1 on every channel of latent
-    frame 0, 0 elsewhere.
+    The video-frame mask (1 on frame 0, and on frame num_frames - 1 with `last` (FLF2V),
+    0 elsewhere) with frame 0 repeated `temporal` times, grouped by `temporal`: 1 on
+    every channel of latent frame 0 (and on the last channel of the last latent frame).
     """
-    m = np.zeros((latent_frames, temporal), np.float32)
-    m[0] = 1.0
-    return m
+    frames = np.zeros(num_frames, np.float32)
+    frames[0] = 1.0
+    if last:
+        frames[-1] = 1.0
+    return np.concatenate([np.repeat(frames[:1], temporal), frames[1:]]).reshape(-1, temporal)
 
 
 def resolve_image(value: Any, roots: Sequence[str]) -> Any:
@@ -183,8 +190,11 @@ class WanI2VAdapter:
             raise ValueError(
                 "the transformer has image cross-attention: an image encoder is needed"
             )
-        if c.pos_embed_seq_len is not None:
-            raise ValueError("Wan 2.1 FLF2V (first + last frame) is not supported yet")
+        # Wan 2.1 FLF2V: first and last frame given (a learned position embedding over
+        # both images' CLIP tokens marks the layout).
+        self.flf2v = c.pos_embed_seq_len is not None
+        if self.flf2v and (self.expand_timesteps or core.num_frames < 2):
+            raise ValueError("FLF2V needs num_frames >= 2 and no expand_timesteps")
 
     # ----------------------------------------------------------------- the core's API
 
@@ -290,12 +300,13 @@ class WanI2VAdapter:
         img = None
         if self.config.has_image_attention:
             vc = self.image_encoder[0].config
-            n = (vc.image_size // vc.patch_size) ** 2 + 1
+            n = ((vc.image_size // vc.patch_size) ** 2 + 1) * (2 if self.flf2v else 1)
             img = jax.ShapeDtypeStruct((batch, n, vc.hidden_size), jnp.dtype(self.config.dtype))
         return WanI2VCond(text=text, condition=cond, image_embeds=img)
 
     def images_of(self, prompts: Sequence[str], metadata: Sequence[Any] | None) -> list[Any]:
-        """The RGB conditioning image of every prompt, from its metadata's IMAGE_FIELD."""
+        """The RGB conditioning image of every prompt, from its metadata's IMAGE_FIELD
+        (FLF2V: a (first, last) pair, from a list of two there)."""
         if metadata is None or len(metadata) != len(prompts):
             got = "none" if metadata is None else f"{len(metadata)} entries"
             raise ValueError(
@@ -313,39 +324,50 @@ class WanI2VAdapter:
                     f' needs a conditioning image per prompt (jsonl rows {{"prompt": ...,'
                     f' "{IMAGE_FIELD}": "path/to/image.png"}})'
                 )
-            if isinstance(value, (list, tuple)):
+            n = len(value) if isinstance(value, (list, tuple)) else 1
+            if n != (2 if self.flf2v else 1):
+                want = "two: the first and the last frame (FLF2V)" if self.flf2v else (
+                    "one (the first frame)")  # fmt: skip
                 raise ValueError(
-                    f"prompt {i} ({p!r}): {IMAGE_FIELD!r} lists {len(value)} images; wan2-i2v"
-                    " conditions on one (the first frame)"
+                    f"prompt {i} ({p!r}): {IMAGE_FIELD!r} lists {n} image(s); this wan2-i2v"
+                    f" model conditions on {want}"
                 )
             try:
-                images.append(resolve_image(value, self.image_roots))
+                if self.flf2v:
+                    images.append(tuple(resolve_image(v, self.image_roots) for v in value))
+                else:
+                    images.append(resolve_image(value, self.image_roots))
             except (OSError, ValueError, TypeError) as e:
                 raise type(e)(f"prompt {i} ({p!r}): {e}") from None
         return images
 
     def encode_images(self, images: Sequence[Any], height: int, width: int) -> dict[str, Any]:
-        """RGB PIL images -> {"condition": float32[B, ...], "image_embeds": [B, S, D] | None}."""
+        """RGB PIL images (FLF2V: (first, last) pairs) -> {"condition": float32[B, ...],
+        "image_embeds": [B, S, D] (FLF2V: both images' S tokens, 2S) | None}."""
         if self.vae_params is None:
             raise ValueError("this wan2-i2v adapter has no VAE params; build it with .load(config)")
-        f = self.core.latent_frames
+        n, temporal = self.core.num_frames, self.core.vae_config.temporal_factor
         conds, embeds = [], []
-        for image in images:
-            pixels = video_condition_pixels(image, height, width)[None, None]  # [1, 1, H, W, 3]
-            if not self.expand_timesteps:  # the image, then zero frames
-                rest = np.zeros((1, self.core.num_frames - 1, height, width, 3), np.float32)
-                pixels = np.concatenate([pixels, rest], axis=1)
-            latents = _encode_fn(self.core)(self.vae_params, jnp.asarray(pixels))
+        for item in images:
+            pair = item if self.flf2v else (item,)
+            frames = [video_condition_pixels(im, height, width)[None] for im in pair]
+            if not self.expand_timesteps:  # the image, zero frames (, the last image)
+                gap = np.zeros((n - len(pair), height, width, 3), np.float32)
+                frames = [frames[0], gap, *frames[1:]]
+            latents = _encode_fn(self.core)(
+                self.vae_params, jnp.asarray(np.concatenate(frames))[None]
+            )
             if not self.expand_timesteps:
-                mask = np.broadcast_to(image_mask(f, self.core.vae_config.temporal_factor)[
-                    None, :, None, None, :], latents.shape[:-1] + (self.core.vae_config.temporal_factor,))  # fmt: skip
+                m = image_mask(n, temporal, last=self.flf2v)[None, :, None, None, :]
+                mask = np.broadcast_to(m, latents.shape[:-1] + (temporal,))
                 latents = jnp.concatenate([jnp.asarray(mask), latents], axis=-1)
             conds.append(latents)
             if self.config.has_image_attention:
                 from ffjax.models.clip.preprocess import preprocess_pil
 
-                pv = preprocess_pil(image, self.image_processor)[None]
-                embeds.append(_clip_fn(self.image_encoder[0])(self.image_encoder[1], pv))
+                pv = np.stack([preprocess_pil(im, self.image_processor) for im in pair])
+                states = _clip_fn(self.image_encoder[0])(self.image_encoder[1], pv)
+                embeds.append(states.reshape(1, -1, states.shape[-1]))  # [1, len(pair) S, D]
         out = {"condition": jnp.concatenate(conds), "image_embeds": None}
         if embeds:
             out["image_embeds"] = jnp.concatenate(embeds).astype(jnp.dtype(self.config.dtype))

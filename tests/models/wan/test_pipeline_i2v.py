@@ -24,11 +24,11 @@ from tests.models.flux.tiny import rel_err
 from tests.tiny_wan_i2v_pipeline import build_wan_i2v_pipeline
 
 FRAMES, STEPS = 5, 4
-SIZES = {"i2v": (16, 32), "ti2v": (32, 64)}  # VAE 4x / 16x, patch 2
+SIZES = {"i2v": (16, 32), "flf2v": (16, 32), "ti2v": (32, 64)}  # VAE 4x / 16x, patch 2
 PROMPTS = ["a photo of a cat", "an astronaut riding a horse on the moon"]
 # max_sequence_length of both sides: Diffusers' image cross-attention takes all but the
 # last 512 context tokens as the image's, so I2V needs 512; TI2V runs faster with 32.
-TEXT_LEN = {"i2v": 512, "ti2v": 32}
+TEXT_LEN = {"i2v": 512, "flf2v": 512, "ti2v": 32}
 
 
 def _images():
@@ -81,7 +81,7 @@ def _built(variant, tmp_path_factory) -> dict:
     return _BUILT[variant]
 
 
-@pytest.fixture(scope="module", params=["i2v", "ti2v"])
+@pytest.fixture(scope="module", params=["i2v", "flf2v", "ti2v"])
 def pipeline(request, tmp_path_factory):
     return request.param, _built(request.param, tmp_path_factory)
 
@@ -95,7 +95,7 @@ def _to_ours(a):  # (B, C, F, H, W) -> (B, F, H, W, C)
     return np.moveaxis(np.asarray(a), 1, -1)
 
 
-def _run_pipeline(pipe, noise, scale, h, w, text_len):
+def _run_pipeline(pipe, noise, scale, h, w, text_len, images):
     """Per row: frames in [0, 1], the last latents, [(x, sigma, v, v_conditional)] per
     step, and the pipeline's conditioning (prepare_latents' condition, encode_image's
     states). v_conditional: the conditional pass of the step's CFG pair (its first)."""
@@ -132,11 +132,12 @@ def _run_pipeline(pipe, noise, scale, h, w, text_len):
     pipe.scheduler.step, pipe.prepare_latents, pipe.encode_image = (
         recording_step, recording_prepare, recording_encode)  # fmt: skip
     try:
-        for i, (prompt, image) in enumerate(zip(PROMPTS, _images(), strict=True)):
+        for i, (prompt, pair) in enumerate(zip(PROMPTS, images, strict=True)):
             rows.append([])
+            extra = {"last_image": pair[1].convert("RGB")} if len(pair) > 1 else {}
             with torch.no_grad():
                 res = pipe(
-                    image=image.convert("RGB"), prompt=prompt, negative_prompt="",
+                    image=pair[0].convert("RGB"), **extra, prompt=prompt, negative_prompt="",
                     guidance_scale=scale, latents=noise[i : i + 1], height=h, width=w,
                     num_frames=FRAMES, num_inference_steps=STEPS, output_type="np",
                     callback_on_step_end=on_step_end, max_sequence_length=text_len,
@@ -166,16 +167,19 @@ def test_pipeline_parity(pipeline):
     shape = adapter.latent_shape(len(PROMPTS), h, w)
     noise = torch.randn(tuple(np.array(shape)[[0, 4, 1, 2, 3]]),
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
-    ref = _run_pipeline(pipe, noise, scale, h, w, TEXT_LEN[variant])
+    im = _images()
+    pairs = [(im[0], im[1]), (im[1], im[0])] if variant == "flf2v" else [(i,) for i in im]
+    ref = _run_pipeline(pipe, noise, scale, h, w, TEXT_LEN[variant], pairs)
     sigmas = adapter.sigmas(STEPS, h, w)
     np.testing.assert_allclose(sigmas, ref["sigmas"], rtol=1e-6)
 
-    metadata = [{IMAGE_FIELD: im} for im in _images()]
+    metadata = [{IMAGE_FIELD: list(p) if variant == "flf2v" else p[0]} for p in pairs]
     cond = adapter.encode_prompts(PROMPTS, h, w, metadata=metadata)
     conditional = adapter.conditional_only(cond)
     errs = {"condition": rel_err(cond.condition, _to_ours(ref["condition"]))}
-    if variant == "i2v":
-        errs["image_embeds"] = rel_err(cond.image_embeds, ref["image_embeds"])
+    if variant != "ti2v":  # FLF2V: the pipeline's [2B, S, D] is our [B, 2S, D]
+        errs["image_embeds"] = rel_err(cond.image_embeds, ref["image_embeds"].reshape(
+            cond.image_embeds.shape))  # fmt: skip
     else:
         assert cond.image_embeds is None and not ref["image_embeds"].size if ref[
             "image_embeds"] is not None else True  # fmt: skip
@@ -251,7 +255,9 @@ def test_images_from_jsonl_rows_and_bad_inputs(i2v, tmp_path):
         adapter.encode_prompts(
             PROMPTS[:1], h, w, metadata=[{"image": np.zeros((4, 4, 3), np.float32)}]
         )
-    with pytest.raises(ValueError, match="lists 2 images; wan2-i2v conditions on one"):
+    with pytest.raises(
+        ValueError, match=r"lists 2 image\(s\); this wan2-i2v model conditions on one"
+    ):
         adapter.encode_prompts(PROMPTS[:1], h, w, metadata=[{"image": ["a.png", "b.png"]}])
     with pytest.raises(ValueError, match="multiples of 8x8"):
         adapter.encode_prompts(PROMPTS, 12, 32, metadata=meta)
