@@ -493,9 +493,10 @@ def _programs(su: _Setup, ep: _Epoch) -> dict[str, Program]:
     decode = jax.jit(su.adapter.decode, static_argnums=(2, 3))  # as trainer.setup
     # The trainer decodes in chunks of sampling.batch_size, like the rollout.
     final = jax.ShapeDtypeStruct((chunk, *ep.final.shape[1:]), ep.final.dtype)
+    size = f"{m.height}x{m.width}"
+    what = f"{chunk} videos {m.num_frames}x{size}" if m.num_frames > 1 else f"{chunk} images {size}"
     out["decode"] = _compile(
-        "decode", f"{chunk} images {m.height}x{m.width}", options, decode,
-        su.weights["vae"], final, m.height, m.width,
+        "decode", what, options, decode, su.weights["vae"], final, m.height, m.width,
     )  # fmt: skip
     policy = trainer.make_policy(su.adapter, su.lora, trainer.cfg_in_train(c))
     loss_fn = su.spec.make_loss(c.algorithm, policy, dynamics=s.dynamics)
