@@ -1,0 +1,107 @@
+"""One process of the multi-process training test (tests/parallel/test_multiprocess.py).
+
+Trains the toy model (tests/toy_model.py) on a data=4 mesh twice: GRPO for 2 epochs
+with eval, image grids and a checkpoint every epoch; then NFT for 1 epoch rolled out
+in chunks with async rewards. Writes JSON to --out: this process's index, the prompts
+it encoded (per call) and both runs' metric rows. Run by the test in fresh processes,
+e.g. 2 processes of 2 fake CPU devices each:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu \\
+        python -m tests.parallel.multiprocess_train --num-processes 2 --process-id 0 \\
+        --port 12345 --workdir /tmp/run --out /tmp/out0.json
+
+or the 1-process reference with 4 devices (--num-processes 1 --port P: it initialises
+jax.distributed too, so its collectives also run through Gloo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import jax
+
+from tests.toy_model import ToyAdapter
+
+
+class CountingAdapter(ToyAdapter):
+    """The toy adapter, recording every prompt it encodes (a class attribute: one
+    adapter per process)."""
+
+    encoded: list[list[str]] = []
+
+    def encode_prompts(self, prompts, height, width):
+        CountingAdapter.encoded.append(list(prompts))
+        return super().encode_prompts(prompts, height, width)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--num-processes", type=int, required=True)
+    p.add_argument("--process-id", type=int, default=0)
+    p.add_argument("--port", type=int, default=0, help="coordinator port; 0: no jax.distributed")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    if args.port:  # also for one process: its collectives then run through Gloo too
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{args.port}",
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+            initialization_timeout=120,
+        )
+    from ffjax import configs, trainer
+    from tests.parallel import multiprocess_train as counting  # the module, not __main__
+    from tests.toy_model import toy_config
+
+    workdir = Path(args.workdir)
+    # Each process writes its own copy of the prompt file (same text): no write race.
+    data = workdir.parent / f"data_{args.num_processes}_{args.process_id}"
+    data.mkdir(parents=True, exist_ok=True)
+    c = toy_config(data)
+    c.model.name = "tests.parallel.multiprocess_train:CountingAdapter"
+    c.mesh.data = 4
+    c.train.eval_every = 2
+    c.checkpoint.every_epochs = 1
+    c.logging.image_grid_every = 1
+    history = trainer.train(configs.validate(c), workdir, progress=False)
+    encoded = list(counting.CountingAdapter.encoded)
+
+    # Rollout chunks (8 rows: sampling.batch_size rows of every process) scored while
+    # the next is sampled. ODE sampling (NFT), so no rollout noise depends on which
+    # rows share a chunk: equal to one process with batch_size 8.
+    c = toy_config(data, "nft")
+    c.mesh.data = 4
+    c.sampling.noise_level = 0.0
+    c.algorithm.num_train_timesteps = 2
+    c.train.num_epochs = 1
+    c.sampling.batch_size = 8 // jax.process_count()
+    c.train.async_rewards = True
+    chunked = trainer.train(
+        configs.validate(c), workdir.with_name(workdir.name + "_chunked"), progress=False
+    )
+    out = {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "local_devices": jax.local_device_count(),
+        "devices": jax.device_count(),
+        "encoded": encoded,
+        "history": _numbers(history),
+        "chunked": _numbers(chunked),
+    }
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f)
+    os.replace(tmp, args.out)
+
+
+def _numbers(history: list[dict]) -> list[dict]:
+    """Metric rows without the timings (which differ from run to run)."""
+    skip = lambda k: k.startswith("time/") or k == "samples_per_s"
+    return [{k: v for k, v in r.items() if not skip(k)} for r in history]
+
+
+if __name__ == "__main__":
+    main()
