@@ -19,7 +19,9 @@ import torch
 from PIL import Image
 
 from ffjax import configs, registry
+from ffjax.models.wan import call_like_diffusers
 from ffjax.models.wan.adapter_i2v import IMAGE_FIELD, WanI2VAdapter, image_roots
+from ffjax.models.wan.vae import from_transformer_space
 from tests.models.flux.tiny import rel_err
 from tests.tiny_wan_i2v_pipeline import build_wan_i2v_pipeline
 
@@ -60,7 +62,10 @@ def _no_ftfy():
     # T2V one skips it, as ffjax does): the same cleaning without ftfy.
     clean = pipeline_wan_i2v.basic_clean
     pipeline_wan_i2v.basic_clean = lambda t: html.unescape(html.unescape(t)).strip()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: threads only contend with XLA's
     yield
+    torch.set_num_threads(threads)
     pipeline_wan_i2v.basic_clean = clean
 
 
@@ -76,7 +81,6 @@ def _built(variant, tmp_path_factory) -> dict:
         _BUILT[variant] = dict(
             pipe=pipe, path=path, adapter=adapter, weights=weights,
             velocity=jax.jit(adapter.velocity), prepare=jax.jit(adapter.prepare_cond),
-            decode=jax.jit(adapter.decode_latents, static_argnums=(2, 3)),
         )  # fmt: skip
     return _BUILT[variant]
 
@@ -211,7 +215,10 @@ def test_pipeline_parity(pipeline):
     x = adapter.finish_latents(x, cond)
     errs["latents"] = rel_err(x[:, sl], _to_ours(ref["latents"])[:, sl])
 
-    video = np.asarray(b["decode"](weights["vae"], x, h, w))
+    # Decoded through the VAE seam (compiled without LLVM optimisation: same numerics,
+    # a third of the compile time); `decode` itself runs in tests/test_trainer_wan_i2v.py.
+    z = np.moveaxis(np.asarray(from_transformer_space(x, adapter.core.vae_config)), -1, 1)
+    video = _to_ours(call_like_diffusers("vae_decode", adapter.core.vae, weights["vae"], z=z))
     assert video.shape == (2, FRAMES, h, w, 3)
     errs["video"] = float(np.abs(np.clip(video / 2 + 0.5, 0, 1) - ref["frames"]).max())
     print(variant, {k: f"{v:.1e}" for k, v in errs.items()})
