@@ -29,10 +29,10 @@ and frame 0 no longer adds policy-dependent terms to log-probs or NFT / AWM loss
 (it cannot change the reward). Frames >= 1 match the pipeline step for step.
 
 The conditioning image of each prompt comes from its metadata: the `IMAGE_FIELD`
-("image") of a Flow-Factory jsonl row (a one-element list is taken as its image), a path, absolute or relative to
-`config.data.image_dir` (default: the data folder's `images/`, Flow-Factory's default,
-then the data folder itself); a PIL image or uint8[H, W, 3] array in the metadata is
-used as it is. Images are converted to RGB (as Flow-Factory loads them) and resized to
+("image") of a Flow-Factory jsonl row (a one-element list counts as its image), a path,
+absolute or relative to `config.data.image_dir` (default: the data folder's `images/`,
+Flow-Factory's default, then the data folder itself); a PIL image or uint8[H, W, 3]
+array in the metadata is used as it is. Images are converted to RGB (as Flow-Factory loads them) and resized to
 H x W with Pillow's Lanczos filter, exactly `video_processor.preprocess(image, H, W)`
 (a plain resize: the aspect ratio is not kept, nothing is cropped); the CLIP encoder
 gets the RGB image at its own size, as the pipeline's `image_processor` does.
@@ -219,11 +219,12 @@ class WanI2VAdapter:
 
     # ----------------------------------------------------------------- loading
 
-    @classmethod
-    def _parts(cls, path: str) -> dict[str, Any]:
+    @staticmethod
+    def _has_image_encoder(path: str) -> bool:
+        """Whether the folder's model_index.json lists an `image_encoder` (Wan 2.1)."""
         with open(os.path.join(path, "model_index.json")) as f:
-            index = json.load(f)
-        return {k: index.get(k) and index[k][0] is not None for k in ("image_encoder",)}
+            entry = json.load(f).get("image_encoder")
+        return bool(entry) and entry[0] is not None
 
     @classmethod
     def load(cls, config: Any) -> tuple[WanI2VAdapter, dict[str, Any]]:
@@ -247,7 +248,7 @@ class WanI2VAdapter:
         path = path or config.model.path
         dtype = dtype or config.model.dtype
         encoder = processor = None
-        if cls._parts(path)["image_encoder"]:
+        if cls._has_image_encoder(path):
             encoder = load_clip_vision(os.path.join(path, "image_encoder"), dtype=dtype)
             processor = CLIPImageProcessorConfig.from_pretrained(
                 os.path.join(path, "image_processor")
@@ -260,7 +261,7 @@ class WanI2VAdapter:
         """`load` from config.json files alone (for `--dry_run`)."""
         core, weights = WanT2VAdapter.abstract_load(config, pipelines=_PIPELINES)
         encoder = None
-        if cls._parts(config.model.path)["image_encoder"]:
+        if cls._has_image_encoder(config.model.path):
             encoder = _abstract_image_encoder(config)  # (module, params as shapes)
         return cls(core, encoder, None, None, image_roots(config)), weights
 
@@ -268,7 +269,7 @@ class WanI2VAdapter:
     def abstract_text_encoders(cls, config: Any) -> dict[str, Any]:
         """The UMT5 encoder (and the CLIP image encoder) as `jax.ShapeDtypeStruct`s."""
         out = WanT2VAdapter.abstract_text_encoders(config)
-        if cls._parts(config.model.path)["image_encoder"]:
+        if cls._has_image_encoder(config.model.path):
             out["image_encoder (CLIP vision)"] = _abstract_image_encoder(config)[1]
         return out
 
