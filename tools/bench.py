@@ -6,9 +6,11 @@
         --remat full                                           # GPU: FLUX.1-dev dims, MFU
     python tools/bench.py --family qwen_image --size tiny      # Qwen-Image transformer
     python tools/bench.py --family wan --size tiny             # WAN 2.1 step, kv= step, VAE
-    python tools/bench.py --family wan --size dev --video 5 64 64 --vae-frames 9 17 \
-        --layers 8                                             # Wan2.1-1.3B width, on CPU
-    python tools/bench.py --family wan --size dev --device gpu --dtype bfloat16  # GPU
+    python tools/bench.py --family wan --size dev --video 5 64 64 --vae-frames  # 1.3B, CPU
+    python tools/bench.py --family wan --size dev --device gpu --dtype bfloat16 \
+        --attention cudnn                                      # GPU: 1.3B, 81x480x832, MFU
+    python tools/bench.py --family wan --size dev --compile-only --no-torch --layers 1 \
+        --vae-frames 17 81                                     # Wan 2.1 VAE memory, 480x832
 
 Times, in one process on one machine: (1) a transformer forward, (2) an N-step Euler
 rollout (the sampler's inner loop), (3) forward + backward of a mean-square loss
@@ -24,7 +26,8 @@ WAN measures other rows (`build_wan`): a denoising step with and without the
 cross-attention K/V precomputed (`kv=`, the rollout path), `context_kv`, and VAE
 decodes at two frame counts with their compiled memory (`memory_analysis()`); its dev
 size is the Wan2.1-T2V-1.3B shape with weights copied from PyTorch, so `--layers`,
-`--video` and `--vae-frames` shrink it for a CPU. `--device gpu` runs on CUDA.
+`--video` and `--vae-frames` shrink it for a CPU; `--compile-only` compiles every row
+and prints the compiled memory without running anything. `--device gpu` runs on CUDA.
 """
 
 from __future__ import annotations
@@ -390,12 +393,16 @@ def _compiled(fn, *args) -> tuple[Callable[[], object], dict]:
     computed on that first use too (so its compile is not counted in another row)."""
     held = {}
 
-    def call():
+    def compile():
         if "exe" not in held:
             held["args"] = [a() if isinstance(a, _Lazy) else a for a in args]
             held["exe"] = jax.jit(fn).lower(*held["args"]).compile()
-        return held["exe"](*held["args"])
+        return held["exe"]
 
+    def call():
+        return compile()(*held["args"])
+
+    call.compile = compile  # for --compile-only
     return call, held
 
 
@@ -662,12 +669,16 @@ def main(argv=None) -> int:
                    help="wan: decode frame counts (1 + 4k); none given: no VAE rows")  # fmt: skip
     p.add_argument("--layers", type=int, help="wan: transformer blocks instead of the size's")
     p.add_argument("--text-len", type=int, help="wan: text tokens instead of the size's")
+    p.add_argument("--compile-only", action="store_true",
+                   help="wan: compile each row and print compiled memory; run nothing")  # fmt: skip
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
                    help="JAX platform (and torch device); auto: JAX's default")  # fmt: skip
     args = p.parse_args(argv)
     wan_only = dict(video=args.video, vae_frames=args.vae_frames, layers=args.layers,
                     text_len=args.text_len)  # fmt: skip
     given = [k for k, v in wan_only.items() if v is not None]
+    if args.compile_only:
+        given.append("compile_only")
     if args.family != "wan" and given:
         p.error(f"--{given[0].replace('_', '-')} is for --family wan only")
     if args.device != "auto":
@@ -690,6 +701,15 @@ def main(argv=None) -> int:
     print(f"# {case.description}")
     print(f"# device: {device.device_kind} ({jax.default_backend()}), {os.cpu_count()} CPU cores; "
           f"torch threads {torch.get_num_threads()}; jax {jax.__version__}, flax {flax.__version__}, torch {torch.__version__}, diffusers {diffusers.__version__}")  # fmt: skip
+    if args.compile_only:
+        print("\n| compile | seconds |\n|---|---|")
+        for name, jfn, _, _ in case.rows or []:
+            t0 = time.perf_counter()
+            jfn.compile()
+            print(f"| {name} | {time.perf_counter() - t0:.2f} |")
+        notes = case.notes() if case.notes else []
+        print("\n" + "\n".join(notes) if notes else "")
+        return 0
     print("\n| measurement | ffjax compile+1st (s) | ffjax (ms) | PyTorch (ms) | PyTorch / ffjax |")
     print("|---|---|---|---|---|")
     results, torch_ms = {}, {}
