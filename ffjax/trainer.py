@@ -28,6 +28,14 @@ the shardings of their logical axes (`ffjax.parallel.sharding`); rollout noise a
 conditioning, and every training micro-batch, are sharded by rows over (data, fsdp).
 The train step's output state has the shardings of its (donated) input state.
 
+Multi-process (`ffjax.parallel.rows`): each process holds the rows on its devices,
+whole prompt groups, and encodes, draws noise for, rolls out, decodes and scores only
+those; the scores are gathered, so every process computes the same (group-normalised)
+advantages and the run is the 1-process run's. `sampling.batch_size` is per process
+(a chunk takes that many rows of every process). Reward models with `place` run on
+the process's devices. Process 0 writes metrics and grids (of gathered images);
+every process writes its shards of each checkpoint.
+
 Training rows. A "sde_steps" algorithm trains on one row per (sample, recorded SDE
 step), a "final" algorithm on one row per (sample, training sigma); rows of samples
 whose reward is NaN are dropped. Each inner epoch visits the valid rows in a fresh
@@ -321,8 +329,8 @@ def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
     mesh = make_mesh(config.mesh, devices)
     _check_row_blocks(config, mesh)
     for reward, _ in [*rewards.values(), *eval_rewards.values()]:
-        if hasattr(reward, "place"):  # reward models run on the mesh beside the generator
-            reward.place(mesh)
+        if hasattr(reward, "place"):  # reward models run on the mesh beside the generator,
+            reward.place(rows_lib.local_mesh(mesh))  # this process's part: they see its rows
     specs = adapter.logical_specs() if hasattr(adapter, "logical_specs") else {}
     weights = {
         k: jax.device_put(w, sharding_lib.logical_shardings(w, specs.get(k), mesh))

@@ -118,6 +118,15 @@ def row_blocks(mesh: jax.sharding.Mesh, n: int) -> RowBlocks:
     return RowBlocks(n, count, of_process[jax.process_index()], tuple(of_process))
 
 
+def local_mesh(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+    """This process's devices of `mesh`, same axes and types (`mesh` itself for one
+    process): where host-local work such as a reward model on its rows runs."""
+    if jax.process_count() == 1:
+        return mesh
+    local = mesh.local_mesh
+    return jax.sharding.Mesh(local.devices, local.axis_names, axis_types=mesh.axis_types)
+
+
 def put_rows(tree: Any, mesh: jax.sharding.Mesh, blocks: RowBlocks) -> Any:
     """Global arrays of `blocks.n` rows, sharded over (data, fsdp), from this process's
     block (every leaf: `blocks.size` rows). One process: `jax.device_put`."""

@@ -1,10 +1,11 @@
 """One process of the multi-process training test (tests/parallel/test_multiprocess.py).
 
 Trains the toy model (tests/toy_model.py) on a data=4 mesh twice: GRPO for 2 epochs
-with eval, image grids and a checkpoint every epoch; then NFT for 1 epoch rolled out
-in chunks with async rewards. Writes JSON to --out: this process's index, the prompts
-it encoded (per call) and both runs' metric rows. Run by the test in fresh processes,
-e.g. 2 processes of 2 fake CPU devices each:
+with eval, image grids, a checkpoint every epoch and a reward model run on the mesh
+(the process's part of it); then NFT for 1 epoch rolled out in chunks with async
+rewards. Writes JSON to --out: this process's index, the prompts it encoded (per
+call) and both runs' metric rows. Run by the test in fresh processes, e.g. 2
+processes of 2 fake CPU devices each:
 
     XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu \\
         python -m tests.parallel.multiprocess_train --num-processes 2 --process-id 0 \\
@@ -22,6 +23,7 @@ import os
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from tests.toy_model import ToyAdapter
 
@@ -35,6 +37,29 @@ class CountingAdapter(ToyAdapter):
     def encode_prompts(self, prompts, height, width):
         CountingAdapter.encoded.append(list(prompts))
         return super().encode_prompts(prompts, height, width)
+
+
+class MeshBrightness:
+    """Brightness computed on the mesh `place` gives it, rows split over (data, fsdp),
+    as the CLIP-family rewards run (`_CLIPReward.place`): on this process's devices."""
+
+    kind = "pointwise"
+    name = "mesh_brightness"
+    mesh = None
+
+    def place(self, mesh) -> None:
+        self.mesh = mesh
+
+    def __call__(self, samples):
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from ffjax.parallel.sharding import BATCH_AXES
+
+        assert {d.process_index for d in self.mesh.devices.flat} == {jax.process_index()}
+        images = jax.device_put(samples.images, NamedSharding(self.mesh, PartitionSpec(BATCH_AXES)))
+        return np.asarray(
+            jax.jit(lambda x: x.astype(np.float32).mean(axis=(1, 2, 3)) / 255)(images)
+        )
 
 
 def main() -> None:
@@ -66,6 +91,7 @@ def main() -> None:
     c.train.eval_every = 2
     c.checkpoint.every_epochs = 1
     c.logging.image_grid_every = 1
+    configs.add_reward(c, "placed", name="tests.parallel.multiprocess_train:MeshBrightness")
     history = trainer.train(configs.validate(c), workdir, progress=False)
     encoded = list(counting.CountingAdapter.encoded)
 
