@@ -26,11 +26,16 @@ from tests.models.flux.tiny import rel_err
 from tests.tiny_wan_i2v_pipeline import build_wan_i2v_pipeline
 
 FRAMES, STEPS = 5, 4
-SIZES = {"i2v": (16, 32), "flf2v": (16, 32), "ti2v": (32, 64)}  # VAE 4x / 16x, patch 2
+SIZES = {
+    "i2v": (16, 32),
+    "flf2v": (16, 32),
+    "a14b": (16, 32),
+    "ti2v": (32, 64),
+}  # VAE 4x / 16x, patch 2
 PROMPTS = ["a photo of a cat", "an astronaut riding a horse on the moon"]
 # max_sequence_length of both sides: Diffusers' image cross-attention takes all but the
 # last 512 context tokens as the image's, so I2V needs 512; TI2V runs faster with 32.
-TEXT_LEN = {"i2v": 512, "flf2v": 512, "ti2v": 32}
+TEXT_LEN = {"i2v": 512, "flf2v": 512, "a14b": 32, "ti2v": 32}
 
 
 def _images():
@@ -85,7 +90,7 @@ def _built(variant, tmp_path_factory) -> dict:
     return _BUILT[variant]
 
 
-@pytest.fixture(scope="module", params=["i2v", "flf2v", "ti2v"])
+@pytest.fixture(scope="module", params=["i2v", "flf2v", "a14b", "ti2v"])
 def pipeline(request, tmp_path_factory):
     return request.param, _built(request.param, tmp_path_factory)
 
@@ -114,9 +119,10 @@ def _run_pipeline(pipe, noise, scale, h, w, text_len, images):
         return step(model_output, timestep, sample, **kw)
 
     calls = []
-    hook = pipe.transformer.register_forward_hook(
-        lambda _m, _a, o: calls.append(o[0].numpy().copy())
-    )
+    hooks = [
+        m.register_forward_hook(lambda _m, _a, o: calls.append(o[0].numpy().copy()))
+        for m in (pipe.transformer, pipe.transformer_2) if m is not None
+    ]  # fmt: skip
 
     def recording_prepare(*a, **kw):
         res = prepare(*a, **kw)
@@ -150,7 +156,8 @@ def _run_pipeline(pipe, noise, scale, h, w, text_len, images):
             out["latents"].append(last["latents"])
     finally:
         del pipe.scheduler.step, pipe.prepare_latents, pipe.encode_image
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     cat = lambda k: np.concatenate(out[k]) if out[k] else None
     steps = [tuple(np.concatenate([r[j][k] for r in rows]) if k != 1 else rows[0][j][1]
                    for k in range(4)) for j in range(STEPS)]  # fmt: skip
@@ -168,6 +175,7 @@ def test_pipeline_parity(pipeline):
     h, w = SIZES[variant]
     assert isinstance(adapter, WanI2VAdapter) and adapter.do_cfg
     assert adapter.expand_timesteps == (variant == "ti2v")
+    assert adapter.core.two_experts == (variant == "a14b")
     shape = adapter.latent_shape(len(PROMPTS), h, w)
     noise = torch.randn(tuple(np.array(shape)[[0, 4, 1, 2, 3]]),
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
@@ -176,17 +184,19 @@ def test_pipeline_parity(pipeline):
     ref = _run_pipeline(pipe, noise, scale, h, w, TEXT_LEN[variant], pairs)
     sigmas = adapter.sigmas(STEPS, h, w)
     np.testing.assert_allclose(sigmas, ref["sigmas"], rtol=1e-6)
+    if variant == "a14b":  # the steps use both experts
+        high = np.asarray(sigmas[:-1], np.float32) * 1000 >= adapter.core.boundary_timestep()
+        assert high.any() and not high.all(), sigmas
 
     metadata = [{IMAGE_FIELD: list(p) if variant == "flf2v" else p[0]} for p in pairs]
     cond = adapter.encode_prompts(PROMPTS, h, w, metadata=metadata)
     conditional = adapter.conditional_only(cond)
     errs = {"condition": rel_err(cond.condition, _to_ours(ref["condition"]))}
-    if variant != "ti2v":  # FLF2V: the pipeline's [2B, S, D] is our [B, 2S, D]
+    if variant in ("i2v", "flf2v"):  # FLF2V: the pipeline's [2B, S, D] is our [B, 2S, D]
         errs["image_embeds"] = rel_err(cond.image_embeds, ref["image_embeds"].reshape(
             cond.image_embeds.shape))  # fmt: skip
-    else:
-        assert cond.image_embeds is None and not ref["image_embeds"].size if ref[
-            "image_embeds"] is not None else True  # fmt: skip
+    else:  # no image attention: neither side encodes the image with CLIP
+        assert cond.image_embeds is None and ref["image_embeds"] is None
 
     variables = {"params": weights["transformer"]}
     errs["v"] = errs["v_no_cfg"] = 0.0
