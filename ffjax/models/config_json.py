@@ -31,7 +31,12 @@ def read_config(path_or_dict: str | os.PathLike | dict[str, Any]) -> dict[str, A
 
 
 def build_config(
-    cls, config: dict[str, Any], class_name: str, overrides: dict[str, Any], what: str = ""
+    cls,
+    config: dict[str, Any],
+    class_name: str,
+    overrides: dict[str, Any],
+    what: str = "",
+    keys: dict[str, tuple[str, ...]] | None = None,
 ):
     """`cls(**config, **overrides)`, validated (`cls.validate()`).
 
@@ -41,6 +46,9 @@ def build_config(
       class_name: the `_class_name` the folder must have (another family fails here).
       overrides: runtime fields (dtype, remat, ...) to set.
       what: a description for the wrong-class message, e.g. "Qwen-Image VAE".
+      keys: the config.json keys `cls` takes, each with the fields it sets (default:
+        every field, named as itself); for a Diffusers class that spells a field of a
+        shared dataclass its own way (`AutoencoderKLQwenImage.input_channels`).
 
     Lists become tuples (the dataclasses are hashable: they are static jit arguments).
     """
@@ -48,13 +56,13 @@ def build_config(
     if got != class_name:
         hint = f" (not a {what} folder)" if what else ""
         raise ConfigError(f"config.json _class_name is {got!r}, expected {class_name!r}{hint}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
-    unknown = sorted(set(kwargs) - fields)
+    if keys is None:
+        keys = {f.name: (f.name,) for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in config.items() if not k.startswith("_")}
+    unknown = sorted(set(given) - set(keys))
     if unknown:
-        raise ConfigError(
-            f"{class_name} config has unknown keys {unknown}; known: {sorted(fields)}"
-        )
+        raise ConfigError(f"{class_name} config has unknown keys {unknown}; known: {sorted(keys)}")
+    kwargs = {f: v for k, v in given.items() for f in keys[k]}
     kwargs.update(overrides)
     for k, v in kwargs.items():
         if isinstance(v, list):

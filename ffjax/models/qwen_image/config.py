@@ -2,9 +2,9 @@
 
 `QwenImageTransformerConfig` mirrors `QwenImageTransformer2DModel`'s config (the 20B
 Qwen-Image, or any size, tiny included) plus ffjax runtime fields (dtypes, remat,
-attention kernel). `QwenImageVAEConfig` mirrors `AutoencoderKLQwenImage`. Unknown keys,
-impossible values and Diffusers options this port does not implement (the Edit /
-Layered variants' switches) are errors that name the key.
+attention kernel). `QwenImageVAEConfig` mirrors `AutoencoderKLQwenImage`, as the Wan 2.1
+`WanVAEConfig` it is. Unknown keys, impossible values and Diffusers options this port
+does not implement (the Edit / Layered variants' switches) are errors that name the key.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from ffjax.models.config_json import build_config
 from ffjax.models.config_json import check as _check
 from ffjax.models.config_json import read_config as read_config
 from ffjax.models.layers import ATTENTION_IMPLEMENTATIONS
+from ffjax.models.wan.config import WanVAEConfig
 
 REMAT_POLICIES = ("none", "full", "save_dots")
 _DTYPES = ("float32", "bfloat16", "float16")
 _RUNTIME = ("dtype", "param_dtype", "remat", "attention")
+_VAE_RUNTIME = ("dtype", "param_dtype")
 
 TRANSFORMER_CLASS = "QwenImageTransformer2DModel"
 VAE_CLASS = "AutoencoderKLQwenImage"
@@ -115,67 +117,61 @@ class QwenImageTransformerConfig:
                f"one of {ATTENTION_IMPLEMENTATIONS}")  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
-class QwenImageVAEConfig:
-    """`AutoencoderKLQwenImage` hyper-parameters (Diffusers names) + dtypes.
+# AutoencoderKLQwenImage's config.json keys (+ the runtime dtypes), each with the
+# WanVAEConfig fields it sets: its one pixel-channel count is both ends of the VAE.
+_VAE_KEYS = {
+    **{k: (k,) for k in ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "attn_scales",
+                         "temperal_downsample", "dropout")},
+    "input_channels": ("in_channels", "out_channels"),
+    **{k: (k,) for k in ("latents_mean", "latents_std", "dtype", "param_dtype")},
+}  # fmt: skip
 
-    The Qwen-Image VAE is the WAN 2.1 video VAE fine-tuned: causal 3-D convolutions,
-    8x spatial compression; ffjax runs it on single frames (images), where only the last
-    temporal slice of each causal kernel touches data.
+
+@dataclasses.dataclass(frozen=True)
+class QwenImageVAEConfig(WanVAEConfig):
+    """`AutoencoderKLQwenImage` hyper-parameters: a `WanVAEConfig` of the Wan 2.1 layout.
+
+    Diffusers' `AutoencoderKLQwenImage` is `AutoencoderKLWan` (Wan 2.1: causal 3-D
+    convolutions, 8x spatial compression, 16 latents, the same latent statistics)
+    fine-tuned for images, so ffjax runs it with the WAN VAE (`QwenImageVAE`, an image
+    is one frame). Its config.json has its own class name, spells the pixel channels
+    `input_channels` (encoder in = decoder out) and has none of Wan 2.2's keys, whose
+    fields keep their Wan 2.1 values (validated).
     """
 
-    base_dim: int = 96
-    z_dim: int = 16
-    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
-    num_res_blocks: int = 2
-    attn_scales: tuple[float, ...] = ()
-    temperal_downsample: tuple[bool, ...] = (False, True, True)  # Diffusers' spelling
-    dropout: float = 0.0  # inference only: dropout is the identity
-    input_channels: int = 3
-    latents_mean: tuple[float, ...] = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653,
-                                       -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632,
-                                       -0.1922, -0.9497, 0.2503, -0.2921)  # fmt: skip
-    latents_std: tuple[float, ...] = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052,
-                                      2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253,
-                                      2.8251, 1.9160)  # fmt: skip
-    # ffjax runtime fields.
-    dtype: str = "float32"
-    param_dtype: str = "float32"
+    # Not in AutoencoderKLQwenImage's config: nothing to check against the layout.
+    scale_factor_temporal: int | None = None
+    scale_factor_spatial: int | None = None
 
     @classmethod
     def from_diffusers(
         cls, config: str | os.PathLike | dict[str, Any], **overrides
     ) -> QwenImageVAEConfig:
         """From a VAE `config.json` (path, folder or dict); `overrides` set runtime fields."""
-        return build_config(cls, read_config(config), VAE_CLASS, overrides, "Qwen-Image VAE")
+        return build_config(
+            cls, read_config(config), VAE_CLASS, overrides, "Qwen-Image VAE", keys=_VAE_KEYS
+        )
 
     def to_diffusers(self) -> dict[str, Any]:
         """The Diffusers config dict (runtime fields dropped)."""
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        d.pop("dtype")
-        d.pop("param_dtype")
-        return {"_class_name": VAE_CLASS, **d}
+        d = {k: getattr(self, f[0]) for k, f in _VAE_KEYS.items() if k not in _VAE_RUNTIME}
+        return {"_class_name": VAE_CLASS,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}}  # fmt: skip
+
+    @property
+    def input_channels(self) -> int:
+        """Pixel channels (`AutoencoderKLQwenImage`'s name; in_channels = out_channels)."""
+        return self.in_channels
 
     @property
     def downsample_factor(self) -> int:
         """Pixels per latent along height / width (8 for Qwen-Image)."""
-        return 2 ** (len(self.dim_mult) - 1)
+        return self.spatial_factor
 
     def validate(self) -> None:
-        _positive_ints(self, ("base_dim", "z_dim", "num_res_blocks", "input_channels"))
-        n = len(self.dim_mult)
-        _check(n >= 1 and all(isinstance(m, int) and m > 0 for m in self.dim_mult), "dim_mult",
-               self.dim_mult, "a non-empty list of positive ints")  # fmt: skip
-        # Diffusers builds encoder attention blocks for attn_scales but cannot run them
-        # (its encode passes them the frame cache, which they do not take): refuse.
-        _check(self.attn_scales == (), "attn_scales", self.attn_scales,
-               "[] (Diffusers' AutoencoderKLQwenImage cannot run encoder attention blocks)")  # fmt: skip
-        _check(len(self.temperal_downsample) == n - 1, "temperal_downsample",
-               self.temperal_downsample, f"{n - 1} bools (one per downsampling stage)")  # fmt: skip
-        for key in ("latents_mean", "latents_std"):
+        super().validate()
+        # The fields AutoencoderKLQwenImage cannot set must keep their Wan 2.1 values.
+        for key, want in (("is_residual", False), ("patch_size", None),
+                          ("decoder_base_dim", None), ("out_channels", self.in_channels)):  # fmt: skip
             v = getattr(self, key)
-            _check(len(v) == self.z_dim, key, v, f"{self.z_dim} floats (z_dim)")
-        _check(all(s > 0 for s in self.latents_std), "latents_std", self.latents_std, "> 0")
-        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "in [0, 1)")
-        _check(self.dtype in _DTYPES, "dtype", self.dtype, f"one of {_DTYPES}")
-        _check(self.param_dtype in _DTYPES, "param_dtype", self.param_dtype, f"one of {_DTYPES}")
+            _check(v == want, key, v, f"{want!r} (AutoencoderKLQwenImage is the Wan 2.1 layout)")

@@ -4,8 +4,8 @@ Each table row is `Rule(ours, theirs, transform, layers)` (see `ffjax.models.wei
 `dense` / `norm` expand to the kernel + bias rows of one layer. `layers=N` stacks
 Diffusers' per-block tensors `transformer_blocks.{i}...` into our scanned `(N, ...)`
 arrays. Read the table top to bottom next to Diffusers' `QwenImageTransformer2DModel`:
-the order follows its forward pass. The VAE table follows `AutoencoderKLQwenImage`'s
-module tree (encoder down blocks are one flat list there, so their indices are too).
+the order follows its forward pass. The VAE table is the WAN 2.1 one (`AutoencoderKLQwenImage`
+has `AutoencoderKLWan`'s module tree).
 """
 
 from __future__ import annotations
@@ -23,15 +23,13 @@ from ffjax.models.qwen_image.config import (
 )
 from ffjax.models.qwen_image.transformer import QwenImageTransformer
 from ffjax.models.qwen_image.transformer import init_shapes as transformer_init_shapes
-from ffjax.models.qwen_image.vae import QwenImageVAE, decoder_layout, encoder_layout
+from ffjax.models.qwen_image.vae import QwenImageVAE
 from ffjax.models.qwen_image.vae import init_shapes as vae_init_shapes
+from ffjax.models.wan.convert import vae_rules as wan_vae_rules
 from ffjax.models.weights import (
-    IDENTITY,
     CheckpointFormatError,
     Rule,
     TensorSource,
-    Transform,
-    conv,
     dense,
     dtype_overrides,
     export_params,
@@ -40,7 +38,6 @@ from ffjax.models.weights import (
     norm,
     open_diffusers,
     save_sharded,
-    transpose,
 )
 
 WEIGHTS_PREFIX = "diffusion_pytorch_model"  # Diffusers' weight file name stem
@@ -82,82 +79,14 @@ def transformer_rules(config: QwenImageTransformerConfig) -> list[Rule]:
 
 # --------------------------------------------------------------------------- VAE
 
-CONV3D = transpose((2, 3, 4, 1, 0))  # torch Conv3d (out, in, kt, kh, kw) -> (kt, kh, kw, in, out)
-
-
-def _gamma(trailing: int) -> Transform:
-    """`QwenImageRMS_norm.gamma` (C, 1, ..., 1) <-> our scale (C,)."""
-    ones = (1,) * trailing
-    return Transform(
-        f"gamma(C{', 1' * trailing})",
-        lambda a: a.reshape(a.shape[0]),
-        lambda a: a.reshape(a.shape[0], *ones),
-        lambda s: (s[0],),
-        lambda s: (s[0], *ones),
-    )
-
-
-def _conv3d(ours: str, theirs: str) -> list[Rule]:
-    return [Rule(f"{ours}/kernel", f"{theirs}.weight", CONV3D),
-            Rule(f"{ours}/bias", f"{theirs}.bias", IDENTITY)]  # fmt: skip
-
-
-def _rms(ours: str, theirs: str, images: bool = False) -> list[Rule]:
-    # gamma is (C, 1, 1) in attention blocks ("images") and (C, 1, 1, 1) elsewhere.
-    return [Rule(f"{ours}/scale", f"{theirs}.gamma", _gamma(2 if images else 3))]
-
-
-def _resnet(ours: str, theirs: str, shortcut: bool) -> list[Rule]:
-    rules = [*_rms(f"{ours}/norm1", f"{theirs}.norm1"), *_conv3d(f"{ours}/conv1", f"{theirs}.conv1"),
-             *_rms(f"{ours}/norm2", f"{theirs}.norm2"), *_conv3d(f"{ours}/conv2", f"{theirs}.conv2")]  # fmt: skip
-    return rules + (_conv3d(f"{ours}/conv_shortcut", f"{theirs}.conv_shortcut") if shortcut else [])
-
-
-def _attention(ours: str, theirs: str) -> list[Rule]:
-    return [*_rms(f"{ours}/norm", f"{theirs}.norm", images=True),
-            *conv(f"{ours}/to_qkv", f"{theirs}.to_qkv"), *conv(f"{ours}/proj", f"{theirs}.proj")]  # fmt: skip
-
-
-def _resample(ours: str, theirs: str, mode: str) -> list[Rule]:
-    rules = conv(f"{ours}/resample", f"{theirs}.resample.1")  # Sequential(pad | upsample, conv)
-    return rules + (
-        _conv3d(f"{ours}/time_conv", f"{theirs}.time_conv") if mode.endswith("3d") else []
-    )
-
-
-def _mid(ours: str, theirs: str) -> list[Rule]:
-    return [*_resnet(f"{ours}/resnets_0", f"{theirs}.resnets.0", False),
-            *_attention(f"{ours}/attentions_0", f"{theirs}.attentions.0"),
-            *_resnet(f"{ours}/resnets_1", f"{theirs}.resnets.1", False)]  # fmt: skip
-
 
 def vae_rules(config: QwenImageVAEConfig) -> list[Rule]:
-    """The key table of `QwenImageVAE` <-> `AutoencoderKLQwenImage` for `config`."""
-    rules = _conv3d("encoder/conv_in", "encoder.conv_in")
-    c_prev = config.base_dim
-    for k, (kind, d) in enumerate(encoder_layout(config)):
-        o, t = f"encoder/down_blocks_{k}", f"encoder.down_blocks.{k}"
-        if kind == "res":
-            rules += _resnet(o, t, shortcut=c_prev != d)
-            c_prev = d
-        else:
-            rules += _resample(o, t, kind)
-    rules += [*_mid("encoder/mid_block", "encoder.mid_block"),
-              *_rms("encoder/norm_out", "encoder.norm_out"),
-              *_conv3d("encoder/conv_out", "encoder.conv_out"),
-              *_conv3d("quant_conv", "quant_conv"), *_conv3d("post_quant_conv", "post_quant_conv"),
-              *_conv3d("decoder/conv_in", "decoder.conv_in"),
-              *_mid("decoder/mid_block", "decoder.mid_block")]  # fmt: skip
-    for i, (d_in, d_out, mode) in enumerate(decoder_layout(config)):
-        o, t = f"decoder/up_blocks_{i}", f"decoder.up_blocks.{i}"
-        for j in range(config.num_res_blocks + 1):
-            rules += _resnet(
-                f"{o}_resnets_{j}", f"{t}.resnets.{j}", shortcut=j == 0 and d_in != d_out
-            )
-        if mode is not None:
-            rules += _resample(f"{o}_upsampler", f"{t}.upsamplers.0", mode)
-    return rules + [*_rms("decoder/norm_out", "decoder.norm_out"),
-                    *_conv3d("decoder/conv_out", "decoder.conv_out")]  # fmt: skip
+    """The key table of `QwenImageVAE` <-> `AutoencoderKLQwenImage` for `config`.
+
+    Diffusers' `AutoencoderKLQwenImage` has `AutoencoderKLWan`'s 2.1 module tree (one flat
+    list of encoder down blocks, `up_blocks.{i}.upsamplers.0`), so this is the WAN table.
+    """
+    return wan_vae_rules(config)
 
 
 # --------------------------------------------------------------------------- loaders

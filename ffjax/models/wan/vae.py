@@ -90,7 +90,12 @@ class CausalConv3d(nn.Module):
         x = x.astype(self.dtype)
         kt, kh, kw = self.kernel_size
         new_cache = None
-        if self.causal and kt > 1:
+        if self.causal and kt > 1 and cache is None and x.shape[1] == 1:
+            # A first frame (an image): the k_t - 1 zero frames before it meet
+            # kernel[:-1] and add nothing, so only the last temporal slice is run.
+            new_cache = jnp.pad(x, ((0, 0), (kt - 2, 0), (0, 0), (0, 0), (0, 0)))
+            kernel = kernel[-1:]
+        elif self.causal and kt > 1:
             if cache is None:
                 cache = jnp.zeros((x.shape[0], kt - 1, *x.shape[2:]), x.dtype)
             x = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
@@ -516,7 +521,7 @@ class WanVAE(nn.Module):
         logvar is clipped to [-30, 20] as in Diffusers' `DiagonalGaussianDistribution`.
         """
         c = self.config
-        b, t, h, w, ch = x.shape
+        t, h, w, ch = x.shape[1:]
         f, p = c.spatial_factor, c.patch
         if (t - 1) % ENCODE_CHUNK:
             raise ValueError(
@@ -532,6 +537,12 @@ class WanVAE(nn.Module):
                 f"WAN VAE encode: {ch} channels; expected {c.in_channels // (p * p)} (x is"
                 " (B, T, H, W, C) channels-last)"
             )
+        return self._encode(x)
+
+    def _encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        # `encode` without its checks (`QwenImageVAE` takes any image size, as Diffusers).
+        c, (b, t) = self.config, x.shape[:2]
+        p = c.patch
         k, per = (t - 1) // ENCODE_CHUNK, ENCODE_CHUNK // c.temporal_factor
         y0, cache = self.encoder(patchify(x[:, :1], p), None)
         moments = jnp.zeros((b, 1 + k * per, *y0.shape[2:]), y0.dtype)
