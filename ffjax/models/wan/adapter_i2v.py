@@ -201,6 +201,10 @@ class WanI2VAdapter:
     lora_targets = property(lambda self: self.core.lora_targets)
     do_cfg = property(lambda self: self.core.do_cfg)
     config = property(lambda self: self.core.config)
+    # optional ffjax.data.embed_cache.EmbedCache of the prompt embeddings (the core's)
+    embed_cache = property(
+        lambda self: self.core.embed_cache, lambda self, v: setattr(self.core, "embed_cache", v)
+    )
 
     def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         return self.core.latent_shape(batch, height, width)
