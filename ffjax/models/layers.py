@@ -1,4 +1,4 @@
-"""Linen layers shared by the model families: Dense, norms, RoPE, modulation, attention.
+"""Linen layers shared by the model families: Dense, norms, MLP, RoPE, modulation, attention.
 
 Conventions: activations are (batch, length, features) with heads split as
 (batch, length, heads, head_dim); parameters carry logical axis names from
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -108,6 +109,56 @@ class RMSNorm(nn.Module):
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     """AdaLN modulation x * (1 + scale) + shift; x (B, L, D), shift/scale (B, D)."""
     return x * (1 + scale[:, None]) + shift[:, None]
+
+
+# --------------------------------------------------------------------------- MLP
+
+# Activations by name, so that modules keep hashable string fields: transformers'
+# `ACT2FN` names, and Diffusers' "gelu_tanh" (`PixArtAlphaTextProjection`).
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation called `name` (transformers' `ACT2FN[name]`); unknown names are an error."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is not supported; allowed: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class MLP(nn.Module):
+    """names[1](act(names[0](x))): two Dense layers with an activation between.
+
+    The one definition behind Diffusers' `TimestepEmbedding` (linear_1 / linear_2, silu),
+    `PixArtAlphaTextProjection` (linear_1 / linear_2, tanh GELU) and `FeedForward`
+    (proj_in / proj_out for `net.0.proj` / `net.2`, GELU), and CLIP's MLP (fc1 / fc2).
+    Kernels are (in_axis, MLP) then (MLP, EMBED): the second keeps one logical name per
+    dimension when it is square; `in_axis` None leaves an input that is not the model
+    width (a sinusoidal embedding, a text encoder's states) unsharded.
+    """
+
+    hidden: int
+    features: int
+    act: str  # a key of ACTIVATIONS
+    names: tuple[str, str] = ("proj_in", "proj_out")
+    in_axis: str | None = axes.EMBED
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = Dense(self.hidden, (self.in_axis, axes.MLP), name=self.names[0], **kw)(x)
+        return Dense(self.features, (axes.MLP, axes.EMBED), name=self.names[1], **kw)(
+            activation(self.act)(h)
+        )
 
 
 # --------------------------------------------------------------------------- embeddings

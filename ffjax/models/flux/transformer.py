@@ -47,24 +47,6 @@ class AdaLNLinear(nn.Module):
         return jnp.split(y, self.n, axis=-1)
 
 
-class MLP(nn.Module):
-    """Two-layer MLP with a hidden activation (Diffusers `TimestepEmbedding` / `PixArtAlphaTextProjection` / `FeedForward`)."""
-
-    hidden: int
-    out: int
-    act: str  # "silu" | "gelu_tanh"
-    names: tuple[str, str]
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = layers.Dense(self.hidden, (axes.EMBED, axes.MLP), name=self.names[0], **kw)(x)
-        x = nn.silu(x) if self.act == "silu" else _gelu_tanh(x)
-        return layers.Dense(self.out, (axes.MLP, axes.EMBED), name=self.names[1], **kw)(x)
-
-
 class QKV(nn.Module):
     """q, k, v projections split into heads, with RMSNorm on q and k: 3 x (B, L, H, Dh)."""
 
@@ -124,12 +106,12 @@ class DoubleBlock(nn.Module):
         txt_o = layers.Dense(d, (axes.HEADS, axes.EMBED), name="to_add_out", **kw)(txt_o)
 
         img = img + i_gate[:, None] * img_o
-        ff = MLP(4 * d, d, "gelu_tanh", ("proj_in", "proj_out"), name="ff", **kw)
+        ff = layers.MLP(4 * d, d, "gelu_tanh", name="ff", **kw)
         img = img + i_gate2[:, None] * ff(
             layers.modulate(layers.layer_norm(img), i_shift2, i_scale2)
         )
         txt = txt + t_gate[:, None] * txt_o
-        ff_c = MLP(4 * d, d, "gelu_tanh", ("proj_in", "proj_out"), name="ff_context", **kw)
+        ff_c = layers.MLP(4 * d, d, "gelu_tanh", name="ff_context", **kw)
         txt = txt + t_gate2[:, None] * ff_c(
             layers.modulate(layers.layer_norm(txt), t_shift2, t_scale2)
         )
@@ -231,7 +213,9 @@ class FluxTransformer(nn.Module):
         # Conditioning vector: MLP(sinusoid(1000 t)) [+ MLP(sinusoid(1000 g))] + MLP(pooled).
         def embed_scalar(value, name):
             e = layers.timestep_embedding(value.astype(jnp.float32) * 1000, 256)
-            return MLP(d, d, "silu", ("linear_1", "linear_2"), name=name, **kw)(e.astype(dtype))
+            return layers.MLP(d, d, "silu", ("linear_1", "linear_2"), name=name, **kw)(
+                e.astype(dtype)
+            )
 
         temb = embed_scalar(timestep, "timestep_embedder")
         if c.guidance_embeds:
@@ -240,9 +224,9 @@ class FluxTransformer(nn.Module):
                     "this FLUX.1 transformer has guidance_embeds=True: pass `guidance` (float[B])"
                 )
             temb = temb + embed_scalar(guidance, "guidance_embedder")
-        temb = temb + MLP(d, d, "silu", ("linear_1", "linear_2"), name="text_embedder", **kw)(
-            pooled_projections.astype(dtype)
-        )
+        temb = temb + layers.MLP(
+            d, d, "silu", ("linear_1", "linear_2"), name="text_embedder", **kw
+        )(pooled_projections.astype(dtype))
 
         txt_ids = txt_ids[0] if txt_ids.ndim == 3 else txt_ids
         img_ids = img_ids[0] if img_ids.ndim == 3 else img_ids

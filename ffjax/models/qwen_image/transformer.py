@@ -127,40 +127,6 @@ def rope_ids(img_shapes, txt_len: int) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- blocks
 
 
-def _gelu_tanh(x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=True)
-
-
-class FeedForward(nn.Module):
-    """Diffusers `FeedForward(dim, activation_fn="gelu-approximate")`: D -> 4D -> D."""
-
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        d = x.shape[-1]
-        h = _gelu_tanh(layers.Dense(4 * d, (axes.EMBED, axes.MLP), name="proj_in", **kw)(x))
-        return layers.Dense(d, (axes.MLP, axes.EMBED), name="proj_out", **kw)(h)
-
-
-class TimestepEmbedding(nn.Module):
-    """Diffusers `TimestepEmbedding`: linear_1 -> silu -> linear_2."""
-
-    features: int
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = layers.Dense(self.features, (None, axes.MLP), name="linear_1", **kw)(x)
-        return layers.Dense(self.features, (axes.MLP, axes.EMBED), name="linear_2", **kw)(
-            nn.silu(x)
-        )
-
-
 class JointAttention(nn.Module):
     """Diffusers `Attention` + `QwenDoubleStreamAttnProcessor2_0`: one attention over [text; image].
 
@@ -232,9 +198,11 @@ class DualStreamBlock(nn.Module):
         txt = txt + t_gate[:, None] * txt_o
 
         img_n = layers.modulate(layers.layer_norm(img, _EPS), i_shift2, i_scale2)
-        img = img + i_gate2[:, None] * FeedForward(name="img_mlp", **kw)(img_n)
+        # FeedForward(dim, activation_fn="gelu-approximate"): D -> 4D -> D
+        mlp = lambda name: layers.MLP(4 * d, d, "gelu_tanh", name=name, **kw)
+        img = img + i_gate2[:, None] * mlp("img_mlp")(img_n)
         txt_n = layers.modulate(layers.layer_norm(txt, _EPS), t_shift2, t_scale2)
-        txt = txt + t_gate2[:, None] * FeedForward(name="txt_mlp", **kw)(txt_n)
+        txt = txt + t_gate2[:, None] * mlp("txt_mlp")(txt_n)
         img = nn.with_logical_constraint(img, _ACT)
         txt = nn.with_logical_constraint(txt, _ACT)
         return (img, txt), None
@@ -314,7 +282,9 @@ class QwenImageTransformer(nn.Module):
         # temb = MLP(sinusoid(1000 t)); Diffusers' Timesteps(scale=1000) multiplies after
         # t * freq, which `scale` reproduces to the rounding.
         e = layers.timestep_embedding(timestep, 256, flip_sin_to_cos=True, scale=1000.0)
-        temb = TimestepEmbedding(d, name="timestep_embedder", **kw)(e.astype(dtype))
+        temb = layers.MLP(
+            d, d, "silu", ("linear_1", "linear_2"), in_axis=None, name="timestep_embedder", **kw
+        )(e.astype(dtype))  # TimestepEmbedding
 
         ids = jnp.concatenate([txt_ids, img_ids], axis=0)  # joint order: [text; image]
         cos, sin = layers.rope_frequencies(ids, tuple(c.axes_dims_rope), theta=10000.0)

@@ -7,33 +7,20 @@ text encoders need padding and causal masks, so attention here takes an additive
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ffjax.models import layers
 from ffjax.parallel import axes
 
 # Additive mask value: transformers uses finfo(dtype).min; our logits are float32.
 MASK_VALUE = float(np.finfo(np.float32).min)
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-}
-
-
-def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """The transformers `ACT2FN[name]` equivalent; unknown names are an error."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation {name!r} is not supported; allowed: {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+# The activation table is the model families' (`layers.ACTIVATIONS`); re-exported here.
+ACTIVATIONS = layers.ACTIVATIONS
+activation = layers.activation
 
 
 def padding_bias(attention_mask: jax.Array | None) -> jax.Array | None:

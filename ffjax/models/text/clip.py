@@ -65,22 +65,6 @@ class CLIPAttention(nn.Module):
         return layers.Dense(d, (axes.HEADS, axes.EMBED), name="out_proj", **kw)(o.reshape(x.shape))
 
 
-class CLIPMLP(nn.Module):
-    """fc2(act(fc1(x)))."""
-
-    hidden: int
-    act: str
-    dtype: Any
-    param_dtype: Any
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = layers.Dense(self.hidden, (axes.EMBED, axes.MLP), name="fc1", **kw)(x)
-        h = blocks.activation(self.act)(h)
-        return layers.Dense(x.shape[-1], (axes.MLP, axes.EMBED), name="fc2", **kw)(h)
-
-
 class CLIPEncoderLayer(nn.Module):
     """x + attn(LN1(x)); x + mlp(LN2(x)), with a causal/padding additive bias."""
 
@@ -94,7 +78,9 @@ class CLIPEncoderLayer(nn.Module):
         h = blocks.layer_norm(c.layer_norm_eps, name="layer_norm1", **kw)(x)
         x = x + CLIPAttention(c.num_attention_heads, name="self_attn", **kw)(h, bias)
         h = blocks.layer_norm(c.layer_norm_eps, name="layer_norm2", **kw)(x)
-        x = x + CLIPMLP(c.intermediate_size, c.hidden_act, name="mlp", **kw)(h)
+        mlp = layers.MLP(c.intermediate_size, x.shape[-1], c.hidden_act, ("fc1", "fc2"), name="mlp",
+                         **kw)  # fmt: skip
+        x = x + mlp(h)
         return nn.with_logical_constraint(x, _ACT), None
 
 

@@ -30,6 +30,7 @@ Dtype = jnp.dtype
 _ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)  # logical axes of (B, L, D) activations
 _KV = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV)  # of (B, S, H, Dh) keys / values
 _F32 = jnp.float32
+_LINEAR_12 = ("linear_1", "linear_2")  # Diffusers' TimestepEmbedding / text projection names
 _IMAGE_EPS = 1e-5  # the image embedder's LayerNorms (torch's default eps)
 _ROPE_THETA = 10000.0
 
@@ -147,23 +148,6 @@ def _norm(x: jax.Array, eps: float) -> jax.Array:
     return layers.layer_norm(x.astype(_F32), eps)
 
 
-class MLP(nn.Module):
-    """Diffusers `FeedForward`: proj_in -> GELU -> proj_out (`net.0.proj`, `net.2`)."""
-
-    hidden: int
-    features: int
-    approximate: bool  # tanh GELU ("gelu-approximate") or the exact erf one ("gelu")
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = layers.Dense(self.hidden, (axes.EMBED, axes.MLP), name="proj_in", **kw)(x)
-        h = jax.nn.gelu(h, approximate=self.approximate)
-        return layers.Dense(self.features, (axes.MLP, axes.EMBED), name="proj_out", **kw)(h)
-
-
 class ImageEmbedding(nn.Module):
     """`WanImageEmbedding`: [+ pos_embed] -> LayerNorm -> GELU MLP -> LayerNorm (CLIP -> D)."""
 
@@ -196,7 +180,7 @@ class ImageEmbedding(nn.Module):
             x = x.reshape(-1, n, d_in) + pos.astype(x.dtype)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = LayerNorm(_IMAGE_EPS, param_dtype=self.param_dtype, name="norm1")(x)
-        h = MLP(d_in, self.features, approximate=False, name="ff", **kw)(h)
+        h = layers.MLP(d_in, self.features, "gelu", name="ff", **kw)(h)  # FeedForward("gelu")
         return LayerNorm(_IMAGE_EPS, param_dtype=self.param_dtype, name="norm2")(h)
 
 
@@ -342,7 +326,7 @@ class WanBlock(nn.Module):
         x = x + attn2(h, kv, context, context_image)
 
         h = (_norm(x, self.eps) * (1 + scale2) + shift2).astype(self.dtype)
-        f = MLP(self.ffn_dim, d, approximate=True, name="ffn", **kw)(h)
+        f = layers.MLP(self.ffn_dim, d, "gelu_tanh", name="ffn", **kw)(h)
         x = (x.astype(_F32) + f.astype(_F32) * gate2).astype(self.dtype)
         return nn.with_logical_constraint(x, _ACT), None
 
@@ -370,38 +354,6 @@ def _stack(length: int, remat: str) -> type[nn.Module]:
         length=length,
         metadata_params={nn.PARTITION_NAME: axes.LAYERS},
     )
-
-
-class TimestepEmbedding(nn.Module):
-    """Diffusers `TimestepEmbedding`: linear_1 -> silu -> linear_2."""
-
-    features: int
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = layers.Dense(self.features, (None, axes.MLP), name="linear_1", **kw)(x)
-        return layers.Dense(self.features, (axes.MLP, axes.EMBED), name="linear_2", **kw)(
-            nn.silu(x)
-        )
-
-
-class TextProjection(nn.Module):
-    """Diffusers `PixArtAlphaTextProjection(act_fn="gelu_tanh")`: linear_1 -> GELU -> linear_2."""
-
-    features: int
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        # (MLP, EMBED) for the square second layer: one logical name may not shard two dims.
-        x = layers.Dense(self.features, (None, axes.MLP), name="linear_1", **kw)(x)
-        x = jax.nn.gelu(x, approximate=True)
-        return layers.Dense(self.features, (axes.MLP, axes.EMBED), name="linear_2", **kw)(x)
 
 
 # --------------------------------------------------------------------------- the model
@@ -461,7 +413,9 @@ class WanTransformer(nn.Module):
             raise ValueError(
                 f"context must be (batch, length, text_dim={c.text_dim}), got {context.shape}"
             )
-        ctx = TextProjection(c.inner_dim, name="text_embedder", **kw)(context.astype(kw["dtype"]))
+        # PixArtAlphaTextProjection(act_fn="gelu_tanh"), from text_dim (not sharded as embed).
+        ctx = layers.MLP(c.inner_dim, c.inner_dim, "gelu_tanh", _LINEAR_12, in_axis=None,
+                         name="text_embedder", **kw)(context.astype(kw["dtype"]))  # fmt: skip
         ctx = nn.with_logical_constraint(ctx, _ACT)
         img = None
         if c.has_image_attention:
@@ -547,7 +501,8 @@ class WanTransformer(nn.Module):
         t = t.astype(_F32).reshape(b, -1)
         e = layers.timestep_embedding(t.reshape(-1), c.freq_dim, flip_sin_to_cos=True)
         e = e.reshape(b, t.shape[1], c.freq_dim)
-        temb = TimestepEmbedding(c.inner_dim, _F32, pdtype, name="time_embedder")(e).astype(dtype)
+        temb = layers.MLP(c.inner_dim, c.inner_dim, "silu", _LINEAR_12, in_axis=None, dtype=_F32,
+                          param_dtype=pdtype, name="time_embedder")(e).astype(dtype)  # fmt: skip
         temb_proj = layers.Dense(6 * c.inner_dim, (axes.EMBED, axes.MLP), name="time_proj", **kw)(
             nn.silu(temb)
         )
