@@ -502,3 +502,96 @@ def open_diffusers(path: str | os.PathLike, source: TensorSource | None = None) 
     return (
         source if source is not None else SafetensorsCheckpoint.open(path, prefix=DIFFUSERS_WEIGHTS)
     )
+
+
+# --------------------------------------------------------------------------- Diffusers folders
+# What every family's `convert.py` does around its key tables.
+
+
+def load_folder(
+    path: str | os.PathLike,
+    config_cls: Any,
+    init_shapes: Callable[[Any], tuple[Any, Any]],
+    rules: Callable[[Any], list[Rule]],
+    what: str,
+    dtype: Any = "float32",
+    source: TensorSource | None = None,
+    **runtime,
+) -> tuple[Any, dict]:
+    """(module, params) of a Diffusers component folder (config.json + safetensors).
+
+    The config is `config_cls.from_diffusers(path)` with `dtype` (None: the stored one)
+    and the `runtime` fields set; the tensors (`source`, or the folder's safetensors)
+    go through the key table `rules(config)` onto the parameters of `init_shapes(config)`.
+    `what` names the checkpoint in errors ("WAN VAE" -> "WAN VAE checkpoint PATH").
+    """
+    config = config_cls.from_diffusers(path, **dtype_overrides(dtype), **runtime)
+    module, abstract = init_shapes(config)
+    params = load_params(rules(config), open_diffusers(path, source), flat_shapes(abstract),
+                         dtype=dtype, what=f"{what} checkpoint {os.fspath(path)}")  # fmt: skip
+    return module, params
+
+
+def component_rules(
+    tables: Mapping[str, Callable[[Any], list[Rule]]], family: str, kind: str, config: Any
+) -> list[Rule]:
+    """`tables[kind](config)`; ValueError naming the allowed kinds for another `kind`."""
+    if kind not in tables:
+        allowed = ", ".join(repr(k) for k in tables)
+        raise ValueError(f"unknown {family} component {kind!r}; allowed: {allowed}")
+    return tables[kind](config)
+
+
+def save_folder(
+    rules: Sequence[Rule],
+    config: Any,
+    params: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    *,
+    dtype: Any = None,
+    max_shard_bytes: int = 10 * 2**30,
+) -> int:
+    """Writes `params` as a Diffusers folder (config.json + safetensors); returns tensor count.
+
+    config.json is `config.to_diffusers()`; dtype None keeps each parameter's dtype.
+    """
+    tensors = export_params(rules, params, dtype=dtype)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config.to_diffusers(), f, indent=2)
+    save_sharded(out_dir, tensors, DIFFUSERS_WEIGHTS, max_shard_bytes)
+    return len(tensors)
+
+
+def identify_folder(
+    path: str | os.PathLike, family: str, pipelines: Sequence[str], components: Mapping[str, str]
+) -> str:
+    """ "pipeline" or a component kind for a Diffusers folder of `family`, by class name.
+
+    A folder with a model_index.json is a pipeline if its `_class_name` is one of
+    `pipelines`; one with a config.json is the kind whose class (`components`: kind ->
+    Diffusers class) it names. Anything else is a CheckpointFormatError that names what
+    does not match (missing config, or the class found).
+    """
+    path = os.fspath(path)
+    wrong = f"{path}: not a {family} checkpoint"
+    if os.path.exists(os.path.join(path, "model_index.json")):
+        with open(os.path.join(path, "model_index.json")) as f:
+            name = json.load(f).get("_class_name")
+        if name not in pipelines:
+            expected = repr(pipelines[0]) if len(pipelines) == 1 else f"one of {list(pipelines)}"
+            raise CheckpointFormatError(
+                f"{wrong}: model_index.json _class_name is {name!r}, expected {expected}"
+            )
+        return "pipeline"
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise CheckpointFormatError(f"{wrong}: no model_index.json or config.json")
+    with open(os.path.join(path, "config.json")) as f:
+        name = json.load(f).get("_class_name")
+    for kind, class_name in components.items():
+        if name == class_name:
+            return kind
+    expected = " or ".join(repr(c) for c in components.values())
+    raise CheckpointFormatError(
+        f"{wrong}: config.json _class_name is {name!r}, expected {expected}"
+    )

@@ -9,33 +9,30 @@ Read the tables top to bottom next to Diffusers' `FluxTransformer2DModel` and
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from ffjax.models.flux.config import FluxTransformerConfig, FluxVAEConfig, read_config
+from ffjax.models.flux.config import FluxTransformerConfig, FluxVAEConfig
 from ffjax.models.flux.transformer import FluxTransformer
 from ffjax.models.flux.vae import FluxVAE
 from ffjax.models.flux.vae import init_shapes as vae_init_shapes
 from ffjax.models.weights import (
-    CheckpointFormatError,
+    DIFFUSERS_WEIGHTS,
     Rule,
     TensorSource,
+    component_rules,
     conv,
     dense,
-    dtype_overrides,
-    export_params,
-    flat_shapes,
-    load_params,
+    identify_folder,
+    load_folder,
     norm,
-    open_diffusers,
-    save_sharded,
+    save_folder,
 )
 
-WEIGHTS_PREFIX = "diffusion_pytorch_model"  # Diffusers' weight file name stem
+WEIGHTS_PREFIX = DIFFUSERS_WEIGHTS  # Diffusers' weight file name stem (ffjax.convert reads it)
 
 # --------------------------------------------------------------------------- transformer
 
@@ -209,22 +206,15 @@ def load_transformer(
     Returns:
       (module, params) with params as NumPy arrays in the nested Flax layout.
     """
-    config = FluxTransformerConfig.from_diffusers(path, **dtype_overrides(dtype), **runtime)
-    module, abstract = transformer_init_shapes(config)
-    params = load_params(transformer_rules(config), open_diffusers(path, source), flat_shapes(abstract), dtype=dtype,
-                         what=f"FLUX.1 transformer checkpoint {os.fspath(path)}")  # fmt: skip
-    return module, params
+    return load_folder(path, FluxTransformerConfig, transformer_init_shapes, transformer_rules,
+                       "FLUX.1 transformer", dtype, source, **runtime)  # fmt: skip
 
 
 def load_vae(
     path: str | os.PathLike, dtype: Any = "float32", source: TensorSource | None = None
 ) -> tuple[FluxVAE, dict]:
     """Loads a Diffusers `vae/` folder of the FLUX VAE; see `load_transformer`."""
-    config = FluxVAEConfig.from_diffusers(path, **dtype_overrides(dtype))
-    module, abstract = vae_init_shapes(config)
-    params = load_params(vae_rules(config), open_diffusers(path, source), flat_shapes(abstract), dtype=dtype,
-                         what=f"FLUX.1 VAE checkpoint {os.fspath(path)}")  # fmt: skip
-    return module, params
+    return load_folder(path, FluxVAEConfig, vae_init_shapes, vae_rules, "FLUX.1 VAE", dtype, source)
 
 
 def save_diffusers(
@@ -235,14 +225,11 @@ def save_diffusers(
 
     `kind` is "transformer" or "vae"; dtype None keeps each parameter's dtype.
     """
-    rules = transformer_rules(config) if kind == "transformer" else vae_rules(config)
-    tensors = export_params(rules, params, dtype=dtype)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(config.to_diffusers(), f, indent=2)
-    save_sharded(out_dir, tensors, WEIGHTS_PREFIX, max_shard_bytes)
-    return len(tensors)
+    rules = component_rules(_TABLES, "FLUX.1", kind, config)
+    return save_folder(rules, config, params, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
 
+
+_TABLES = {"transformer": transformer_rules, "vae": vae_rules}
 
 # Diffusers class names that make a folder a FLUX.1 component.
 FLUX_CLASSES = {
@@ -257,24 +244,5 @@ def identify(path: str | os.PathLike) -> str:
 
     The message names what does not match (missing config, or the class found).
     """
-    path = os.fspath(path)
-    if os.path.exists(os.path.join(path, "model_index.json")):
-        with open(os.path.join(path, "model_index.json")) as f:
-            name = json.load(f).get("_class_name")
-        if name != FLUX_CLASSES["pipeline"]:
-            raise CheckpointFormatError(
-                f"{path}: not a FLUX.1 checkpoint: model_index.json _class_name is {name!r}, expected 'FluxPipeline'"
-            )
-        return "pipeline"
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise CheckpointFormatError(
-            f"{path}: not a FLUX.1 checkpoint: no model_index.json or config.json"
-        )
-    name = read_config(path).get("_class_name")
-    for kind in ("transformer", "vae"):
-        if name == FLUX_CLASSES[kind]:
-            return kind
-    raise CheckpointFormatError(
-        f"{path}: not a FLUX.1 checkpoint: config.json _class_name is {name!r}, expected"
-        f" 'FluxTransformer2DModel' or 'AutoencoderKL'"
-    )
+    components = {k: FLUX_CLASSES[k] for k in ("transformer", "vae")}
+    return identify_folder(path, "FLUX.1", (FLUX_CLASSES["pipeline"],), components)

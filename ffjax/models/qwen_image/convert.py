@@ -10,7 +10,6 @@ has `AutoencoderKLWan`'s module tree).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -19,7 +18,6 @@ from ffjax.models.qwen_image.config import (
     VAE_CLASS,
     QwenImageTransformerConfig,
     QwenImageVAEConfig,
-    read_config,
 )
 from ffjax.models.qwen_image.transformer import QwenImageTransformer
 from ffjax.models.qwen_image.transformer import init_shapes as transformer_init_shapes
@@ -27,20 +25,18 @@ from ffjax.models.qwen_image.vae import QwenImageVAE
 from ffjax.models.qwen_image.vae import init_shapes as vae_init_shapes
 from ffjax.models.wan.convert import vae_rules as wan_vae_rules
 from ffjax.models.weights import (
-    CheckpointFormatError,
+    DIFFUSERS_WEIGHTS,
     Rule,
     TensorSource,
+    component_rules,
     dense,
-    dtype_overrides,
-    export_params,
-    flat_shapes,
-    load_params,
+    identify_folder,
+    load_folder,
     norm,
-    open_diffusers,
-    save_sharded,
+    save_folder,
 )
 
-WEIGHTS_PREFIX = "diffusion_pytorch_model"  # Diffusers' weight file name stem
+WEIGHTS_PREFIX = DIFFUSERS_WEIGHTS  # Diffusers' weight file name stem (ffjax.convert reads it)
 
 # --------------------------------------------------------------------------- transformer
 
@@ -111,30 +107,16 @@ def load_transformer(
       unsupported config; ConversionError naming every missing, unexpected or
       mis-shaped tensor.
     """
-    config = QwenImageTransformerConfig.from_diffusers(path, **dtype_overrides(dtype), **runtime)
-    module, abstract = transformer_init_shapes(config)
-    params = load_params(transformer_rules(config), open_diffusers(path, source), flat_shapes(abstract),
-                         dtype=dtype, what=f"Qwen-Image transformer checkpoint {os.fspath(path)}")  # fmt: skip
-    return module, params
+    return load_folder(path, QwenImageTransformerConfig, transformer_init_shapes,
+                       transformer_rules, "Qwen-Image transformer", dtype, source, **runtime)  # fmt: skip
 
 
 def load_vae(
     path: str | os.PathLike, dtype: Any = "float32", source: TensorSource | None = None
 ) -> tuple[QwenImageVAE, dict]:
     """Loads a Diffusers Qwen-Image `vae/` folder (`AutoencoderKLQwenImage`); see `load_transformer`."""
-    config = QwenImageVAEConfig.from_diffusers(path, **dtype_overrides(dtype))
-    module, abstract = vae_init_shapes(config)
-    params = load_params(vae_rules(config), open_diffusers(path, source), flat_shapes(abstract), dtype=dtype,
-                         what=f"Qwen-Image VAE checkpoint {os.fspath(path)}")  # fmt: skip
-    return module, params
-
-
-def _rules(kind: str, config) -> list[Rule]:
-    if kind == "transformer":
-        return transformer_rules(config)
-    if kind == "vae":
-        return vae_rules(config)
-    raise ValueError(f"unknown Qwen-Image component {kind!r}; allowed: 'transformer', 'vae'")
+    return load_folder(path, QwenImageVAEConfig, vae_init_shapes, vae_rules, "Qwen-Image VAE",
+                       dtype, source)  # fmt: skip
 
 
 def save_diffusers(
@@ -145,13 +127,11 @@ def save_diffusers(
 
     `kind` is "transformer" or "vae"; dtype None keeps each parameter's dtype.
     """
-    tensors = export_params(_rules(kind, config), params, dtype=dtype)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(config.to_diffusers(), f, indent=2)
-    save_sharded(out_dir, tensors, WEIGHTS_PREFIX, max_shard_bytes)
-    return len(tensors)
+    rules = component_rules(_TABLES, "Qwen-Image", kind, config)
+    return save_folder(rules, config, params, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
 
+
+_TABLES = {"transformer": transformer_rules, "vae": vae_rules}
 
 # Diffusers class names that make a folder a Qwen-Image component.
 QWEN_IMAGE_CLASSES = {
@@ -166,25 +146,5 @@ def identify(path: str | os.PathLike) -> str:
 
     The message names what does not match (missing config, or the class found).
     """
-    path = os.fspath(path)
-    if os.path.exists(os.path.join(path, "model_index.json")):
-        with open(os.path.join(path, "model_index.json")) as f:
-            name = json.load(f).get("_class_name")
-        if name != QWEN_IMAGE_CLASSES["pipeline"]:
-            raise CheckpointFormatError(
-                f"{path}: not a Qwen-Image checkpoint: model_index.json _class_name is {name!r},"
-                " expected 'QwenImagePipeline'"
-            )
-        return "pipeline"
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise CheckpointFormatError(
-            f"{path}: not a Qwen-Image checkpoint: no model_index.json or config.json"
-        )
-    name = read_config(path).get("_class_name")
-    for kind in ("transformer", "vae"):
-        if name == QWEN_IMAGE_CLASSES[kind]:
-            return kind
-    raise CheckpointFormatError(
-        f"{path}: not a Qwen-Image checkpoint: config.json _class_name is {name!r}, expected"
-        f" {TRANSFORMER_CLASS!r} or {VAE_CLASS!r}"
-    )
+    components = {k: QWEN_IMAGE_CLASSES[k] for k in ("transformer", "vae")}
+    return identify_folder(path, "Qwen-Image", (QWEN_IMAGE_CLASSES["pipeline"],), components)

@@ -7,7 +7,6 @@ follows `AutoencoderKLWan`'s module tree.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -17,28 +16,26 @@ from ffjax.models.wan.config import (
     TRANSFORMER_CLASS,
     VAE_CLASS,
     WanTransformerConfig,
-    read_config,
 )
 from ffjax.models.wan.transformer import WanTransformer
 from ffjax.models.wan.transformer import init_shapes as transformer_init_shapes
 from ffjax.models.weights import (
+    DIFFUSERS_WEIGHTS,
     IDENTITY,
-    CheckpointFormatError,
     Rule,
     TensorSource,
     Transform,
+    component_rules,
     dense,
-    dtype_overrides,
-    export_params,
-    flat_shapes,
-    load_params,
+    identify_folder,
+    load_folder,
     norm,
     open_diffusers,
     reshape,
-    save_sharded,
+    save_folder,
 )
 
-WEIGHTS_PREFIX = "diffusion_pytorch_model"  # Diffusers' weight file name stem
+WEIGHTS_PREFIX = DIFFUSERS_WEIGHTS  # Diffusers' weight file name stem (ffjax.convert reads it)
 
 # ---------------------------------------------------------------- transformer section
 
@@ -150,20 +147,9 @@ def load_transformer(
       transformer) or an unsupported config; ConversionError naming every missing,
       unexpected or mis-shaped tensor.
     """
-    config = WanTransformerConfig.from_diffusers(path, **dtype_overrides(dtype), **runtime)
-    module, abstract = transformer_init_shapes(config)
-    params = load_params(transformer_rules(config), _WithoutIgnored(open_diffusers(path, source)),
-                         flat_shapes(abstract), dtype=dtype,
-                         what=f"WAN transformer checkpoint {os.fspath(path)}")  # fmt: skip
-    return module, params
-
-
-def _rules(kind: str, config) -> list[Rule]:
-    if kind == "transformer":
-        return transformer_rules(config)
-    if kind == "vae":
-        return vae_rules(config)  # noqa: F821 (vae section)
-    raise ValueError(f"unknown WAN component {kind!r}; allowed: 'transformer', 'vae'")
+    return load_folder(path, WanTransformerConfig, transformer_init_shapes, transformer_rules,
+                       "WAN transformer", dtype, _WithoutIgnored(open_diffusers(path, source)),
+                       **runtime)  # fmt: skip
 
 
 def save_diffusers(
@@ -175,12 +161,9 @@ def save_diffusers(
     `kind` is "transformer" (a `WanTransformerConfig`) or "vae" (a `WanVAEConfig`);
     dtype None keeps each parameter's dtype.
     """
-    tensors = export_params(_rules(kind, config), params, dtype=dtype)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(config.to_diffusers(), f, indent=2)
-    save_sharded(out_dir, tensors, WEIGHTS_PREFIX, max_shard_bytes)
-    return len(tensors)
+    tables = {"transformer": transformer_rules, "vae": vae_rules}  # noqa: F821 (vae section)
+    rules = component_rules(tables, "WAN", kind, config)
+    return save_folder(rules, config, params, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
 
 
 # Diffusers class names that make a folder a WAN component / pipeline.
@@ -192,28 +175,8 @@ def identify(path: str | os.PathLike) -> str:
 
     The message names what does not match (missing config, or the class found).
     """
-    path = os.fspath(path)
-    if os.path.exists(os.path.join(path, "model_index.json")):
-        with open(os.path.join(path, "model_index.json")) as f:
-            name = json.load(f).get("_class_name")
-        if name not in WAN_PIPELINES:
-            raise CheckpointFormatError(
-                f"{path}: not a WAN checkpoint: model_index.json _class_name is {name!r},"
-                f" expected one of {list(WAN_PIPELINES)}"
-            )
-        return "pipeline"
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise CheckpointFormatError(
-            f"{path}: not a WAN checkpoint: no model_index.json or config.json"
-        )
-    name = read_config(path).get("_class_name")
-    kinds = {TRANSFORMER_CLASS: "transformer", VAE_CLASS: "vae"}
-    if name in kinds:
-        return kinds[name]
-    raise CheckpointFormatError(
-        f"{path}: not a WAN checkpoint: config.json _class_name is {name!r}, expected"
-        f" {TRANSFORMER_CLASS!r} or {VAE_CLASS!r}"
-    )
+    components = {"transformer": TRANSFORMER_CLASS, "vae": VAE_CLASS}
+    return identify_folder(path, "WAN", WAN_PIPELINES, components)
 
 
 # ---------------------------------------------------------------- vae section
@@ -334,8 +297,4 @@ def load_vae(
       unsupported config; ConversionError naming every missing, unexpected or
       mis-shaped tensor.
     """
-    config = WanVAEConfig.from_diffusers(path, **dtype_overrides(dtype))
-    module, abstract = vae_init_shapes(config)
-    params = load_params(vae_rules(config), open_diffusers(path, source), flat_shapes(abstract),
-                         dtype=dtype, what=f"WAN VAE checkpoint {os.fspath(path)}")  # fmt: skip
-    return module, params
+    return load_folder(path, WanVAEConfig, vae_init_shapes, vae_rules, "WAN VAE", dtype, source)
