@@ -1,15 +1,16 @@
 """One process of the multi-process training test (tests/parallel/test_multiprocess.py).
 
-Trains the toy model (tests/toy_model.py) on a data=4 mesh twice: GRPO for 2 epochs
+Trains the toy model (tests/toy_model.py) three times: GRPO for 2 epochs on data=4
 with eval, image grids, a checkpoint every epoch and a reward model run on the mesh
-(the process's part of it); then NFT for 1 epoch rolled out in chunks with async
-rewards. Writes JSON to --out: this process's index, the prompts it encoded (per
-call) and both runs' metric rows. Run by the test in fresh processes, e.g. 2
+(the process's part of it); NFT for 1 epoch rolled out in chunks with async rewards;
+full fine-tuning with the weights sharded over the processes (fsdp=4), 1 epoch, then
+resumed to 2. Writes JSON to --out: this process's index, the prompts it encoded (per
+call) and the runs' metric rows. Run by the test in fresh processes, e.g. 2
 processes of 2 fake CPU devices each:
 
     XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu \\
         python -m tests.parallel.multiprocess_train --num-processes 2 --process-id 0 \\
-        --port 12345 --workdir /tmp/run --out /tmp/out0.json
+        --port 12345 --workdir /tmp/run --out /tmp/out0.json --data /tmp/prompts
 
 or the 1-process reference with 4 devices (--num-processes 1 --port P: it initialises
 jax.distributed too, so its collectives also run through Gloo).
@@ -68,6 +69,7 @@ def main() -> None:
     p.add_argument("--process-id", type=int, default=0)
     p.add_argument("--port", type=int, default=0, help="coordinator port; 0: no jax.distributed")
     p.add_argument("--workdir", required=True)
+    p.add_argument("--data", required=True, help="folder of the prompts (train.txt)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     if args.port:  # also for one process: its collectives then run through Gloo too
@@ -82,12 +84,19 @@ def main() -> None:
     from tests.toy_model import toy_config
 
     workdir = Path(args.workdir)
-    # Each process writes its own copy of the prompt file (same text): no write race.
-    data = workdir.parent / f"data_{args.num_processes}_{args.process_id}"
-    data.mkdir(parents=True, exist_ok=True)
-    c = toy_config(data)
+    # toy_config writes a prompt file; each process its own, no write race. The runs
+    # read the shared one (--data): the config, checked on resume, is every process's.
+    private = workdir.parent / f"data_{args.num_processes}_{args.process_id}"
+    private.mkdir(parents=True, exist_ok=True)
+
+    def toy(algorithm: str = "grpo"):
+        c = toy_config(private, algorithm)
+        c.data.path = c.model.path = args.data
+        c.mesh.data = 4
+        return c
+
+    c = toy()
     c.model.name = "tests.parallel.multiprocess_train:CountingAdapter"
-    c.mesh.data = 4
     c.train.eval_every = 2
     c.checkpoint.every_epochs = 1
     c.logging.image_grid_every = 1
@@ -98,8 +107,7 @@ def main() -> None:
     # Rollout chunks (8 rows: sampling.batch_size rows of every process) scored while
     # the next is sampled. ODE sampling (NFT), so no rollout noise depends on which
     # rows share a chunk: equal to one process with batch_size 8.
-    c = toy_config(data, "nft")
-    c.mesh.data = 4
+    c = toy("nft")
     c.sampling.noise_level = 0.0
     c.algorithm.num_train_timesteps = 2
     c.train.num_epochs = 1
@@ -108,6 +116,18 @@ def main() -> None:
     chunked = trainer.train(
         configs.validate(c), workdir.with_name(workdir.name + "_chunked"), progress=False
     )
+
+    # Full fine-tuning with the weights (and Adam state) sharded over processes
+    # (fsdp=4): params_digest gathers them; 1 epoch, then resumed from its checkpoint.
+    c = toy()
+    c.mesh.data, c.mesh.fsdp = 1, 4
+    c.train.lora_rank = 0
+    c.checkpoint.every_epochs = 1
+    c.train.num_epochs = 1
+    fsdp_dir = workdir.with_name(workdir.name + "_fsdp")
+    fsdp = trainer.train(configs.validate(c), fsdp_dir, progress=False)
+    c.train.num_epochs = 2
+    fsdp += trainer.train(configs.validate(c), fsdp_dir, progress=False)
     out = {
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
@@ -116,6 +136,7 @@ def main() -> None:
         "encoded": encoded,
         "history": _numbers(history),
         "chunked": _numbers(chunked),
+        "fsdp": _numbers(fsdp),
     }
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:

@@ -115,13 +115,17 @@ def _launch(tmp_path: Path, name: str, processes: int, devices_each: int) -> lis
         "--xla_backend_optimization_level=0",  # halves the compile time; same in every run
     ])  # fmt: skip
     port, procs = _free_port(), []
+    data = tmp_path / "prompts"
+    data.mkdir(exist_ok=True)
+    (data / "train.txt").write_text("\n".join(f"toy prompt {i}" for i in range(4)))
     logs = [tmp_path / f"{name}_{i}.log" for i in range(processes)]
     outs = [tmp_path / f"{name}_{i}.json" for i in range(processes)]
     try:
         for i in range(processes):
             cmd = [sys.executable, "-m", "tests.parallel.multiprocess_train",
                    "--num-processes", str(processes), "--process-id", str(i),
-                   "--port", str(port), "--workdir", str(tmp_path / name), "--out", str(outs[i])]  # fmt: skip
+                   "--port", str(port), "--workdir", str(tmp_path / name), "--out", str(outs[i]),
+                   "--data", str(data)]  # fmt: skip
             with open(logs[i], "w") as log:
                 procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log))
         deadline = time.monotonic() + TIMEOUT_S
@@ -164,6 +168,9 @@ def test_two_processes_train_exactly_like_one(tmp_path):
     # Rollout in chunks of 4 rows per process (async rewards) = chunks of 8 in 1 process.
     assert ref["chunked"][-1]["params_digest"]
     assert two[0]["chunked"] == two[1]["chunked"] == ref["chunked"]
+    # Weights sharded over the processes (fsdp=4), checkpointed, restored, resumed.
+    assert [r["epoch"] for r in ref["fsdp"]] == [0, 1] and ref["fsdp"][-1]["params_digest"]
+    assert two[0]["fsdp"] == two[1]["fsdp"] == ref["fsdp"]
 
     # Each process encoded only its prompts: half of each call's, together the same.
     calls = ref["encoded"]
