@@ -306,7 +306,10 @@ def sample(
         # Pad the last batch to the batch size: one compiled shape for every batch.
         padded = chunk + [chunk[-1]] * (batch - len(chunk))
         index, k = np.asarray(padded).T
-        cond = run.adapter.encode_prompts([prompt_set.prompts[i] for i in index], m.height, m.width)
+        cond = trainer.encode_prompts(
+            run.adapter, [prompt_set.prompts[i] for i in index], m.height, m.width,
+            [prompt_set.metadata[i] for i in index],
+        )  # fmt: skip
         noise = image_noise(run.adapter, seed, index, k, m.height, m.width)
         final, _ = trainer._sample(
             run, params, cond, noise, sigmas, levels, jax.random.key(seed), None
