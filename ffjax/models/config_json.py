@@ -1,8 +1,8 @@
 """Reading a Diffusers / transformers `config.json` into a frozen config dataclass.
 
 Every model family's config module (`ffjax/models/<family>/config.py`) builds its
-dataclasses through `build_config`, so a folder of another model, an unknown key or an
-impossible value fails the same way everywhere, naming the key.
+dataclasses on `DiffusersConfig` (through `build_config`), so a folder of another model,
+an unknown key or an impossible value fails the same way everywhere, naming the key.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, ClassVar, Self
 
 
 class ConfigError(ValueError):
@@ -76,3 +76,49 @@ def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     """ConfigError "config key KEY=VALUE is invalid; expected ALLOWED" unless `ok`."""
     if not ok:
         raise ConfigError(f"config key {key}={value!r} is invalid; expected {allowed}")
+
+
+DTYPES = ("float32", "bfloat16", "float16")  # what dtype / param_dtype may be
+REMAT_POLICIES = ("none", "full", "save_dots")  # per-block rematerialisation policies
+
+
+class DiffusersConfig:
+    """Base of the frozen config dataclasses that mirror a Diffusers class's config.json.
+
+    A subclass (a frozen dataclass whose fields are the config.json keys, then ffjax
+    runtime fields) sets `CLASS_NAME` (the `_class_name` its folders carry), `WHAT` (for
+    the wrong-folder message), `RUNTIME` (its runtime fields, never in a config.json)
+    and, for a Diffusers class that spells fields its own way, `KEYS` (see
+    `build_config`); it implements `validate`, calling `check_runtime`.
+    """
+
+    CLASS_NAME: ClassVar[str] = ""
+    WHAT: ClassVar[str] = ""
+    RUNTIME: ClassVar[tuple[str, ...]] = ("dtype", "param_dtype")
+    KEYS: ClassVar[dict[str, tuple[str, ...]] | None] = None
+
+    @classmethod
+    def from_diffusers(cls, config: str | os.PathLike | dict[str, Any], **overrides) -> Self:
+        """From a `config.json` (path, folder or dict); `overrides` set runtime fields."""
+        return build_config(
+            cls, read_config(config), cls.CLASS_NAME, overrides, cls.WHAT, keys=cls.KEYS
+        )
+
+    def to_diffusers(self) -> dict[str, Any]:
+        """The Diffusers config dict (runtime fields dropped, tuples as lists)."""
+        keys = self.KEYS or {f.name: (f.name,) for f in dataclasses.fields(self)}
+        d = {k: getattr(self, f[0]) for k, f in keys.items() if k not in self.RUNTIME}
+        return {
+            "_class_name": self.CLASS_NAME,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()},
+        }
+
+    def check_runtime(self) -> None:
+        """ConfigError naming the first runtime field whose value is not allowed."""
+        from ffjax.models.layers import ATTENTION_IMPLEMENTATIONS  # jax; this module is not
+
+        allowed = {"dtype": DTYPES, "param_dtype": DTYPES, "remat": REMAT_POLICIES,
+                   "attention": ATTENTION_IMPLEMENTATIONS}  # fmt: skip
+        for key in self.RUNTIME:
+            v = getattr(self, key)
+            check(v in allowed[key], key, v, f"one of {allowed[key]}")

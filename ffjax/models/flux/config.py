@@ -9,23 +9,21 @@ Unknown keys and impossible values are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Any
 
-# ConfigError and read_config are re-exported: callers import them from here.
+# ConfigError, read_config and REMAT_POLICIES are re-exported: callers import them from here.
+from ffjax.models.config_json import REMAT_POLICIES as REMAT_POLICIES
 from ffjax.models.config_json import ConfigError as ConfigError
-from ffjax.models.config_json import build_config
+from ffjax.models.config_json import DiffusersConfig
 from ffjax.models.config_json import check as _check
 from ffjax.models.config_json import read_config as read_config
-from ffjax.models.layers import ATTENTION_IMPLEMENTATIONS
-
-REMAT_POLICIES = ("none", "full", "save_dots")
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
-class FluxTransformerConfig:
+class FluxTransformerConfig(DiffusersConfig):
     """`FluxTransformer2DModel` hyper-parameters (Diffusers names) + ffjax runtime fields."""
+
+    CLASS_NAME = "FluxTransformer2DModel"
+    RUNTIME = ("dtype", "param_dtype", "remat", "attention")
 
     patch_size: int = 1
     in_channels: int = 64  # packed latent channels: 4 * VAE latent_channels
@@ -43,21 +41,6 @@ class FluxTransformerConfig:
     param_dtype: str = "float32"  # parameter storage dtype
     remat: str = "none"  # per-block rematerialisation: none | full | save_dots
     attention: str = "auto"  # attention kernel: auto | xla | cudnn | splash
-
-    @classmethod
-    def from_diffusers(
-        cls, config: str | os.PathLike | dict[str, Any], **overrides
-    ) -> FluxTransformerConfig:
-        """From a transformer `config.json` (path, folder or dict); `overrides` set runtime fields."""
-        return build_config(cls, read_config(config), "FluxTransformer2DModel", overrides)
-
-    def to_diffusers(self) -> dict[str, Any]:
-        """The Diffusers config dict (runtime fields dropped)."""
-        d = dataclasses.asdict(self)
-        for k in ("dtype", "param_dtype", "remat", "attention"):
-            d.pop(k)
-        d["axes_dims_rope"] = list(self.axes_dims_rope)
-        return {"_class_name": "FluxTransformer2DModel", **d}
 
     @property
     def inner_dim(self) -> int:
@@ -86,20 +69,14 @@ class FluxTransformerConfig:
             len(dims) == 3 and all(d > 0 and d % 2 == 0 for d in dims) and sum(dims) == self.attention_head_dim,
             "axes_dims_rope", dims, f"3 positive even ints summing to attention_head_dim={self.attention_head_dim}",
         )  # fmt: skip
-        _check(self.dtype in _DTYPES, "dtype", self.dtype, f"one of {_DTYPES}")
-        _check(self.param_dtype in _DTYPES, "param_dtype", self.param_dtype, f"one of {_DTYPES}")
-        _check(self.remat in REMAT_POLICIES, "remat", self.remat, f"one of {REMAT_POLICIES}")
-        _check(
-            self.attention in ATTENTION_IMPLEMENTATIONS,
-            "attention",
-            self.attention,
-            f"one of {ATTENTION_IMPLEMENTATIONS}",
-        )
+        self.check_runtime()
 
 
 @dataclasses.dataclass(frozen=True)
-class FluxVAEConfig:
+class FluxVAEConfig(DiffusersConfig):
     """`AutoencoderKL` hyper-parameters of the FLUX.1 VAE (Diffusers names) + dtypes."""
+
+    CLASS_NAME = "AutoencoderKL"
 
     in_channels: int = 3
     out_channels: int = 3
@@ -123,20 +100,6 @@ class FluxVAEConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
 
-    @classmethod
-    def from_diffusers(
-        cls, config: str | os.PathLike | dict[str, Any], **overrides
-    ) -> FluxVAEConfig:
-        """From a VAE `config.json` (path, folder or dict); `overrides` set runtime fields."""
-        return build_config(cls, read_config(config), "AutoencoderKL", overrides)
-
-    def to_diffusers(self) -> dict[str, Any]:
-        """The Diffusers config dict (runtime fields dropped)."""
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        d.pop("dtype")
-        d.pop("param_dtype")
-        return {"_class_name": "AutoencoderKL", **d}
-
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
@@ -152,5 +115,4 @@ class FluxVAEConfig:
         _check(self.act_fn == "silu", "act_fn", self.act_fn, "'silu'")
         _check(self.latent_channels > 0, "latent_channels", self.latent_channels, "> 0")
         _check(self.layers_per_block > 0, "layers_per_block", self.layers_per_block, "> 0")
-        _check(self.dtype in _DTYPES, "dtype", self.dtype, f"one of {_DTYPES}")
-        _check(self.param_dtype in _DTYPES, "param_dtype", self.param_dtype, f"one of {_DTYPES}")
+        self.check_runtime()

@@ -10,21 +10,14 @@ does not implement (the Edit / Layered variants' switches) are errors that name 
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Any
 
-# ConfigError and read_config are re-exported: callers import them from here.
+# ConfigError, read_config and REMAT_POLICIES are re-exported: callers import them from here.
+from ffjax.models.config_json import REMAT_POLICIES as REMAT_POLICIES
 from ffjax.models.config_json import ConfigError as ConfigError
-from ffjax.models.config_json import build_config
+from ffjax.models.config_json import DiffusersConfig
 from ffjax.models.config_json import check as _check
 from ffjax.models.config_json import read_config as read_config
-from ffjax.models.layers import ATTENTION_IMPLEMENTATIONS
 from ffjax.models.wan.config import WanVAEConfig
-
-REMAT_POLICIES = ("none", "full", "save_dots")
-_DTYPES = ("float32", "bfloat16", "float16")
-_RUNTIME = ("dtype", "param_dtype", "remat", "attention")
-_VAE_RUNTIME = ("dtype", "param_dtype")
 
 TRANSFORMER_CLASS = "QwenImageTransformer2DModel"
 VAE_CLASS = "AutoencoderKLQwenImage"
@@ -37,8 +30,11 @@ def _positive_ints(obj, keys) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class QwenImageTransformerConfig:
+class QwenImageTransformerConfig(DiffusersConfig):
     """`QwenImageTransformer2DModel` hyper-parameters (Diffusers names) + ffjax runtime fields."""
+
+    CLASS_NAME, WHAT = TRANSFORMER_CLASS, "Qwen-Image transformer"
+    RUNTIME = ("dtype", "param_dtype", "remat", "attention")
 
     patch_size: int = 2  # latents are packed in patch_size^2 patches by the pipeline
     in_channels: int = 64  # packed latent channels: patch_size^2 * VAE z_dim
@@ -57,23 +53,6 @@ class QwenImageTransformerConfig:
     param_dtype: str = "float32"  # parameter storage dtype
     remat: str = "none"  # per-block rematerialisation: none | full | save_dots
     attention: str = "auto"  # attention kernel: auto | xla | cudnn | splash
-
-    @classmethod
-    def from_diffusers(
-        cls, config: str | os.PathLike | dict[str, Any], **overrides
-    ) -> QwenImageTransformerConfig:
-        """From a transformer `config.json` (path, folder or dict); `overrides` set runtime fields."""
-        return build_config(
-            cls, read_config(config), TRANSFORMER_CLASS, overrides, "Qwen-Image transformer"
-        )
-
-    def to_diffusers(self) -> dict[str, Any]:
-        """The Diffusers config dict (runtime fields dropped)."""
-        d = dataclasses.asdict(self)
-        for k in _RUNTIME:
-            d.pop(k)
-        d["axes_dims_rope"] = list(self.axes_dims_rope)
-        return {"_class_name": TRANSFORMER_CLASS, **d}
 
     @property
     def inner_dim(self) -> int:
@@ -110,11 +89,7 @@ class QwenImageTransformerConfig:
                     f"config key {key}=True is not supported by ffjax's Qwen-Image transformer"
                     f" ({what}); only {key}=False checkpoints load"
                 )
-        _check(self.dtype in _DTYPES, "dtype", self.dtype, f"one of {_DTYPES}")
-        _check(self.param_dtype in _DTYPES, "param_dtype", self.param_dtype, f"one of {_DTYPES}")
-        _check(self.remat in REMAT_POLICIES, "remat", self.remat, f"one of {REMAT_POLICIES}")
-        _check(self.attention in ATTENTION_IMPLEMENTATIONS, "attention", self.attention,
-               f"one of {ATTENTION_IMPLEMENTATIONS}")  # fmt: skip
+        self.check_runtime()
 
 
 # AutoencoderKLQwenImage's config.json keys (+ the runtime dtypes), each with the
@@ -139,24 +114,11 @@ class QwenImageVAEConfig(WanVAEConfig):
     fields keep their Wan 2.1 values (validated).
     """
 
+    CLASS_NAME, WHAT, KEYS = VAE_CLASS, "Qwen-Image VAE", _VAE_KEYS
+
     # Not in AutoencoderKLQwenImage's config: nothing to check against the layout.
     scale_factor_temporal: int | None = None
     scale_factor_spatial: int | None = None
-
-    @classmethod
-    def from_diffusers(
-        cls, config: str | os.PathLike | dict[str, Any], **overrides
-    ) -> QwenImageVAEConfig:
-        """From a VAE `config.json` (path, folder or dict); `overrides` set runtime fields."""
-        return build_config(
-            cls, read_config(config), VAE_CLASS, overrides, "Qwen-Image VAE", keys=_VAE_KEYS
-        )
-
-    def to_diffusers(self) -> dict[str, Any]:
-        """The Diffusers config dict (runtime fields dropped)."""
-        d = {k: getattr(self, f[0]) for k, f in _VAE_KEYS.items() if k not in _VAE_RUNTIME}
-        return {"_class_name": VAE_CLASS,
-                **{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}}  # fmt: skip
 
     @property
     def input_channels(self) -> int:

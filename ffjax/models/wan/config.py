@@ -9,22 +9,17 @@ keys and impossible values are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Any
 
-# ConfigError and read_config are re-exported: callers import them from here.
+# ConfigError, read_config and REMAT_POLICIES are re-exported: callers import them from here.
+from ffjax.models.config_json import REMAT_POLICIES as REMAT_POLICIES
 from ffjax.models.config_json import ConfigError as ConfigError
-from ffjax.models.config_json import build_config
+from ffjax.models.config_json import DiffusersConfig
 from ffjax.models.config_json import check as _check
 from ffjax.models.config_json import read_config as read_config
-from ffjax.models.layers import ATTENTION_IMPLEMENTATIONS
 
 # ---------------------------------------------------------------- transformer section
 
 TRANSFORMER_CLASS = "WanTransformer3DModel"
-REMAT_POLICIES = ("none", "full", "save_dots")
-_DTYPES = ("float32", "bfloat16", "float16")
-_TRANSFORMER_RUNTIME = ("dtype", "param_dtype", "remat", "attention")
 
 
 def _positive_int(v) -> bool:
@@ -32,7 +27,7 @@ def _positive_int(v) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class WanTransformerConfig:
+class WanTransformerConfig(DiffusersConfig):
     """`WanTransformer3DModel` hyper-parameters (Diffusers names) + ffjax runtime fields.
 
     Defaults are Diffusers' (the Wan 2.1 T2V-14B shape). Wan 2.1 I2V sets `image_dim`
@@ -40,6 +35,9 @@ class WanTransformerConfig:
     cross-attention; FLF2V also `pos_embed_seq_len`; Wan 2.2 TI2V-5B is a plain T2V
     layout whose pipeline passes per-token timesteps.
     """
+
+    CLASS_NAME, WHAT = TRANSFORMER_CLASS, "WAN transformer"
+    RUNTIME = ("dtype", "param_dtype", "remat", "attention")
 
     patch_size: tuple[int, int, int] = (1, 2, 2)  # (frames, rows, cols) per token
     num_attention_heads: int = 40
@@ -62,23 +60,6 @@ class WanTransformerConfig:
     param_dtype: str = "float32"  # parameter storage dtype
     remat: str = "none"  # per-block rematerialisation: none | full | save_dots
     attention: str = "auto"  # attention kernel: auto | xla | cudnn | splash
-
-    @classmethod
-    def from_diffusers(
-        cls, config: str | os.PathLike | dict[str, Any], **overrides
-    ) -> WanTransformerConfig:
-        """From a transformer `config.json` (path, folder or dict); `overrides` set runtime fields."""
-        return build_config(
-            cls, read_config(config), TRANSFORMER_CLASS, overrides, "WAN transformer"
-        )
-
-    def to_diffusers(self) -> dict[str, Any]:
-        """The Diffusers config dict (runtime fields dropped)."""
-        d = dataclasses.asdict(self)
-        for k in _TRANSFORMER_RUNTIME:
-            d.pop(k)
-        d["patch_size"] = list(self.patch_size)
-        return {"_class_name": TRANSFORMER_CLASS, **d}
 
     @property
     def inner_dim(self) -> int:
@@ -141,18 +122,12 @@ class WanTransformerConfig:
             _check(_positive_int(self.pos_embed_seq_len) and self.pos_embed_seq_len % 2 == 0,
                    "pos_embed_seq_len", self.pos_embed_seq_len,
                    "a positive even int (first + last frame image tokens)")  # fmt: skip
-        _check(self.dtype in _DTYPES, "dtype", self.dtype, f"one of {_DTYPES}")
-        _check(self.param_dtype in _DTYPES, "param_dtype", self.param_dtype, f"one of {_DTYPES}")
-        _check(self.remat in REMAT_POLICIES, "remat", self.remat, f"one of {REMAT_POLICIES}")
-        _check(self.attention in ATTENTION_IMPLEMENTATIONS, "attention", self.attention,
-               f"one of {ATTENTION_IMPLEMENTATIONS}")  # fmt: skip
+        self.check_runtime()
 
 
 # ---------------------------------------------------------------- vae section
 
 VAE_CLASS = "AutoencoderKLWan"
-_VAE_DTYPES = ("float32", "bfloat16", "float16")
-_VAE_RUNTIME = ("dtype", "param_dtype")
 # Diffusers encodes the first frame alone, then chunks of this many frames (hard-coded
 # in `AutoencoderKLWan._encode`); the temporal factor must divide it.
 ENCODE_CHUNK = 4
@@ -169,13 +144,15 @@ def _is_pos_int(v) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class WanVAEConfig:
+class WanVAEConfig(DiffusersConfig):
     """`AutoencoderKLWan` hyper-parameters (Diffusers names) + dtypes.
 
     Wan 2.1: base_dim 96, z_dim 16, 8x spatial / 4x temporal compression. Wan 2.2
     (TI2V-5B): is_residual, patch_size 2 (pixels are 2x2-patchified into 12 channels
     before the encoder), base_dim 160, decoder_base_dim 256, z_dim 48, 16x spatial.
     """
+
+    CLASS_NAME, WHAT = VAE_CLASS, "WAN VAE"
 
     base_dim: int = 96
     decoder_base_dim: int | None = None  # None: base_dim
@@ -196,20 +173,6 @@ class WanVAEConfig:
     # ffjax runtime fields.
     dtype: str = "float32"
     param_dtype: str = "float32"
-
-    @classmethod
-    def from_diffusers(
-        cls, config: str | os.PathLike | dict[str, Any], **overrides
-    ) -> WanVAEConfig:
-        """From a VAE `config.json` (path, folder or dict); `overrides` set runtime fields."""
-        return build_config(cls, read_config(config), VAE_CLASS, overrides, "WAN VAE")
-
-    def to_diffusers(self) -> dict[str, Any]:
-        """The Diffusers config dict (runtime fields dropped)."""
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        for k in _VAE_RUNTIME:
-            d.pop(k)
-        return {"_class_name": VAE_CLASS, **d}
 
     @property
     def patch(self) -> int:
@@ -272,9 +235,7 @@ class WanVAEConfig:
             _check(len(v) == self.z_dim, key, v, f"{self.z_dim} floats (z_dim)")
         _check(all(s > 0 for s in self.latents_std), "latents_std", self.latents_std, "> 0")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "in [0, 1)")
-        _check(self.dtype in _VAE_DTYPES, "dtype", self.dtype, f"one of {_VAE_DTYPES}")
-        _check(self.param_dtype in _VAE_DTYPES, "param_dtype", self.param_dtype,
-               f"one of {_VAE_DTYPES}")  # fmt: skip
+        self.check_runtime()
 
     def _check_shortcuts(self) -> None:
         # Wan 2.2's shortcuts fold (t, h, w) blocks into channels: the channel counts
