@@ -126,9 +126,11 @@ def test_pipeline_parity(tmp_path_factory, variant, scale):
 
     velocity = jax.jit(adapter.velocity)
     variables = {"params": weights["transformer"]}
+    errs = []
     for x_ref, s_ref, v_ref in ref_steps:
         v = velocity(variables, jnp.asarray(_to_ours(x_ref)), jnp.full((2,), s_ref), cond)
-        assert rel_err(v, _to_ours(v_ref)) < 1e-4, s_ref
+        errs.append(rel_err(v, _to_ours(v_ref)))
+        assert errs[-1] < 1e-4, s_ref
 
     # The rollout path (cross-attention K/V prepared once) gives the same velocities.
     prepared = jax.jit(adapter.prepare_cond)(variables, cond)
@@ -141,12 +143,15 @@ def test_pipeline_parity(tmp_path_factory, variant, scale):
         v = velocity(variables, x, jnp.full((2,), s, jnp.float32), cond)
         x = x + v * (s_next - s)  # Euler ODE step (DESIGN.md time convention)
     assert rel_err(x, _to_ours(ref_latents)) < 1e-4
+    print(f"{variant} scale {scale}: velocity max rel err {max(errs):.2g},"
+          f" final latents {rel_err(x, _to_ours(ref_latents)):.2g}")  # fmt: skip
 
     video = np.asarray(
         jax.jit(adapter.decode_latents, static_argnums=(2, 3))(weights["vae"], x, h, w)
     )
     assert video.shape == (2, FRAMES, h, w, 3)
     np.testing.assert_allclose(np.clip(video / 2 + 0.5, 0, 1), ref_frames, atol=1e-4)
+    print(f"  video max abs diff {np.abs(np.clip(video / 2 + 0.5, 0, 1) - ref_frames).max():.2g}")
     uint8 = np.asarray(jax.jit(adapter.decode, static_argnums=(2, 3))(weights["vae"], x, h, w))
     assert uint8.shape == (2, FRAMES, h, w, 3) and uint8.dtype == np.uint8
     assert np.abs(uint8.astype(int) - np.round(ref_frames * 255).astype(int)).max() <= 1
