@@ -103,7 +103,7 @@ def test_cfg_in_train_false_trains_the_conditional_pass_alone(monkeypatch):
     assert trainer.cfg_in_train(_recipe("awm").get_config("tiny"))  # AWM has no such key
 
 
-def test_cfg_in_train_false_starts_off_ratio_one(tmp_path):
+def test_cfg_in_train_false_starts_with_the_ratio_off_one(tmp_path):
     """One epoch with cfg_in_train False and a learning rate too small to move anything:
     the rollout guides (its log-probs are the old ones), the training forward does not,
     so the ratio is below 1 before any update and most rows clip at clip_range 1e-4.

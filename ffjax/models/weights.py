@@ -483,6 +483,16 @@ def flat_shapes(abstract_params: Mapping[str, Any]) -> dict[str, Shape]:
     return {k: tuple(v.shape) for k, v in flat_params(abstract_params).items()}
 
 
+def as_stored(abstract_params: Any, dtype: Any) -> Any:
+    """A (boxed or abstract) params tree as the `jax.ShapeDtypeStruct`s a loader storing
+    every parameter in `dtype` would return (what adapters' `abstract_load` report)."""
+    import jax
+    import jax.numpy as jnp
+
+    dt = jnp.dtype(dtype)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dt), meta.unbox(abstract_params))
+
+
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"  # Diffusers' weight file name stem
 
 

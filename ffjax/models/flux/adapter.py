@@ -24,6 +24,7 @@ import numpy as np
 from flax import struct
 
 from ffjax.flow.schedule import flux_sigmas
+from ffjax.models import weights as weights_lib
 from ffjax.models.flux.config import FluxTransformerConfig, FluxVAEConfig
 from ffjax.models.flux.convert import load_transformer, load_vae, transformer_init_shapes
 from ffjax.models.flux.transformer import FluxTransformer
@@ -164,9 +165,7 @@ class Flux1Adapter:
         )
         adapter = cls(FluxTransformer(tc), FluxVAE(vc), vc, config.sampling.guidance_scale)
         adapter.max_sequence_length = m.max_sequence_length
-        as_stored = lambda tree: jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, jnp.dtype(m.param_dtype)), nn.unbox(tree)
-        )
+        as_stored = lambda tree: weights_lib.as_stored(tree, m.param_dtype)
         weights = {
             "transformer": as_stored(transformer_init_shapes(tc)[1]),
             "vae": as_stored(vae_init_shapes(vc)[1]),

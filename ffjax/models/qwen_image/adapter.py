@@ -38,6 +38,7 @@ import numpy as np
 from flax import struct
 
 from ffjax.flow.schedule import QWEN_IMAGE_SCHEDULER, SchedulerConfig, qwen_image_sigmas
+from ffjax.models import weights as weights_lib
 from ffjax.models.qwen_image.config import QwenImageTransformerConfig, QwenImageVAEConfig
 from ffjax.models.qwen_image.convert import identify, load_transformer, load_vae
 from ffjax.models.qwen_image.transformer import (
@@ -269,9 +270,7 @@ class QwenImageAdapter:
             m.get("negative_prompt", " "), _read_scheduler(m.path),
         )  # fmt: skip
         adapter.max_sequence_length = m.max_sequence_length
-        as_stored = lambda tree: jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, jnp.dtype(m.param_dtype)), nn.unbox(tree)
-        )
+        as_stored = lambda tree: weights_lib.as_stored(tree, m.param_dtype)
         weights = {
             "transformer": as_stored(transformer_init_shapes(tc)[1]),
             "vae": as_stored(vae_init_shapes(vc)[1]),

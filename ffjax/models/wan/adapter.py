@@ -40,6 +40,7 @@ import numpy as np
 from flax import struct
 
 from ffjax.flow.schedule import fixed_shift_sigmas
+from ffjax.models import weights as weights_lib
 from ffjax.models.wan.config import WanTransformerConfig, WanVAEConfig
 from ffjax.models.wan.convert import identify, load_transformer, load_vae
 from ffjax.models.wan.transformer import WanTransformer
@@ -198,6 +199,12 @@ class WanT2VAdapter:
             raise ValueError("boundary_ratio and transformer_2 go together (Wan 2.2 A14B)")
         if boundary_ratio is not None and not 0 < boundary_ratio < 1:
             raise ValueError(f"boundary_ratio must be in (0, 1), got {boundary_ratio}")
+        if guidance_scale_2 is not None and transformer_2 is None:
+            # As WanPipeline.check_inputs: only a two-expert pipeline has a second stage.
+            raise ValueError(
+                f"guidance_scale_2={guidance_scale_2} (config.model.guidance_scale_2) is only"
+                " for two-expert pipelines (Wan 2.2 A14B, boundary_ratio set); set it to 0"
+            )
         self.boundary_ratio = boundary_ratio
         self.expand_timesteps = bool(expand_timesteps)
         self.text = None  # TextEncoder (UMT5 + tokenizer), set by `load`
@@ -215,8 +222,9 @@ class WanT2VAdapter:
 
     @property
     def do_cfg(self) -> bool:
-        """Whether `encode_prompts` adds the negative prompt (s > 1, as the pipeline)."""
-        return self.guidance_scale > 1 or (self.two_experts and self.guidance_scale_2 > 1)
+        """Whether `encode_prompts` adds the negative prompt: guidance_scale > 1, as
+        WanPipeline's `do_classifier_free_guidance` (which ignores guidance_scale_2)."""
+        return self.guidance_scale > 1
 
     # ----------------------------------------------------------------- loading
 
@@ -335,9 +343,7 @@ class WanT2VAdapter:
             expand_timesteps=bool(index.get("expand_timesteps", False)), **cls._runtime(config),
         )  # fmt: skip
         adapter.max_sequence_length = m.max_sequence_length
-        as_stored = lambda tree: jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, jnp.dtype(m.param_dtype)), nn.unbox(tree)
-        )
+        as_stored = lambda tree: weights_lib.as_stored(tree, m.param_dtype)
         tp = {n: as_stored(transformer_init_shapes(c)[1]) for n, c in configs.items()}
         weights = {
             "transformer": tp if two else tp["transformer"],

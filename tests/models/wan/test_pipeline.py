@@ -194,3 +194,21 @@ def test_other_family_folder_is_refused(tmp_path):
     path = build_flux_pipeline(tmp_path / "flux")
     with pytest.raises(CheckpointFormatError, match="FluxPipeline"):
         WanT2VAdapter.load(_config(path, 4.0))
+
+
+def test_guidance_scale_2_only_for_two_experts(tmp_path_factory, a14b_folder):
+    """As WanPipeline: guidance_scale_2 needs a boundary_ratio pipeline, and guidance is
+    on when guidance_scale > 1 (guidance_scale_2 alone does not turn it on)."""
+    _, t2v_folder = _built("t2v", tmp_path_factory)
+    with pytest.raises(ValueError, match=r"guidance_scale_2=4.0 .* only for two-expert"):
+        WanT2VAdapter.from_pretrained(t2v_folder, num_frames=FRAMES, guidance_scale_2=4.0)
+    adapter, _ = WanT2VAdapter.from_pretrained(
+        a14b_folder, num_frames=FRAMES, guidance_scale=1.0, guidance_scale_2=4.0
+    )
+    assert not adapter.do_cfg
+    adapter, _ = WanT2VAdapter.from_pretrained(
+        a14b_folder, num_frames=FRAMES, guidance_scale=4.0, guidance_scale_2=3.0
+    )
+    cond = adapter.make_cond(np.zeros((2, 3, 24), np.float32), np.ones((1, 3, 24), np.float32))
+    np.testing.assert_array_equal(cond.guidance_scale, [4.0, 4.0])
+    np.testing.assert_array_equal(cond.guidance_scale_2, [3.0, 3.0])
