@@ -29,7 +29,6 @@ instead of at every step; training forwards compute them in the forward.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -41,7 +40,7 @@ from flax import struct
 
 from ffjax.flow.schedule import fixed_shift_sigmas
 from ffjax.models import weights as weights_lib
-from ffjax.models.wan.config import WanTransformerConfig, WanVAEConfig
+from ffjax.models.wan.config import WanTransformerConfig, WanVAEConfig, read_config
 from ffjax.models.wan.convert import identify, load_transformer, load_vae
 from ffjax.models.wan.transformer import WanTransformer
 from ffjax.models.wan.transformer import init_shapes as transformer_init_shapes
@@ -95,18 +94,13 @@ def guide(v_pos: jax.Array, v_neg: jax.Array, scale: jax.Array) -> jax.Array:
     return v_neg + s * (v_pos - v_neg)
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    with open(path) as f:
-        return json.load(f)
-
-
 def _pipeline_shift(path: str) -> float:
     """The fixed schedule shift of a pipeline folder's scheduler (UniPC `flow_shift`,
     FlowMatchEuler `shift`), or WAN_SHIFT without a scheduler folder."""
     f = os.path.join(path, "scheduler", "scheduler_config.json")
     if not os.path.exists(f):
         return WAN_SHIFT
-    sc = _read_json(f)
+    sc = read_config(f)
     if sc.get("use_dynamic_shifting"):
         raise ValueError(f"{f}: dynamic shifting is not WAN's schedule (fixed shift expected)")
     return float(sc.get("flow_shift", sc.get("shift", WAN_SHIFT)))
@@ -123,7 +117,7 @@ def _check_folder(path: str, pipelines: tuple[str, ...]) -> dict[str, Any]:
             f"{path}: a WAN {kind} folder; the adapter needs the whole pipeline folder"
             " (model_index.json, transformer/, vae/, text_encoder/, tokenizer/)"
         )
-    index = _read_json(os.path.join(path, "model_index.json"))
+    index = read_config(os.path.join(path, "model_index.json"))
     if index.get("_class_name") not in pipelines:
         raise ValueError(
             f"{path}: model_index.json _class_name is {index.get('_class_name')!r}; this"
