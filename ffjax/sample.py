@@ -11,7 +11,8 @@ run was trained with (and its `--config.*` overrides), since it builds the model
 checkpoint is restored into.
 
 Sampling is the deterministic ODE (noise level 0) with `sampling.eval_num_steps`
-steps, in batches of `sampling.batch_size` (0: all images at once). Image k of prompt
+steps, in batches of `sampling.batch_size` images (0: all at once), rounded up to a
+multiple of the devices over the mesh axes (data, fsdp). Image k of prompt
 `index` starts from `adapter.init_noise(fold_in(fold_in(key(seed), index), k), 1, ...)`,
 so it depends on the seed, the weights and its own prompt only: not on the batch size
 or the other prompts in the file.
@@ -19,6 +20,15 @@ or the other prompts in the file.
 Outputs in `--out`: `{index:05d}_{k}.png` per image (`.gif` per video), `prompts.jsonl`
 (one object per image: index, k, prompt, file, and the prompt's metadata if any) and
 `grid.png` (the first images, captioned; `grid.gif` for videos).
+
+Multi-process (the same command on every host, `jax.distributed` initialised from the
+environment as for training): every process builds the run and restores the
+checkpoint, then encodes, samples and decodes its block of each batch
+(`ffjax.parallel.rows`); process 0 gathers the images and alone writes `--out`, so
+only its host needs the folder. The batches and the noise do not depend on the process
+count: on the same mesh (devices over (data, fsdp)) the files are those of one process,
+byte for byte. Arguments are checked on every process before the first collective, and
+a process that refuses them makes every process exit with its message.
 """
 
 from __future__ import annotations
@@ -252,6 +262,61 @@ def image_noise(adapter, seed: int, index, k, height: int, width: int):
 # --------------------------------------------------------------------------- sampling
 
 
+def _inputs(checkpoint: str | None, prompts: str, out: Path, weights: str | None):
+    """The prompts, after the checks that need no model: every argument is refused here,
+    before any collective, so that each process of a multi-process job can tell the
+    others (`_agreed`)."""
+    import jax
+
+    if checkpoint is None and weights != "base":
+        raise SampleError("--checkpoint is required (except with --weights base)")
+    if checkpoint is not None and weights != "base":
+        locate_checkpoint(checkpoint)  # fail before loading the model
+    try:
+        prompt_set = load_sample_prompts(prompts)
+    except (FileNotFoundError, ValueError) as e:
+        raise SampleError(str(e)) from None
+    if jax.process_index() == 0:  # the only writer
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SampleError(f"cannot create --out {out}: {e}") from None
+    return prompt_set
+
+
+def _agreed(fn, *args):
+    """`fn(*args)` on every process; SampleError on every process if it raised one on
+    any (that process's message, naming it), so none is left waiting in a collective
+    for a process that quit. A collective, whose only collective is this agreement."""
+    from ffjax.parallel import rows as rows_lib
+
+    result, error, mine = None, None, ""
+    try:
+        result = fn(*args)
+    except Exception as e:  # any kind: the others must hear of it, then it is re-raised
+        error, mine = e, _first_line(e) if isinstance(e, SampleError) else repr(e)
+    messages = rows_lib.process_messages(mine)
+    if error is not None:
+        raise error
+    failed = [(p, m) for p, m in enumerate(messages) if m]
+    if failed:
+        p, message = failed[0]
+        raise SampleError(f"process {p}: {message}")
+    return result
+
+
+def _call_rows(n: int, batch_size: int, mesh) -> int:
+    """Images per sampling call: `batch_size` (0: all n) rounded up to a multiple of the
+    mesh's devices over (data, fsdp), so that every device holds its rows, and every
+    process its block (`ffjax.parallel.rows`). The same for any process count."""
+    import math
+
+    from ffjax.parallel.sharding import BATCH_AXES
+
+    devices = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    return -(-(batch_size or n) // devices) * devices
+
+
 def sample(
     config: configs.ConfigDict,
     *,
@@ -265,6 +330,12 @@ def sample(
 ) -> str:
     """Writes the images of `prompts` x `num_per_prompt` to `out`; returns a summary line.
 
+    One process of a multi-process job (`jax.distributed`, initialised from the
+    environment as for training) builds the same run, restores the checkpoint with the
+    others, and encodes, samples and decodes its rows of each call (`ffjax.parallel.rows`);
+    process 0 gathers the images and alone writes the files, the same files as one
+    process on the same mesh.
+
     Raises SampleError for unusable arguments, prompts or checkpoints (ConfigError /
     FileNotFoundError from `trainer.setup` for an unusable config).
     """
@@ -274,17 +345,19 @@ def sample(
 
     from ffjax import trainer
     from ffjax.logging import image_grid, save_grid
+    from ffjax.parallel import rows as rows_lib
+    from ffjax.parallel.mesh import maybe_initialize_distributed
 
     t0 = time.perf_counter()
-    if checkpoint is None and weights != "base":
-        raise SampleError("--checkpoint is required (except with --weights base)")
-    if checkpoint is not None and weights != "base":
-        locate_checkpoint(checkpoint)  # fail before loading the model
-    try:
-        prompt_set = load_sample_prompts(prompts)
-    except (FileNotFoundError, ValueError) as e:
-        raise SampleError(str(e)) from None
-    run = trainer.setup(config)
+    maybe_initialize_distributed()  # a no-op unless this is one process of a multi-host job
+    out = Path(out)
+    prompt_set = _agreed(_inputs, checkpoint, prompts, out, weights)
+    writer = jax.process_index() == 0
+    # The run samples each call whole (`_call_rows` makes the calls); sampling.batch_size
+    # of a training epoch, checked by `setup`, has no meaning here.
+    run_config = config.copy_and_resolve_references()
+    run_config.sampling.batch_size = 0
+    run = trainer.setup(run_config)
     state, source = None, "the pretrained model"
     if weights != "base":
         state, source = restore(run, checkpoint)
@@ -293,28 +366,34 @@ def sample(
     c, m = run.config, run.config.model
     seed = c.seed if seed is None else seed
     items = [(i, k) for i in range(len(prompt_set)) for k in range(num_per_prompt)]
-    batch = c.sampling.batch_size or len(items)
+    batch = _call_rows(len(items), config.sampling.batch_size, run.mesh)
+    try:
+        blocks = rows_lib.row_blocks(run.mesh, batch)
+    except ValueError as e:
+        raise SampleError(f"config.mesh: {e}") from None
     sigmas = run.adapter.sigmas(c.sampling.eval_num_steps, m.height, m.width)
     levels = np.zeros(c.sampling.eval_num_steps, np.float32)  # ODE
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rows, grid_images, captions = [], [], []
     for start in tqdm(
-        range(0, len(items), batch), desc="sampling", unit="batch", disable=not progress
-    ):
+        range(0, len(items), batch), desc="sampling", unit="batch",
+        disable=not (progress and writer),
+    ):  # fmt: skip
         chunk = items[start : start + batch]
         # Pad the last batch to the batch size: one compiled shape for every batch.
         padded = chunk + [chunk[-1]] * (batch - len(chunk))
-        index, k = np.asarray(padded).T
+        index, k = np.asarray(padded[blocks.local]).T  # this process's rows
         cond = trainer.encode_prompts(
             run.adapter, [prompt_set.prompts[i] for i in index], m.height, m.width,
             [prompt_set.metadata[i] for i in index],
         )  # fmt: skip
         noise = image_noise(run.adapter, seed, index, k, m.height, m.width)
+        cond, noise = rows_lib.put_rows((cond, noise), run.mesh, blocks)
         final, _ = trainer._sample(
             run, params, cond, noise, sigmas, levels, jax.random.key(seed), None
         )
-        images = trainer._decode(run, final)[: len(chunk)]
+        images = rows_lib.gather_rows(trainer._decode(run, final), blocks, len(chunk))
+        if not writer:
+            continue
         for (i, j), image in zip(chunk, images, strict=True):
             # An image [H, W, 3] becomes a PNG, a video [T, H, W, 3] an animated GIF.
             name = os.path.basename(save_grid(out / f"{i:05d}_{j}.png", image))
@@ -325,6 +404,11 @@ def sample(
             if len(grid_images) < GRID_MAX_IMAGES:
                 grid_images.append(image)
                 captions.append(f"{i} {prompt_set.prompts[i]}")
+    processes = f" ({jax.process_count()} processes)" if jax.process_count() > 1 else ""
+    if not writer:
+        return (
+            f"sampled this process's rows of {len(items)} images{processes}; process 0 wrote them"
+        )
     with open(out / "prompts.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     columns = num_per_prompt if 1 < num_per_prompt <= 8 else 8
@@ -336,7 +420,7 @@ def sample(
     kind = "videos" if np.ndim(grid_images[0]) == 4 else "images"
     return (
         f"wrote {len(rows)} {kind} ({len(prompt_set)} prompts x {num_per_prompt}) with the"
-        f" {used} weights of {source}, seed {seed}, to {out} in {dt:.1f}s"
+        f" {used} weights of {source}, seed {seed}, to {out} in {dt:.1f}s{processes}"
     )
 
 
