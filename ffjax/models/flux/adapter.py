@@ -185,6 +185,13 @@ class Flux1Adapter:
             "text_encoder_2 (T5)": abstract_t5(os.path.join(m.path, "text_encoder_2"), m.dtype),
         }
 
+    def place_encoders(self, mesh: jax.sharding.Mesh) -> None:
+        """Shards the CLIP and T5 params on `mesh` by their logical axes; prompts are then
+        encoded there (`ffjax.models.text.placement`). Nothing to do without encoders."""
+        from ffjax.models.text.placement import place_encoders
+
+        place_encoders(self.text, mesh)
+
     def abstract_cond(self, batch: int, height: int, width: int) -> FluxCond:
         """The `encode_prompts` result for `batch` prompts, as `jax.ShapeDtypeStruct`s
         (embeddings in the activation dtype, as the encoders `load` builds return them)."""

@@ -297,6 +297,13 @@ class QwenImageAdapter:
         return {"text_encoder (Qwen2.5-VL)": jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, dt), params)}  # fmt: skip
 
+    def place_encoders(self, mesh: jax.sharding.Mesh) -> None:
+        """Shards the Qwen2.5-VL params on `mesh` by their logical axes; prompts are then
+        encoded there (`ffjax.models.text.placement`). Nothing to do without the encoder."""
+        from ffjax.models.text.placement import place_encoders
+
+        place_encoders(self.text, mesh)
+
     def abstract_cond(self, batch: int, height: int, width: int) -> QwenImageCond:
         """The `encode_prompts` result for `batch` prompts at the longest text
         (`max_sequence_length` tokens), as `jax.ShapeDtypeStruct`s; with guidance the

@@ -8,7 +8,8 @@ Entry points:
     -> {transformers output name: NumPy array}, the parity-test seam.
 
 Prompt tokenization and pipeline-exact `encode_prompts` live in `tokenize.py` /
-`encode.py`; this package imports nothing heavy until a component is used.
+`encode.py`; sharding encoders on a mesh in `placement.py`; this package imports
+nothing heavy until a component is used.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ COMPONENTS = tuple(_LOADERS)
 
 
 def load_pretrained(
-    component: str, path: str | os.PathLike, dtype: Any = "float32"
+    component: str, path: str | os.PathLike, dtype: Any = "float32", **where: Any
 ) -> tuple[Any, Any]:
     """Loads a transformers text-encoder folder (config.json + safetensors, sharded or not).
 
@@ -41,6 +42,9 @@ def load_pretrained(
       path: the checkpoint folder, e.g. `<pipeline>/text_encoder_2`.
       dtype: parameter and activation dtype ("float32", "bfloat16"); None keeps the
         checkpoint's stored dtype.
+      **where: `mesh=` a Mesh to read each tensor straight onto its shard (by the
+        module's logical axes, `placement.py`), or `host=True` to keep NumPy arrays;
+        default: the default device.
 
     Returns:
       (module, params) for `module.apply({"params": params}, input_ids, attention_mask)`.
@@ -52,7 +56,7 @@ def load_pretrained(
     if component not in _LOADERS:
         raise ValueError(f"unknown text component {component!r}; known: {list(COMPONENTS)}")
     module_name, fn = _LOADERS[component].split(":")
-    return getattr(importlib.import_module(module_name), fn)(path, dtype=dtype)
+    return getattr(importlib.import_module(module_name), fn)(path, dtype=dtype, **where)
 
 
 def load_clip_text(path: str | os.PathLike, dtype: Any = "float32") -> tuple[Any, Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -180,28 +180,64 @@ def _expected(module, length: int = 1) -> dict[str, W.Shape]:
 
 
 def convert_clip(
-    source: W.TensorSource, cfg: CLIPTextConfig, *, dtype: Any = None, what: str = "CLIP checkpoint"
+    source: W.TensorSource,
+    cfg: CLIPTextConfig,
+    *,
+    dtype: Any = None,
+    what: str = "CLIP checkpoint",
+    place: Placer = None,
 ) -> dict[str, Any]:
-    """A CLIP text checkpoint's tensors -> params of `CLIPTextModel(cfg)` (strict)."""
+    """A CLIP text checkpoint's tensors -> params of `CLIPTextModel(cfg)` (strict).
+
+    `place(path, array)` puts each parameter where it goes (`placer`); default: the
+    default device."""
     source, prefix = clip_source(source)
     expected = _expected(CLIPTextModel(cfg))
     return W.load_params(
-        clip_rules(cfg, prefix), source, expected, dtype=dtype, place=_place, what=what
+        clip_rules(cfg, prefix), source, expected, dtype=dtype, place=place or _place, what=what
     )
 
 
 def convert_t5(
-    source: W.TensorSource, cfg: T5Config, *, dtype: Any = None, what: str = "T5 checkpoint"
+    source: W.TensorSource,
+    cfg: T5Config,
+    *,
+    dtype: Any = None,
+    what: str = "T5 checkpoint",
+    place: Placer = None,
 ) -> dict[str, Any]:
-    """A T5 / UMT5 encoder checkpoint's tensors -> params of `T5Encoder(cfg)` (strict)."""
+    """A T5 / UMT5 encoder checkpoint's tensors -> params of `T5Encoder(cfg)` (strict);
+    `place` as for `convert_clip`."""
     expected = _expected(T5Encoder(cfg))
     return W.load_params(
-        t5_rules(cfg), t5_source(source), expected, dtype=dtype, place=_place, what=what
+        t5_rules(cfg), t5_source(source), expected, dtype=dtype, place=place or _place, what=what
     )
+
+
+Placer = Callable[[str, np.ndarray], Any] | None
 
 
 def _place(path: str, a: np.ndarray) -> jax.Array:
     return jnp.asarray(a)
+
+
+def _on_host(path: str, a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def placer(module: Any, mesh: jax.sharding.Mesh | None = None, host: bool = False) -> Placer:
+    """Where a loader puts each tensor of `module`'s params: with `host`, nowhere (NumPy,
+    for placing later in one step); on `mesh`, straight onto its sharding by the
+    module's logical axes (`ffjax.models.text.placement`); else on the default device."""
+    if host and mesh is not None:
+        raise ValueError("a text encoder loads onto a mesh or onto the host, not both")
+    if host:
+        return _on_host
+    if mesh is not None:
+        from ffjax.models.text.placement import flat_placer
+
+        return flat_placer(module, mesh)
+    return _place
 
 
 def _dtype(dtype: Any, source: W.SafetensorsCheckpoint) -> np.dtype:
@@ -217,9 +253,14 @@ def _dtype(dtype: Any, source: W.SafetensorsCheckpoint) -> np.dtype:
 
 
 def load_clip(
-    path: str | os.PathLike, dtype: Any = "float32"
+    path: str | os.PathLike,
+    dtype: Any = "float32",
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    host: bool = False,
 ) -> tuple[CLIPTextModel, dict[str, Any]]:
-    """(module, params) from a CLIPTextModel / CLIPTextModelWithProjection folder."""
+    """(module, params) from a CLIPTextModel / CLIPTextModelWithProjection folder; the
+    params on the default device, sharded on `mesh`, or NumPy with `host` (`placer`)."""
     cfg_dict = read_config(path, "clip_text")
     source = W.SafetensorsCheckpoint.open(path, prefix="model")
     with_proj = "CLIPTextModelWithProjection" in (cfg_dict.get("architectures") or []) or (
@@ -228,24 +269,34 @@ def load_clip(
     cfg = CLIPTextConfig.from_dict(cfg_dict, with_projection=with_proj)
     dt = _dtype(dtype, source)
     module = CLIPTextModel(cfg, dtype=dt, param_dtype=dt)
-    return module, convert_clip(source, cfg, dtype=dt, what=os.fspath(path))
+    place = placer(module, mesh, host)
+    return module, convert_clip(source, cfg, dtype=dt, what=os.fspath(path), place=place)
 
 
 def load_t5(
-    path: str | os.PathLike, dtype: Any = "float32", *, umt5: bool = False
+    path: str | os.PathLike,
+    dtype: Any = "float32",
+    *,
+    umt5: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    host: bool = False,
 ) -> tuple[T5Encoder, dict[str, Any]]:
-    """(module, params) from a T5EncoderModel (or, with umt5, UMT5EncoderModel) folder."""
+    """(module, params) from a T5EncoderModel (or, with umt5, UMT5EncoderModel) folder;
+    `mesh` / `host` as for `load_clip`."""
     cfg = T5Config.from_dict(read_config(path, "umt5" if umt5 else "t5"), umt5=umt5)
     source = W.SafetensorsCheckpoint.open(path, prefix="model")
     dt = _dtype(dtype, source)
-    return T5Encoder(cfg, dtype=dt, param_dtype=dt), convert_t5(
-        source, cfg, dtype=dt, what=os.fspath(path)
-    )
+    module = T5Encoder(cfg, dtype=dt, param_dtype=dt)
+    place = placer(module, mesh, host)
+    return module, convert_t5(source, cfg, dtype=dt, what=os.fspath(path), place=place)
 
 
-def load_umt5(path: str | os.PathLike, dtype: Any = "float32") -> tuple[T5Encoder, dict[str, Any]]:
-    """(module, params) from a UMT5EncoderModel folder (WAN's text encoder)."""
-    return load_t5(path, dtype, umt5=True)
+def load_umt5(
+    path: str | os.PathLike, dtype: Any = "float32", **where: Any
+) -> tuple[T5Encoder, dict[str, Any]]:
+    """(module, params) from a UMT5EncoderModel folder (WAN's text encoder); `where`:
+    `mesh` / `host` as for `load_clip`."""
+    return load_t5(path, dtype, umt5=True, **where)
 
 
 def abstract_clip(path: str | os.PathLike, dtype: Any = "float32") -> dict[str, Any]:

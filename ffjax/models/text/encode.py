@@ -27,15 +27,17 @@ from ffjax.models import text
 from ffjax.models.text.tokenize import Tokens, load_tokenizer, prompt_clean, tokenize
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class TextEncoder:
     """One tokenizer + one JAX encoder, and where both came from (for cache fingerprints).
 
     Attributes:
       component: "clip_text" | "t5" | "umt5" | "qwen2_5_vl".
-      module, params: from `ffjax.models.text.load_pretrained`.
+      module, params: from `ffjax.models.text.load_pretrained`. `load_encoder` keeps the
+        params on the host (NumPy) until `place` or the first call puts them on devices.
       tokenizer: a transformers tokenizer.
       encoder_path, tokenizer_path: the folders they were loaded from.
+      mesh: the mesh the params are sharded on (`place`), or None (one device).
     """
 
     component: str
@@ -44,14 +46,30 @@ class TextEncoder:
     tokenizer: Any
     encoder_path: str
     tokenizer_path: str
+    mesh: Any = None
 
     @property
     def dtype(self) -> Any:
         return self.module.dtype
 
+    def place(self, mesh: jax.sharding.Mesh) -> None:
+        """Shards the params on `mesh` by their logical axes (`ffjax.models.text.placement`);
+        later calls run jitted there, the batch and the outputs replicated on `mesh`.
+        Host params go straight to their shards; device params are resharded."""
+        from ffjax.models.text.placement import place_params
+
+        self.params = place_params(self.module, self.params, mesh)
+        self.mesh = mesh
+
     def __call__(self, tokens: Tokens, *, use_mask: bool) -> dict[str, jax.Array]:
         """Runs the encoder (jit-compiled once per module and shape) on `tokens`."""
         mask = tokens.attention_mask if use_mask else None
+        if self.mesh is not None:
+            from ffjax.models.text.placement import sharded_apply
+
+            return sharded_apply(self.module, self.mesh)(self.params, tokens.input_ids, mask)
+        if any(isinstance(a, np.ndarray) for a in jax.tree.leaves(self.params)):
+            self.params = jax.device_put(self.params)  # once, not on every call
         return text._jitted(self.module)(self.params, tokens.input_ids, mask)
 
 
@@ -61,8 +79,14 @@ def load_encoder(
     encoder_sub: str,
     tokenizer_sub: str,
     dtype: Any = "float32",
+    *,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TextEncoder:
-    """A `TextEncoder` from a pipeline folder's `encoder_sub` and `tokenizer_sub` folders."""
+    """A `TextEncoder` from a pipeline folder's `encoder_sub` and `tokenizer_sub` folders.
+
+    With `mesh`, each tensor is read onto its shard of `mesh` (`TextEncoder.place`);
+    without, the params stay on the host until `place` or the first call.
+    """
     folder = os.fspath(folder)
     tokenizer = load_tokenizer(folder, tokenizer_sub)
     enc_path = os.path.join(folder, encoder_sub)
@@ -70,9 +94,10 @@ def load_encoder(
         raise FileNotFoundError(
             f"{folder}: no text encoder folder {encoder_sub!r} (for {component})"
         )
-    module, params = text.load_pretrained(component, enc_path, dtype)
+    where = {"mesh": mesh} if mesh is not None else {"host": True}
+    module, params = text.load_pretrained(component, enc_path, dtype, **where)
     return TextEncoder(
-        component, module, params, tokenizer, enc_path, os.path.join(folder, tokenizer_sub)
+        component, module, params, tokenizer, enc_path, os.path.join(folder, tokenizer_sub), mesh
     )
 
 
@@ -89,11 +114,14 @@ class FluxText:
     t5: TextEncoder
 
 
-def load_flux_text(folder: str | os.PathLike, dtype: Any = "float32") -> FluxText:
-    """Both FLUX.1 text encoders and tokenizers from a FluxPipeline folder."""
+def load_flux_text(
+    folder: str | os.PathLike, dtype: Any = "float32", *, mesh: jax.sharding.Mesh | None = None
+) -> FluxText:
+    """Both FLUX.1 text encoders and tokenizers from a FluxPipeline folder (`mesh` as for
+    `load_encoder`)."""
     return FluxText(
-        clip=load_encoder(folder, "clip_text", "text_encoder", "tokenizer", dtype),
-        t5=load_encoder(folder, "t5", "text_encoder_2", "tokenizer_2", dtype),
+        clip=load_encoder(folder, "clip_text", "text_encoder", "tokenizer", dtype, mesh=mesh),
+        t5=load_encoder(folder, "t5", "text_encoder_2", "tokenizer_2", dtype, mesh=mesh),
     )
 
 
@@ -200,9 +228,12 @@ def _maybe_cached(cache: Any, items: list, run, parts: dict | None) -> dict[str,
 WAN_MAX_SEQUENCE_LENGTH = 512  # WanPipeline.__call__'s default
 
 
-def load_wan_text(folder: str | os.PathLike, dtype: Any = "float32") -> TextEncoder:
-    """WAN's UMT5 encoder (`text_encoder`) and tokenizer (`tokenizer`) from a WanPipeline folder."""
-    return load_encoder(folder, "umt5", "text_encoder", "tokenizer", dtype)
+def load_wan_text(
+    folder: str | os.PathLike, dtype: Any = "float32", *, mesh: jax.sharding.Mesh | None = None
+) -> TextEncoder:
+    """WAN's UMT5 encoder (`text_encoder`) and tokenizer (`tokenizer`) from a WanPipeline
+    folder (`mesh` as for `load_encoder`)."""
+    return load_encoder(folder, "umt5", "text_encoder", "tokenizer", dtype, mesh=mesh)
 
 
 def zero_beyond_length(embeds: jax.Array, mask: np.ndarray) -> jax.Array:
@@ -258,9 +289,12 @@ QWEN_IMAGE_MAX_SEQUENCE_LENGTH = 1024  # encode_prompt's default; check_inputs r
 _PAD_BUCKET = 64  # right-padded batches are padded up to a multiple of this (fewer compiles)
 
 
-def load_qwen_image_text(folder: str | os.PathLike, dtype: Any = "float32") -> TextEncoder:
-    """Qwen-Image's Qwen2.5-VL language model (`text_encoder`) and Qwen2 tokenizer (`tokenizer`)."""
-    return load_encoder(folder, "qwen2_5_vl", "text_encoder", "tokenizer", dtype)
+def load_qwen_image_text(
+    folder: str | os.PathLike, dtype: Any = "float32", *, mesh: jax.sharding.Mesh | None = None
+) -> TextEncoder:
+    """Qwen-Image's Qwen2.5-VL language model (`text_encoder`) and Qwen2 tokenizer
+    (`tokenizer`) (`mesh` as for `load_encoder`)."""
+    return load_encoder(folder, "qwen2_5_vl", "text_encoder", "tokenizer", dtype, mesh=mesh)
 
 
 def _qwen_tokens(tokenizer: Any, texts: list[str], max_length: int) -> Tokens:

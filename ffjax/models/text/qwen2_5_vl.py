@@ -194,24 +194,32 @@ def convert_qwen(
     *,
     dtype: Any = None,
     what: str = "checkpoint",
+    place: Any = None,
 ):
-    """Qwen2.5-VL checkpoint tensors (either layout) -> params of `Qwen2_5_VLTextEncoder` (strict)."""
+    """Qwen2.5-VL checkpoint tensors (either layout) -> params of `Qwen2_5_VLTextEncoder` (strict);
+    `place` as for `ffjax.models.text.convert.convert_clip`."""
     from ffjax.models.text.convert import _expected, _place
 
     src = _TextOnly(source)
     rules = qwen_rules(cfg, qwen_prefix(src.keys()))
     expected = _expected(Qwen2_5_VLTextEncoder(cfg))
-    return W.load_params(rules, src, expected, dtype=dtype, place=_place, what=what)
+    return W.load_params(rules, src, expected, dtype=dtype, place=place or _place, what=what)
 
 
 def load_qwen2_5_vl(
-    path: str | os.PathLike, dtype: Any = "float32"
+    path: str | os.PathLike,
+    dtype: Any = "float32",
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    host: bool = False,
 ) -> tuple[Qwen2_5_VLTextEncoder, dict]:
-    """(module, params) from a Qwen2_5_VLForConditionalGeneration folder (e.g. Qwen-Image's text_encoder)."""
-    from ffjax.models.text.convert import _dtype, read_config
+    """(module, params) from a Qwen2_5_VLForConditionalGeneration folder (e.g. Qwen-Image's
+    text_encoder); `mesh` / `host` as for `ffjax.models.text.convert.load_clip`."""
+    from ffjax.models.text.convert import _dtype, placer, read_config
 
     cfg = Qwen2_5_VLTextConfig.from_dict(read_config(path, "qwen2_5_vl"))
     source = W.SafetensorsCheckpoint.open(path, prefix="model")
     dt = _dtype(dtype, source)
     module = Qwen2_5_VLTextEncoder(cfg, dtype=dt, param_dtype=dt)
-    return module, convert_qwen(source, cfg, dtype=dt, what=os.fspath(path))
+    place = placer(module, mesh, host)
+    return module, convert_qwen(source, cfg, dtype=dt, what=os.fspath(path), place=place)

@@ -354,6 +354,13 @@ class WanT2VAdapter:
         path = os.path.join(m.path, "text_encoder")
         return {"text_encoder (UMT5)": abstract_t5(path, m.dtype, umt5=True)}
 
+    def place_encoders(self, mesh: jax.sharding.Mesh) -> None:
+        """Shards the UMT5 params on `mesh` by their logical axes; prompts are then
+        encoded there (`ffjax.models.text.placement`). Nothing to do without the encoder."""
+        from ffjax.models.text.placement import place_encoders
+
+        place_encoders(self.text, mesh)
+
     def abstract_cond(self, batch: int, height: int, width: int) -> WanCond:
         """The `encode_prompts` result for `batch` prompts as `jax.ShapeDtypeStruct`s."""
         self.latent_hw(height, width)

@@ -280,6 +280,11 @@ class WanI2VAdapter:
     def logical_specs(self) -> dict[str, Any]:
         return self.core.logical_specs()
 
+    def place_encoders(self, mesh: jax.sharding.Mesh) -> None:
+        """Shards the UMT5 text encoder on `mesh` (`WanT2VAdapter.place_encoders`); the
+        CLIP image encoder (~0.6B) stays on one device."""
+        self.core.place_encoders(mesh)
+
     # ----------------------------------------------------------------- conditioning
 
     def _condition_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:

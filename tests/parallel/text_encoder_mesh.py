@@ -1,0 +1,164 @@
+"""Text encoders on one device and sharded on 8-device meshes; prints JSON.
+
+Run by tests/parallel/test_text_encoder_mesh.py in a fresh process with 8 fake CPU
+devices:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
+        python -m tests.parallel.text_encoder_mesh SPEC_JSON
+
+SPEC_JSON: {"encoders": {name: [component, folder]}, "flux": pipeline folder,
+"cache": an empty directory}. Output (last line): {"encoders": {name: {mesh: {...}}},
+"flux": {mesh: {...}}} with, per encoder and mesh, the largest absolute difference to
+the one-device outputs for params read straight onto the mesh ("direct") and for host
+params placed afterwards ("placed"), the bytes of the params on device 0 and in all,
+those of the largest parameter, the mesh devices holding it and its partition spec, and
+the per-device argument / temp bytes of the compiled encoder call.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from ffjax import configs
+from ffjax.models import text
+from ffjax.models.text import placement
+from ffjax.parallel.mesh import make_mesh
+
+MESHES = {"fsdp=8": {"fsdp": 8}, "data=2 x fsdp=4": {"data": 2, "fsdp": 4}}
+
+
+def mesh_of(sizes):
+    m = configs.base_config().mesh
+    m.update(sizes)
+    return make_mesh(m, jax.devices())
+
+
+def device0_bytes(tree) -> int:
+    dev = jax.devices()[0]
+    return sum(
+        s.data.nbytes
+        for a in jax.tree.leaves(tree)
+        for s in a.addressable_shards
+        if s.device == dev
+    )
+
+
+def total_bytes(tree) -> int:
+    return sum(a.nbytes for a in jax.tree.leaves(tree))
+
+
+def inputs(module, seed: int = 0):
+    rng = np.random.RandomState(seed)
+    vocab = module.config.vocab_size
+    ids = rng.randint(3, vocab, (3, 9)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 5:] = 0
+    mask[2, 2:] = 0
+    return ids, mask
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max(float(np.abs(np.asarray(a[k]) - np.asarray(b[k])).max()) for k in a)
+
+
+def encoder_report(component: str, folder: str) -> dict:
+    module, ref_params = text.load_pretrained(component, folder)
+    ids, mask = inputs(module)
+    use_mask = component != "clip_text"  # CLIP's causal mask alone, as FLUX runs it
+    mask = mask if use_mask else None
+    ref = text._jitted(module)(ref_params, ids, mask)
+    out = {}
+    for name, sizes in MESHES.items():
+        mesh = mesh_of(sizes)
+        _, direct = text.load_pretrained(component, folder, mesh=mesh)
+        _, host = text.load_pretrained(component, folder, host=True)
+        placed = placement.place_params(module, host, mesh)
+        run = placement.sharded_apply(module, mesh)
+        got_direct, got_placed = run(direct, ids, mask), run(placed, ids, mask)
+        biggest = max(jax.tree.leaves(direct), key=lambda a: a.size)
+        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        put = lambda a, rep=rep: None if a is None else jax.device_put(a, rep)
+        lowered = run.jitted.lower(direct, put(ids), put(mask))  # the compiled call's
+        mem = lowered.compile().memory_analysis()
+        out[name] = {
+            "direct": max_diff(ref, got_direct),
+            "placed": max_diff(ref, got_placed),
+            "outputs": sorted(ref),
+            "out_devices": len(jax.tree.leaves(got_direct)[0].sharding.device_set),
+            "same_shardings": all(
+                a.sharding == b.sharding
+                for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(placed), strict=True)
+            ),
+            "device0": device0_bytes(direct),
+            "total": total_bytes(direct),
+            "biggest": [
+                biggest.nbytes,
+                device0_bytes(biggest),
+                len(biggest.sharding.device_set),
+                str(biggest.sharding.spec),
+            ],
+            "argument": int(mem.argument_size_in_bytes),
+            "temp": int(mem.temp_size_in_bytes),
+        }
+    return out
+
+
+def flux_report(folder: str, cache_dir: str) -> dict:
+    """The flux1 adapter of the demo pipeline: `place_encoders` then `encode_prompts`,
+    against the same adapter unplaced; with an embedding cache, written then read."""
+    from ffjax.data.embed_cache import EmbedCache
+    from ffjax.models.flux.adapter import Flux1Adapter
+
+    c = configs.base_config()
+    c.model.name, c.model.path, c.model.max_sequence_length = "flux1", folder, 16
+    c.sampling.guidance_scale = 1.0
+    prompts = ["a red circle above a blue square", "two green triangles", "a yellow star"]
+    ref_adapter, _ = Flux1Adapter.load(c)
+    ref = ref_adapter.encode_prompts(prompts, 32, 32)
+    out = {}
+    for name, sizes in MESHES.items():
+        mesh = mesh_of(sizes)
+        adapter, _ = Flux1Adapter.load(c)
+        adapter.place_encoders(mesh)
+        t5 = adapter.text.t5.params
+        first = adapter.encode_prompts(prompts, 32, 32)
+        adapter.embed_cache = EmbedCache(f"{cache_dir}/{name}")
+        written = adapter.encode_prompts(prompts, 32, 32)  # misses: encodes and saves
+        read = adapter.encode_prompts(prompts, 32, 32)  # hits
+        diff = lambda a, b: float(
+            max(np.abs(np.asarray(a.prompt_embeds) - np.asarray(b.prompt_embeds)).max(),
+                np.abs(np.asarray(a.pooled_prompt_embeds) - np.asarray(b.pooled_prompt_embeds)).max())
+        )  # fmt: skip
+        out[name] = {
+            "placed": diff(first, ref),
+            "cache_written": diff(written, ref),
+            "cache_read": diff(read, written),
+            "t5_device0": device0_bytes(t5),
+            "t5_total": total_bytes(t5),
+            "clip_device0": device0_bytes(adapter.text.clip.params),
+            "clip_total": total_bytes(adapter.text.clip.params),
+            "entries": sum(1 for _ in Path(cache_dir, name).rglob("*.emb")),
+        }
+    # The unplaced adapter's host params went to the default device once, on first use.
+    out["ref_on_device"] = all(
+        isinstance(a, jax.Array) for a in jax.tree.leaves(ref_adapter.text.t5.params)
+    )
+    return out
+
+
+def main(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    out = {"encoders": {}, "devices": jax.device_count()}
+    for name, (component, folder) in spec["encoders"].items():
+        out["encoders"][name] = encoder_report(component, folder)
+    out["flux"] = flux_report(spec["flux"], spec["cache"])
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
