@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import PartitionSpec as P
 
 from ffjax.parallel import axes
 
@@ -295,28 +296,80 @@ def xla_attention(
     ).astype(q.dtype)
 
 
-def _splash_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    # Pallas TPU kernel, single-device form over (H, L, D) per sample. Under a mesh that
-    # shards heads or length, wrap the caller in shard_map (not needed on one chip).
+def _splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: None = None) -> jax.Array:
+    # Pallas TPU kernel, single-device form over (H, L, D) per sample; under a mesh,
+    # `dot_product_attention` runs it per device (`_per_device`).
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
     _, length, heads, head_dim = q.shape
-    block = min(512, length)
-    mask = sa.MultiHeadMask([sa.FullMask((length, length)) for _ in range(heads)])
+    kv_length = k.shape[1]
+    block, block_kv = min(512, length), min(512, kv_length)
+    mask_ = sa.MultiHeadMask([sa.FullMask((length, kv_length)) for _ in range(heads)])
     kernel = sa.make_splash_mha_single_device(
-        mask,
+        mask_,
         block_sizes=sa.BlockSizes(
             block_q=block,
-            block_kv=block,
+            block_kv=block_kv,
             block_q_dkv=block,
-            block_kv_dkv=block,
+            block_kv_dkv=block_kv,
             block_q_dq=block,
-            block_kv_dq=block,
+            block_kv_dq=block_kv,
         ),
     )
     to_hld = lambda x: jnp.swapaxes(x, 1, 2)
     q = q * (1.0 / math.sqrt(head_dim))  # the kernel applies no softmax scale
     return to_hld(jax.vmap(kernel)(to_hld(q), to_hld(k), to_hld(v)))
+
+
+def _cudnn_attention(q, k, v, mask=None):
+    if mask is not None:
+        # cuDNN wants the mask's query and key axes spelled out (batch/heads broadcast).
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[1], k.shape[1]))
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+
+
+def _xla_masked_attention(q, k, v, mask=None):
+    bias = None
+    if mask is not None:
+        bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    return xla_attention(q, k, v, bias)
+
+
+# Sequence parallelism: queries (and the output) keep their split over `length`,
+# keys / values are gathered over it (no causal mask, so each query block needs all keys).
+Q_AXES = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV)
+KV_AXES = (axes.BATCH, None, axes.HEADS, axes.KV)
+
+
+def _per_device(kernel: Callable, q, k, v, mask, q_spec: P | None):
+    """`kernel(q, k, v, mask)` on each device's block under the context mesh (`shard_map`).
+
+    The fused kernels are single-device custom calls: cuDNN's partitioner refuses a
+    query split over its length, splash has none. Each device gets its (batch,
+    query-length, heads) block of q as `q_spec` (`Q_AXES` fitted to q) and the whole
+    length of k, v; a mask is split like q where its dims are not broadcast. Without
+    a context mesh (q_spec None) or with nothing to split, the kernel runs as is.
+    """
+    if q_spec is None or not any(q_spec):
+        return kernel(q, k, v, mask)
+    q_spec = P(*(tuple(q_spec) + (None,) * 4)[:4])
+    b, lq, h, _ = q.shape
+    kv_spec = P(q_spec[0], None, q_spec[2], None)
+    args, specs = [q, k, v], [q_spec, kv_spec, kv_spec]
+    if mask is not None:
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        split = lambda i, n, entry: entry if mask.shape[i] == n else None
+        args.append(mask)
+        specs.append(P(split(0, b, q_spec[0]), split(1, h, q_spec[2]), split(2, lq, q_spec[1])))
+    body = (lambda *a: kernel(*a)) if mask is not None else (lambda *a: kernel(*a, None))
+    return jax.shard_map(body, in_specs=tuple(specs), out_specs=q_spec, check_vma=False)(*args)
+
+
+def _split_size(entry) -> int:
+    mesh = jax.sharding.get_abstract_mesh()
+    names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    return math.prod(mesh.shape[n] for n in names)
 
 
 def dot_product_attention(
@@ -328,6 +381,11 @@ def dot_product_attention(
     mask: jax.Array | None = None,
 ) -> jax.Array:
     """Multi-head attention, scale 1/sqrt(head_dim), optionally masked.
+
+    Under a context mesh (`jax.set_mesh`), q is pinned to `Q_AXES` (query length over
+    `sequence`) and k, v to `KV_AXES` (gathered over `sequence`): the XLA kernel is then
+    partitioned by GSPMD, the fused ones run per device (`_per_device`). Without one,
+    nothing changes.
 
     Args:
       q, k, v: (B, L, H, D) in the activation dtype.
@@ -347,15 +405,18 @@ def dot_product_attention(
         # would need segment ids. Masked calls take the XLA path, and say so once.
         _log_fallback("falling back to xla: splash is used unmasked only, a mask was given")
         impl = "xla"
-    if impl == "cudnn":
-        if mask is not None:
-            # cuDNN wants the mask's query and key axes spelled out (batch/heads broadcast).
-            mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-            mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[1], k.shape[1]))
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
-    if impl == "splash":
-        return _splash_attention(q, k, v)
-    bias = None
-    if mask is not None:
-        bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-    return xla_attention(q, k, v, bias)
+    q_spec = axes.fitted_spec(Q_AXES, q.shape)
+    if impl == "splash" and q_spec is not None and len(q_spec) > 1:
+        local = q.shape[1] // _split_size(q_spec[1])
+        if local % 128:
+            _log_fallback(
+                f"falling back to xla: splash needs the per-device query length ({local} of"
+                f" {q.shape[1]} tokens split over {q_spec[1]}) divisible by 128"
+            )
+            impl = "xla"
+    q = axes.constrain(q, Q_AXES)
+    k, v = axes.constrain(k, KV_AXES), axes.constrain(v, KV_AXES)
+    if impl == "xla":
+        return _xla_masked_attention(q, k, v, mask)
+    kernel = _cudnn_attention if impl == "cudnn" else _splash_attention
+    return _per_device(kernel, q, k, v, mask, q_spec)

@@ -19,7 +19,6 @@ output channels on fsdp=128) still run.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,30 +28,13 @@ import optax
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ffjax.parallel.axes import DEFAULT_RULES
+from ffjax.parallel.axes import DEFAULT_RULES, fit_spec  # fit_spec re-exported
 
 BATCH_AXES = ("data", "fsdp")  # mesh axes of the rows of a batch (axes.BATCH's rule)
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
-
-
-def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: jax.sharding.Mesh) -> PartitionSpec:
-    """`spec` (mesh axes) fitted to len(shape), without axes that do not divide their dim."""
-    entries = (tuple(spec) + (None,) * len(shape))[: len(shape)]
-    out = []
-    for dim, entry in zip(shape, entries, strict=True):
-        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-        kept: tuple[str, ...] = ()
-        for n in names:  # keep each axis (in order) while the product divides the dimension
-            if mesh.shape[n] > 1 and dim % math.prod(mesh.shape[m] for m in (*kept, n)) == 0:
-                kept = (*kept, n)
-        names = kept
-        out.append(None if not names else names[0] if len(names) == 1 else names)
-    while out and out[-1] is None:
-        out.pop()
-    return PartitionSpec(*out)
 
 
 def _key(entry) -> Any:

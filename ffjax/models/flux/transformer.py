@@ -20,7 +20,6 @@ from ffjax.models.flux.config import FluxTransformerConfig
 from ffjax.parallel import axes
 
 Dtype = jnp.dtype
-_ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)  # logical axes of (B, L, D) activations
 
 
 def _gelu_tanh(x: jax.Array) -> jax.Array:
@@ -115,8 +114,8 @@ class DoubleBlock(nn.Module):
         txt = txt + t_gate2[:, None] * ff_c(
             layers.modulate(layers.layer_norm(txt), t_shift2, t_scale2)
         )
-        img = nn.with_logical_constraint(img, _ACT)
-        txt = nn.with_logical_constraint(txt, _ACT)
+        img = axes.constrain(img, axes.TOKENS)
+        txt = axes.constrain(txt, axes.TOKENS)
         return (img, txt), None
 
 
@@ -144,7 +143,7 @@ class SingleBlock(nn.Module):
         o = layers.dot_product_attention(q, k, v, implementation=self.attention)
         o = jnp.concatenate([o.reshape(*o.shape[:2], d), mlp], axis=-1)
         x = x + gate[:, None] * layers.Dense(d, (axes.MLP, axes.EMBED), name="proj_out", **kw)(o)
-        return nn.with_logical_constraint(x, _ACT), None
+        return axes.constrain(x, axes.TOKENS), None
 
 
 _REMAT_POLICY = {
@@ -207,8 +206,8 @@ class FluxTransformer(nn.Module):
         txt = layers.Dense(d, (None, axes.EMBED), name="context_embedder", **kw)(
             encoder_hidden_states
         )
-        img = nn.with_logical_constraint(img, _ACT)
-        txt = nn.with_logical_constraint(txt, _ACT)
+        img = axes.constrain(img, axes.TOKENS)
+        txt = axes.constrain(txt, axes.TOKENS)
 
         # Conditioning vector: MLP(sinusoid(1000 t)) [+ MLP(sinusoid(1000 g))] + MLP(pooled).
         def embed_scalar(value, name):
@@ -240,7 +239,7 @@ class FluxTransformer(nn.Module):
             stack = _stack(DoubleBlock, c.num_layers, c.remat)
             (img, txt), _ = stack(name="double_blocks", **block_kw)((img, txt), temb, cos, sin)
         n_txt = txt.shape[1]
-        x = jnp.concatenate([txt, img], axis=1)
+        x = axes.constrain(jnp.concatenate([txt, img], axis=1), axes.TOKENS)
         if c.num_single_layers:
             x, _ = _stack(SingleBlock, c.num_single_layers, c.remat)(
                 name="single_blocks", **block_kw
@@ -251,4 +250,5 @@ class FluxTransformer(nn.Module):
             temb
         )  # (scale, shift): Diffusers' order
         img = layers.modulate(layers.layer_norm(img), shift, scale)
-        return layers.Dense(c.output_channels, (axes.EMBED, None), name="proj_out", **kw)(img)
+        out = layers.Dense(c.output_channels, (axes.EMBED, None), name="proj_out", **kw)(img)
+        return axes.constrain(out, axes.TOKENS)

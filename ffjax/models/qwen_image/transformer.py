@@ -24,7 +24,6 @@ from ffjax.models.qwen_image.config import QwenImageTransformerConfig
 from ffjax.parallel import axes
 
 Dtype = jnp.dtype
-_ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)  # logical axes of (B, L, D) activations
 _EPS = 1e-6  # every LayerNorm / RMSNorm of the transformer
 
 # --------------------------------------------------------------------------- layout helpers
@@ -203,8 +202,8 @@ class DualStreamBlock(nn.Module):
         img = img + i_gate2[:, None] * mlp("img_mlp")(img_n)
         txt_n = layers.modulate(layers.layer_norm(txt, _EPS), t_shift2, t_scale2)
         txt = txt + t_gate2[:, None] * mlp("txt_mlp")(txt_n)
-        img = nn.with_logical_constraint(img, _ACT)
-        txt = nn.with_logical_constraint(txt, _ACT)
+        img = axes.constrain(img, axes.TOKENS)
+        txt = axes.constrain(txt, axes.TOKENS)
         return (img, txt), None
 
 
@@ -276,8 +275,8 @@ class QwenImageTransformer(nn.Module):
             encoder_hidden_states.astype(dtype)
         )
         txt = layers.Dense(d, (None, axes.EMBED), name="txt_in", **kw)(txt)
-        img = nn.with_logical_constraint(img, _ACT)
-        txt = nn.with_logical_constraint(txt, _ACT)
+        img = axes.constrain(img, axes.TOKENS)
+        txt = axes.constrain(txt, axes.TOKENS)
 
         # temb = MLP(sinusoid(1000 t)); Diffusers' Timesteps(scale=1000) multiplies after
         # t * freq, which `scale` reproduces to the rounding.
@@ -311,7 +310,8 @@ class QwenImageTransformer(nn.Module):
             axis=-1,
         )
         img = layers.modulate(layers.layer_norm(img, _EPS), shift, scale)
-        return layers.Dense(c.output_channels, (axes.EMBED, None), name="proj_out", **kw)(img)
+        out = layers.Dense(c.output_channels, (axes.EMBED, None), name="proj_out", **kw)(img)
+        return axes.constrain(out, axes.TOKENS)
 
 
 def init_shapes(config: QwenImageTransformerConfig, txt_len: int = 2):

@@ -27,8 +27,6 @@ from ffjax.models.wan.config import WanTransformerConfig
 from ffjax.parallel import axes
 
 Dtype = jnp.dtype
-_ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)  # logical axes of (B, L, D) activations
-_KV = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV)  # of (B, S, H, Dh) keys / values
 _F32 = jnp.float32
 _LINEAR_12 = ("linear_1", "linear_2")  # Diffusers' TimestepEmbedding / text projection names
 _IMAGE_EPS = 1e-5  # the image embedder's LayerNorms (torch's default eps)
@@ -258,7 +256,7 @@ class CrossAttention(nn.Module):
                 add_v = dense("add_v_proj", (axes.EMBED, axes.HEADS))
                 kv["k_img"] = _heads(rms("norm_added_k")(add_k(context_image)), self.heads)
                 kv["v_img"] = _heads(add_v(context_image), self.heads)
-            kv = {k: nn.with_logical_constraint(v, _KV) for k, v in kv.items()}
+            kv = {k: axes.constrain(v, axes.TOKEN_HEADS) for k, v in kv.items()}
         if x is None:
             return kv
         q = _heads(rms("norm_q")(dense("to_q", (axes.EMBED, axes.HEADS))(x)), self.heads)
@@ -328,7 +326,7 @@ class WanBlock(nn.Module):
         h = (_norm(x, self.eps) * (1 + scale2) + shift2).astype(self.dtype)
         f = layers.MLP(self.ffn_dim, d, "gelu_tanh", name="ffn", **kw)(h)
         x = (x.astype(_F32) + f.astype(_F32) * gate2).astype(self.dtype)
-        return nn.with_logical_constraint(x, _ACT), None
+        return axes.constrain(x, axes.TOKENS), None
 
 
 _REMAT_POLICY = {
@@ -416,7 +414,7 @@ class WanTransformer(nn.Module):
         # PixArtAlphaTextProjection(act_fn="gelu_tanh"), from text_dim (not sharded as embed).
         ctx = layers.MLP(c.inner_dim, c.inner_dim, "gelu_tanh", _LINEAR_12, in_axis=None,
                          name="text_embedder", **kw)(context.astype(kw["dtype"]))  # fmt: skip
-        ctx = nn.with_logical_constraint(ctx, _ACT)
+        ctx = axes.constrain(ctx, axes.TOKENS)
         img = None
         if c.has_image_attention:
             if context_image is None:
@@ -487,7 +485,7 @@ class WanTransformer(nn.Module):
 
         tokens = patchify(x.astype(dtype), c.patch_size)
         h = layers.Dense(c.inner_dim, (None, axes.EMBED), name="patch_embedding", **kw)(tokens)
-        h = nn.with_logical_constraint(h, _ACT)
+        h = axes.constrain(h, axes.TOKENS)
         cos, sin = rope_tables(grid, c.rope_dims, c.rope_max_seq_len)
 
         # temb = MLP(sinusoid(t)) with t in 0..1000; one per sample (B, 1, D) or per token
@@ -507,6 +505,8 @@ class WanTransformer(nn.Module):
             nn.silu(temb)
         )
         temb_proj = temb_proj.reshape(b, t.shape[1], 6, c.inner_dim)
+        # Per-token modulation (TI2V) splits over `length` like the tokens it modulates.
+        temb_proj = axes.constrain(temb_proj, (axes.BATCH, axes.LENGTH, None, axes.ACT_EMBED))
 
         if c.num_layers:
             stack = _stack(c.num_layers, c.remat)(kv_only=False, **block_kw)
@@ -526,6 +526,7 @@ class WanTransformer(nn.Module):
         p = c.patch_size
         out = layers.Dense(p[0] * p[1] * p[2] * c.output_channels, (axes.EMBED, None),
                            name="proj_out", **kw)(h)  # fmt: skip
+        out = axes.constrain(out, axes.TOKENS)
         return unpatchify(out, grid, c.patch_size)
 
 
