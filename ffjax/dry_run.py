@@ -4,6 +4,7 @@
         --config.model.path=/data/FLUX.1-dev --config.data.path=prompts.txt \
         --config.model.param_dtype=bfloat16 --dry_run_device_memory_gb 80
     python -m ffjax.train ... --dry_run --dry_run_devices 8 --config.mesh.fsdp=8
+    python -m ffjax.train ... --dry_run --dry_run_topology v5p:2x2x2 --config.mesh.fsdp=8
 
 Everything is built abstractly from the model's config.json files (the adapter's
 `abstract_load`; no weight is read or allocated, so FLUX.1-dev 12B dry-runs on a
@@ -14,7 +15,12 @@ the trainer calls them: one rollout call (`sampling.batch_size` samples, or the 
 epoch), the VAE decode of the epoch, and one train step of `train.micro_batch_size`
 rows; XLA's `memory_analysis()` gives their per-device argument, output, alias and
 temporary bytes. `--dry_run_devices N` compiles for N CPU devices (real or fake)
-instead of the visible accelerators.
+instead of the visible accelerators; `--dry_run_topology NAME` compiles for a TPU slice
+that is not there (e.g. "v5e:2x4", "v5p:2x2x2", "v4:2x2x1"): XLA's TPU compiler from
+libtpu (`pip install 'jax[tpu]'`, part of the dev extras on Linux x86-64) runs on any
+host, so a laptop learns what a pod slice would need before one is rented. A
+multi-host topology compiles as one program over all its chips, as the trainer's
+global arrays are.
 
 Per device means the shard on device 0 (`sharding.shard_shape`), summed over leaves:
 
@@ -30,7 +36,8 @@ Per device means the shard on device 0 (`sharding.shard_shape`), summed over lea
 These are estimates for the backend compiled for: XLA on CPU fuses and picks kernels
 differently from a GPU or TPU (the CPU attention is the XLA one, which materialises the
 logits; on GPU `model.attention=auto` uses cuDNN's fused kernel). Run the dry run on
-the target machine, without `--dry_run_devices`, for that backend's own numbers.
+the target machine, without `--dry_run_devices`, for that backend's own numbers, or
+with `--dry_run_topology` for TPU's.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ GIB = 2**30
 # pass the conversion stays per layer (one block's weights, < 1 GiB for FLUX.1-dev).
 CPU_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
 _REEXEC_MARK = "FFJAX_DRY_RUN_REEXEC"
+# HBM per chip (GiB) of the TPU generations, by the prefix of a topology name: the
+# device memory a topology's verdict uses when --dry_run_device_memory_gb is not given.
+TPU_HBM_GIB = {"v2": 8, "v3": 16, "v4": 32, "v5e": 16, "v5litepod": 16, "v5p": 95, "v6e": 32}
 
 
 # --------------------------------------------------------------------------- devices
@@ -99,6 +109,37 @@ def use_cpu_devices(n: int, reexec_argv: Sequence[str] | None = None) -> None:
     )
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, *reexec_argv], env)
+
+
+def topology_devices(name: str) -> list[Any]:
+    """The chips of TPU topology `name` ("v5e:2x4", "v5p:2x2x2"): compile-only devices.
+
+    Raises ConfigError naming `--dry_run_topology` when libtpu is not installed or the
+    name is not a topology libtpu knows.
+    """
+    try:
+        import libtpu  # noqa: F401  (XLA's TPU compiler)
+    except ImportError:
+        raise configs.ConfigError(
+            f"--dry_run_topology={name}: compiling for TPU needs libtpu, which is not"
+            " installed (pip install 'jax[tpu]'; it runs on any Linux x86-64 host)"
+        ) from None
+    from jax.experimental import topologies
+
+    try:
+        topology = topologies.get_topology_desc(topology_name=name, platform="tpu")
+    except Exception as e:  # libtpu raises XlaRuntimeError / ValueError for bad names
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise configs.ConfigError(
+            f"--dry_run_topology={name}: not a TPU topology libtpu knows ({first}); use"
+            " GENERATION:CHIPS, e.g. v5e:2x4, v5p:2x2x2, v4:2x2x1, v6e:4x4"
+        ) from None
+    return list(topology.devices)
+
+
+def topology_memory_gb(name: str) -> float | None:
+    """HBM per chip (GiB) of topology `name`'s TPU generation, None if unknown."""
+    return TPU_HBM_GIB.get(name.split(":")[0].lower())
 
 
 # --------------------------------------------------------------------------- accounting
@@ -476,28 +517,34 @@ def _epoch(su: _Setup) -> _Epoch:
     return _Epoch(n, cond, noise, final, traj, rows, sigmas, levels, record, variables)
 
 
-def _programs(su: _Setup, ep: _Epoch) -> dict[str, Program]:
-    """Rollout call, epoch decode and train step, lowered and compiled for the mesh."""
+PROGRAMS = ("rollout", "decode", "train")  # what `plan` compiles, by key
+
+
+def _programs(su: _Setup, ep: _Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, Program]:
+    """Rollout call, epoch decode and train step (those in `which`), lowered and compiled
+    for the mesh."""
     c, m, s, t = su.config, su.config.model, su.config.sampling, su.config.train
     options = CPU_COMPILER_OPTIONS if su.mesh.devices.flat[0].platform == "cpu" else None
     chunk = s.batch_size or ep.samples
     take = lambda tree: _rows_over_mesh(jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((chunk, *a.shape[1:]), a.dtype), tree), su.mesh)  # fmt: skip
     out = {}
-    out["rollout"] = _compile(
-        "rollout", f"{chunk} samples x {s.num_steps} steps", options, rollout_lib._rollout_jit,
-        su.adapter.velocity, ep.variables, take(ep.cond), take(ep.noise), ep.sigmas, ep.levels,
-        _key(), ep.record, dynamics=s.dynamics, storage_dtype=jnp.dtype(s.storage_dtype),
-        prepare_fn=getattr(su.adapter, "prepare_cond", None),
-    )  # fmt: skip
+    if "rollout" in which:
+        out["rollout"] = _compile(
+            "rollout", f"{chunk} samples x {s.num_steps} steps", options, rollout_lib._rollout_jit,
+            su.adapter.velocity, ep.variables, take(ep.cond), take(ep.noise), ep.sigmas, ep.levels,
+            _key(), ep.record, dynamics=s.dynamics, storage_dtype=jnp.dtype(s.storage_dtype),
+            prepare_fn=getattr(su.adapter, "prepare_cond", None),
+        )  # fmt: skip
     decode = jax.jit(su.adapter.decode, static_argnums=(2, 3))  # as trainer.setup
     # The trainer decodes in chunks of sampling.batch_size, like the rollout.
     final = jax.ShapeDtypeStruct((chunk, *ep.final.shape[1:]), ep.final.dtype)
     size = f"{m.height}x{m.width}"
     what = f"{chunk} videos {m.num_frames}x{size}" if m.num_frames > 1 else f"{chunk} images {size}"
-    out["decode"] = _compile(
-        "decode", what, options, decode, su.weights["vae"], final, m.height, m.width,
-    )  # fmt: skip
+    if "decode" in which:
+        out["decode"] = _compile(
+            "decode", what, options, decode, su.weights["vae"], final, m.height, m.width,
+        )  # fmt: skip
     policy = trainer.make_policy(su.adapter, su.lora, trainer.cfg_in_train(c))
     loss_fn = su.spec.make_loss(c.algorithm, policy, dynamics=s.dynamics)
     step = trainer._make_train_step(
@@ -507,21 +554,30 @@ def _programs(su: _Setup, ep: _Epoch) -> dict[str, Program]:
     frozen = Frozen(base=su.base, ref=su.ref, ema=None, snapshot=snapshot)
     samples = {"cond": ep.cond, "x0": ep.final}
     idx = jax.ShapeDtypeStruct((t.micro_batch_size,), jnp.int32)
-    out["train"] = _compile(
-        "train step", f"{t.micro_batch_size} rows", options, step,
-        su.state, frozen, samples, ep.rows, idx, _key(), _key(),
-    )  # fmt: skip
+    if "train" in which:
+        out["train"] = _compile(
+            "train step", f"{t.micro_batch_size} rows", options, step,
+            su.state, frozen, samples, ep.rows, idx, _key(), _key(),
+        )  # fmt: skip
     return out
 
 
 def plan(
-    config: configs.ConfigDict, devices: Sequence[Any] | None = None, *, compile: bool = True
+    config: configs.ConfigDict,
+    devices: Sequence[Any] | None = None,
+    *,
+    compile: bool = True,
+    programs: Sequence[str] = PROGRAMS,
 ) -> Report:
     """The dry run of `config` on `devices` (default: every visible device).
 
     Mirrors `trainer.setup` and one `trainer.run_epoch` with abstract values. With
-    `compile=False` only the resident and epoch bytes are computed.
+    `compile=False` only the resident and epoch bytes are computed; `programs` (keys of
+    `PROGRAMS`) chooses which programs are compiled.
     """
+    unknown = sorted(set(programs) - set(PROGRAMS))
+    if unknown:
+        raise ValueError(f"unknown programs {unknown}; choose from {PROGRAMS}")
     su = abstract_setup(config, devices)
     resident, notes = _resident(su)
     ep = _epoch(su)
@@ -531,7 +587,7 @@ def plan(
         "outputs": (tree_bytes((ep.final, ep.traj)), "final latents + recorded trajectory"),
         "training rows": (tree_bytes(ep.rows), f"{su.rows} rows, {storage} latents"),
     }
-    programs = _programs(su, ep) if compile else {}
+    programs = _programs(su, ep, programs) if compile else {}
     m = config.model
     platform = su.mesh.devices.flat[0].platform
     kind = f"LoRA r={config.train.lora_rank}" if su.lora else "full fine-tune"
@@ -551,13 +607,31 @@ def main(
     config: configs.ConfigDict,
     *,
     devices: int = 0,
+    topology: str | None = None,
     memory_gb: float | None = None,
     reexec_argv: Sequence[str] | None = None,
+    programs: Sequence[str] = PROGRAMS,
 ) -> Report:
-    """The CLI's dry run: prints the report; `devices` > 0 compiles for that many CPU
-    devices (see `use_cpu_devices`)."""
+    """The CLI's dry run: prints the report. `devices` > 0 compiles for that many CPU
+    devices (see `use_cpu_devices`); `topology` for that TPU slice (`topology_devices`),
+    judged against its chips' HBM unless `memory_gb` is given."""
+    if devices and topology:
+        raise configs.ConfigError("--dry_run_devices and --dry_run_topology exclude each other")
     if devices:
         use_cpu_devices(devices, reexec_argv)
-    report = plan(config, jax.devices()[:devices] if devices else None)
+        chosen = jax.devices()[:devices]
+    elif topology:
+        chosen = topology_devices(topology)
+        if memory_gb is None:
+            memory_gb = topology_memory_gb(topology)
+    else:
+        chosen = None
+    report = plan(config, chosen, programs=programs)
+    if topology:
+        report.notes.append(
+            f"TPU topology {topology} compiled by libtpu on this host (nothing ran);"
+            + (f" {memory_gb:g} GiB HBM per chip" if memory_gb else " HBM per chip unknown:"
+               " pass --dry_run_device_memory_gb")
+        )  # fmt: skip
     print(report.text(memory_gb))
     return report

@@ -57,6 +57,10 @@ def _define_flags() -> None:
         "dry_run_devices", 0, "With --dry_run: compile for this many (fake) CPU devices;"
         " 0 = the visible devices."
     )  # fmt: skip
+    _FLAGS["dry_run_topology"] = flags.DEFINE_string(
+        "dry_run_topology", None, "With --dry_run: compile for this TPU slice (e.g. v5e:2x4,"
+        " v5p:2x2x2) with libtpu on this host; judged against its chips' HBM."
+    )  # fmt: skip
     _FLAGS["dry_run_device_memory_gb"] = flags.DEFINE_float(
         "dry_run_device_memory_gb", None, "With --dry_run: memory per device (GiB) to judge"
         " the peak against, e.g. 80."
@@ -134,9 +138,11 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:  # --verbosity=0 shows everything
         logging.get_absl_handler().addFilter(_OwnInfoOnly())
     dry = _FLAGS["dry_run"].value
-    if not dry and (_FLAGS["dry_run_devices"].value or _FLAGS["dry_run_device_memory_gb"].value):
+    dry_flags = ("dry_run_devices", "dry_run_topology", "dry_run_device_memory_gb")
+    if not dry and any(_FLAGS[f].value for f in dry_flags):
         sys.stderr.write(
-            "ffjax.train: --dry_run_devices / --dry_run_device_memory_gb need --dry_run\n"
+            "ffjax.train: --dry_run_devices / --dry_run_topology / --dry_run_device_memory_gb"
+            " need --dry_run\n"
         )
         sys.exit(2)
     config = _parse_flags.config
@@ -190,6 +196,7 @@ def _dry_run(config: configs.ConfigDict) -> None:
         dry_run.main(
             config,
             devices=_FLAGS["dry_run_devices"].value,
+            topology=_FLAGS["dry_run_topology"].value,
             memory_gb=_FLAGS["dry_run_device_memory_gb"].value,
             reexec_argv=argv,
         )
