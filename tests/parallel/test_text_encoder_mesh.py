@@ -16,6 +16,8 @@ from tests.models.text.tiny import (
     QWEN_IMAGE_VISION,
     T5_CONFIGS,
     build,
+    qwen2_tokenizer,
+    t5_tokenizer,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +29,7 @@ ENCODERS = {
     "qwen2_5_vl": ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration",
                    dict(text_config=QWEN_IMAGE_TEXT, vision_config=QWEN_IMAGE_VISION)),
 }  # fmt: skip
+TOKENIZERS = {"umt5": t5_tokenizer, "qwen2_5_vl": qwen2_tokenizer}
 FSDP = {"fsdp=8": 8, "data=2 x fsdp=4": 4}
 
 
@@ -35,7 +38,9 @@ def report(tmp_path_factory):
     spec = {"encoders": {}, "flux": str(ROOT / "assets" / "demo")}
     for i, (name, (component, cls, cfg)) in enumerate(ENCODERS.items()):
         path = tmp_path_factory.mktemp(f"mesh_{name}")
-        build(cls, cfg, seed=40 + i).save_pretrained(path)
+        build(cls, cfg, seed=40 + i).save_pretrained(path / "text_encoder")
+        if component in TOKENIZERS:
+            TOKENIZERS[component](path / "tokenizer")
         spec["encoders"][name] = [component, str(path)]
     spec["cache"] = str(tmp_path_factory.mktemp("embed_cache"))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -73,10 +78,16 @@ def test_sharded_encoder_splits_its_parameters(report, name):
         assert r["argument"] < 1.25 * r["total"] / fsdp + 4096, (name, mesh, r)
 
 
+@pytest.mark.parametrize("name", ["umt5", "qwen2_5_vl"])
+def test_wan_and_qwen_image_prompt_encoding_on_the_mesh(report, name):
+    assert report["prompts"][name] < 1e-5, report["prompts"]
+
+
 def test_flux_adapter_place_encoders(report):
     flux = report["flux"]
     assert flux.pop("ref_on_device")
     for mesh, r in flux.items():
+        assert r["abstract_shardings_match"], mesh  # text_encoder_specs: what dry runs see
         fsdp = FSDP[mesh]
         assert r["placed"] < 1e-5 and r["cache_written"] < 1e-5, (mesh, r)
         assert r["cache_read"] == 0.0 and r["entries"] == 3, (mesh, r)

@@ -7,8 +7,10 @@ devices:
         python -m tests.parallel.text_encoder_mesh SPEC_JSON
 
 SPEC_JSON: {"encoders": {name: [component, folder]}, "flux": pipeline folder,
-"cache": an empty directory}. Output (last line): {"encoders": {name: {mesh: {...}}},
-"flux": {mesh: {...}}} with, per encoder and mesh, the largest absolute difference to
+"cache": an empty directory}; each encoder folder holds `text_encoder/` and, for umt5
+and qwen2_5_vl, `tokenizer/`. Output (last line): {"encoders": {name: {mesh: {...}}},
+"prompts": {name: difference}, "flux": {mesh: {...}}} with, per encoder and mesh, the
+largest absolute difference to
 the one-device outputs for params read straight onto the mesh ("direct") and for host
 params placed afterwards ("placed"), the bytes of the params on device 0 and in all,
 those of the largest parameter, the mesh devices holding it and its partition spec, and
@@ -67,6 +69,7 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 def encoder_report(component: str, folder: str) -> dict:
+    folder = f"{folder}/text_encoder"
     module, ref_params = text.load_pretrained(component, folder)
     ids, mask = inputs(module)
     use_mask = component != "clip_text"  # CLIP's causal mask alone, as FLUX runs it
@@ -108,6 +111,44 @@ def encoder_report(component: str, folder: str) -> dict:
     return out
 
 
+def prompts_report(component: str, folder: str) -> float:
+    """`encode_prompts_wan` / `encode_prompts_qwen_image` with the encoder placed on
+    fsdp=8 against unplaced: the largest absolute difference of the embeddings."""
+    from ffjax.models.text import encode as E
+    from tests.models.text.tiny import CORPUS
+
+    load, run = {
+        "umt5": (E.load_wan_text, lambda e, p: E.encode_prompts_wan(e, p, max_sequence_length=24)),
+        "qwen2_5_vl": (E.load_qwen_image_text, lambda e, p: E.encode_prompts_qwen_image(e, p)[0]),
+    }[component]
+    ref = run(load(folder), CORPUS)
+    placed = load(folder)
+    placed.place(mesh_of(MESHES["fsdp=8"]))
+    assert all(len(a.sharding.device_set) == 8 for a in jax.tree.leaves(placed.params))
+    return float(np.abs(np.asarray(run(placed, CORPUS)) - np.asarray(ref)).max())
+
+
+def abstract_shardings_match(c, adapter, mesh) -> bool:
+    """Whether the abstract encoders (what `--dry_run` sees, no weights) given the
+    shardings of `text_encoder_specs` are sharded as the placed ones are."""
+    from ffjax.parallel.sharding import logical_shardings
+
+    abstract, specs = type(adapter).abstract_text_encoders(c), type(adapter).text_encoder_specs(c)
+    placed = {"text_encoder (CLIP)": adapter.text.clip.params,
+              "text_encoder_2 (T5)": adapter.text.t5.params}  # fmt: skip
+    if not sorted(abstract) == sorted(specs) == sorted(placed):
+        return False
+    same = lambda s, a: s == a.sharding
+    return all(
+        all(
+            jax.tree.leaves(
+                jax.tree.map(same, logical_shardings(abstract[k], specs[k], mesh), placed[k])
+            )
+        )
+        for k in placed
+    )
+
+
 def flux_report(folder: str, cache_dir: str) -> dict:
     """The flux1 adapter of the demo pipeline: `place_encoders` then `encode_prompts`,
     against the same adapter unplaced; with an embedding cache, written then read."""
@@ -143,6 +184,7 @@ def flux_report(folder: str, cache_dir: str) -> dict:
             "clip_device0": device0_bytes(adapter.text.clip.params),
             "clip_total": total_bytes(adapter.text.clip.params),
             "entries": sum(1 for _ in Path(cache_dir, name).rglob("*.emb")),
+            "abstract_shardings_match": abstract_shardings_match(c, adapter, mesh),
         }
     # The unplaced adapter's host params went to the default device once, on first use.
     out["ref_on_device"] = all(
@@ -156,6 +198,11 @@ def main(spec_json: str) -> None:
     out = {"encoders": {}, "devices": jax.device_count()}
     for name, (component, folder) in spec["encoders"].items():
         out["encoders"][name] = encoder_report(component, folder)
+    out["prompts"] = {
+        name: prompts_report(component, folder)
+        for name, (component, folder) in spec["encoders"].items()
+        if component in ("umt5", "qwen2_5_vl")
+    }
     out["flux"] = flux_report(spec["flux"], spec["cache"])
     print(json.dumps(out))
 

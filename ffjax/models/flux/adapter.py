@@ -185,6 +185,22 @@ class Flux1Adapter:
             "text_encoder_2 (T5)": abstract_t5(os.path.join(m.path, "text_encoder_2"), m.dtype),
         }
 
+    @classmethod
+    def text_encoder_specs(cls, config: Any) -> dict[str, Any]:
+        """Logical `PartitionSpec`s of `abstract_text_encoders(config)` (same keys): the
+        shardings `place_encoders` gives them, through `logical_shardings`."""
+        from ffjax.models.text.convert import logical_specs
+
+        m = config.model
+        return {
+            "text_encoder (CLIP)": logical_specs(
+                "clip_text", os.path.join(m.path, "text_encoder"), m.dtype
+            ),
+            "text_encoder_2 (T5)": logical_specs(
+                "t5", os.path.join(m.path, "text_encoder_2"), m.dtype
+            ),
+        }
+
     def place_encoders(self, mesh: jax.sharding.Mesh) -> None:
         """Shards the CLIP and T5 params on `mesh` by their logical axes; prompts are then
         encoded there (`ffjax.models.text.placement`). Nothing to do without encoders."""

@@ -297,6 +297,15 @@ class QwenImageAdapter:
         return {"text_encoder (Qwen2.5-VL)": jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, dt), params)}  # fmt: skip
 
+    @classmethod
+    def text_encoder_specs(cls, config: Any) -> dict[str, Any]:
+        """Logical `PartitionSpec`s of `abstract_text_encoders(config)` (same keys): the
+        shardings `place_encoders` gives them, through `logical_shardings`."""
+        from ffjax.models.text.convert import logical_specs
+
+        path = os.path.join(config.model.path, "text_encoder")
+        return {"text_encoder (Qwen2.5-VL)": logical_specs("qwen2_5_vl", path, config.model.dtype)}
+
     def place_encoders(self, mesh: jax.sharding.Mesh) -> None:
         """Shards the Qwen2.5-VL params on `mesh` by their logical axes; prompts are then
         encoded there (`ffjax.models.text.placement`). Nothing to do without the encoder."""

@@ -299,15 +299,28 @@ def load_umt5(
     return load_t5(path, dtype, umt5=True, **where)
 
 
+def module_from_config(component: str, path: str | os.PathLike, dtype: Any = "float32") -> Any:
+    """The module `load_pretrained(component, path, dtype)` would build, from config.json
+    alone (CLIP's projection is taken from `architectures`; dtype None: config.json's)."""
+    cfg_dict = read_config(path, component)
+    dt = jnp.dtype(dtype or cfg_dict.get("dtype") or "float32")
+    if component == "clip_text":
+        with_proj = "CLIPTextModelWithProjection" in (cfg_dict.get("architectures") or [])
+        cfg = CLIPTextConfig.from_dict(cfg_dict, with_projection=with_proj)
+        return CLIPTextModel(cfg, dtype=dt, param_dtype=dt)
+    if component in ("t5", "umt5"):
+        cfg = T5Config.from_dict(cfg_dict, umt5=component == "umt5")
+        return T5Encoder(cfg, dtype=dt, param_dtype=dt)
+    from ffjax.models.text.qwen2_5_vl import Qwen2_5_VLTextConfig, Qwen2_5_VLTextEncoder
+
+    return Qwen2_5_VLTextEncoder(Qwen2_5_VLTextConfig.from_dict(cfg_dict), dtype=dt, param_dtype=dt)
+
+
 def abstract_clip(path: str | os.PathLike, dtype: Any = "float32") -> dict[str, Any]:
     """The params `load_clip(path, dtype)` would return, as `jax.ShapeDtypeStruct`s, from
-    config.json alone (the projection is taken from `architectures`; nothing is read or
-    allocated)."""
-    cfg_dict = read_config(path, "clip_text")
-    with_proj = "CLIPTextModelWithProjection" in (cfg_dict.get("architectures") or [])
-    cfg = CLIPTextConfig.from_dict(cfg_dict, with_projection=with_proj)
-    dt = jnp.dtype(dtype or cfg_dict.get("dtype") or "float32")
-    return _abstract(CLIPTextModel(cfg, dtype=dt, param_dtype=dt), dt)
+    config.json alone (nothing is read or allocated)."""
+    module = module_from_config("clip_text", path, dtype)
+    return _abstract(module, module.param_dtype)
 
 
 def abstract_t5(
@@ -315,10 +328,17 @@ def abstract_t5(
 ) -> dict[str, Any]:
     """The params `load_t5(path, dtype)` would return, as `jax.ShapeDtypeStruct`s, from
     config.json alone."""
-    cfg_dict = read_config(path, "umt5" if umt5 else "t5")
-    cfg = T5Config.from_dict(cfg_dict, umt5=umt5)
-    dt = jnp.dtype(dtype or cfg_dict.get("dtype") or "float32")
-    return _abstract(T5Encoder(cfg, dtype=dt, param_dtype=dt), dt)
+    module = module_from_config("umt5" if umt5 else "t5", path, dtype)
+    return _abstract(module, module.param_dtype)
+
+
+def logical_specs(component: str, path: str | os.PathLike, dtype: Any = "float32") -> Any:
+    """Logical `PartitionSpec`s (ffjax.parallel.axes names) of the params of
+    `module_from_config(...)`, the tree `abstract_clip` / `abstract_t5` return: with
+    `ffjax.parallel.sharding.logical_shardings` they give the shardings `place` uses."""
+    from ffjax.models.text.placement import abstract_params
+
+    return nn.get_partition_spec(abstract_params(module_from_config(component, path, dtype)))
 
 
 def _abstract(module, dtype) -> dict[str, Any]:
@@ -350,4 +370,7 @@ __all__: Sequence[str] = [
     "export_clip",
     "export_t5",
     "read_config",
+    "module_from_config",
+    "logical_specs",
+    "placer",
 ]

@@ -354,6 +354,15 @@ class WanT2VAdapter:
         path = os.path.join(m.path, "text_encoder")
         return {"text_encoder (UMT5)": abstract_t5(path, m.dtype, umt5=True)}
 
+    @classmethod
+    def text_encoder_specs(cls, config: Any) -> dict[str, Any]:
+        """Logical `PartitionSpec`s of `abstract_text_encoders(config)` (same keys): the
+        shardings `place_encoders` gives them, through `logical_shardings`."""
+        from ffjax.models.text.convert import logical_specs
+
+        path = os.path.join(config.model.path, "text_encoder")
+        return {"text_encoder (UMT5)": logical_specs("umt5", path, config.model.dtype)}
+
     def place_encoders(self, mesh: jax.sharding.Mesh) -> None:
         """Shards the UMT5 params on `mesh` by their logical axes; prompts are then
         encoded there (`ffjax.models.text.placement`). Nothing to do without the encoder."""

@@ -280,6 +280,12 @@ class WanI2VAdapter:
     def logical_specs(self) -> dict[str, Any]:
         return self.core.logical_specs()
 
+    @classmethod
+    def text_encoder_specs(cls, config: Any) -> dict[str, Any]:
+        """Logical specs of the UMT5 encoder (`WanT2VAdapter.text_encoder_specs`); the
+        CLIP image encoder is absent: it stays replicated."""
+        return WanT2VAdapter.text_encoder_specs(config)
+
     def place_encoders(self, mesh: jax.sharding.Mesh) -> None:
         """Shards the UMT5 text encoder on `mesh` (`WanT2VAdapter.place_encoders`); the
         CLIP image encoder (~0.6B) stays on one device."""
