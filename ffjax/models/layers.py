@@ -303,7 +303,9 @@ def _splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: None = Non
 
     _, length, heads, head_dim = q.shape
     kv_length = k.shape[1]
-    block, block_kv = min(512, length), min(512, kv_length)
+    # Blocks must divide the lengths (both multiples of 128: see dot_product_attention).
+    tile = lambda n: n if n <= 512 else next(b for b in (512, 256, 128) if n % b == 0)
+    block, block_kv = tile(length), tile(kv_length)
     mask_ = sa.MultiHeadMask([sa.FullMask((length, kv_length)) for _ in range(heads)])
     kernel = sa.make_splash_mha_single_device(
         mask_,
@@ -363,7 +365,10 @@ def _per_device(kernel: Callable, q, k, v, mask, q_spec: P | None):
         args.append(mask)
         specs.append(P(split(0, b, q_spec[0]), split(1, h, q_spec[2]), split(2, lq, q_spec[1])))
     body = (lambda *a: kernel(*a)) if mask is not None else (lambda *a: kernel(*a, None))
-    return jax.shard_map(body, in_specs=tuple(specs), out_specs=q_spec, check_vma=False)(*args)
+    manual = set(jax.sharding.get_abstract_mesh().auto_axes)  # not those already manual
+    return jax.shard_map(
+        body, in_specs=tuple(specs), out_specs=q_spec, axis_names=manual, check_vma=False
+    )(*args)
 
 
 def _split_size(entry) -> int:

@@ -9,12 +9,14 @@ one model definition shards any way the run asks for.
 Activations and parameters share `batch`, `length`, `heads` and `kv`, but not the
 model width: a weight's `embed` axis is split over `fsdp` (FSDP shards weights), while
 an activation's width is `activation_embed`, replicated by default; its rows are
-already split over `fsdp` through `batch`, and splitting its features too would turn
-every matmul into a reduce-scatter. Sequence parallelism is `length` over `sequence`:
-each device holds L / sequence tokens of every (B, L, D) activation, and attention
-gathers the keys / values over `sequence` (every query sees every key; GSPMD inserts
-the all-gather for the XLA kernel, `layers.dot_product_attention` does it by hand for
-the fused ones).
+already split over `fsdp` through `batch` (a mesh axis splits one dimension only), and
+split features would need an all-gather before every matmul.
+
+Sequence parallelism is `length` over `sequence`: each device holds L / sequence
+tokens of every (B, L, D) activation the models pin with `constrain(x, TOKENS)`, and
+`layers.dot_product_attention` keeps the queries split but gathers the keys / values
+over `sequence` (every query sees every key: GSPMD inserts the all-gather for the XLA
+kernel; a shard_map runs the fused cuDNN / splash kernels per device).
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ def axis_rules(rules: Rules) -> Iterator[None]:
     """Makes `rules` the table `constrain` maps through, inside the `with` block.
 
     The rules are read when a function is traced, so enter this around the first call
-    (or the `.lower`) of a jitted function, as `jax.set_mesh`. Example: Megatron-style
-    sequence parallelism over the tensor axis as well,
+    (or the `.lower`) of a jitted function, like `jax.set_mesh`. Unlike the context
+    mesh, they are not part of `jax.jit`'s cache key: a function already traced under
+    other rules keeps them (make a fresh `jax.jit` to change them). Example:
+    Megatron-style sequence parallelism over the tensor axis as well,
 
         rules = [(axes.LENGTH, ("sequence", "tensor")) if n == axes.LENGTH else (n, m)
                  for n, m in axes.DEFAULT_RULES]

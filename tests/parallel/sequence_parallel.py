@@ -18,8 +18,11 @@ and, for the even layout only, the compiled forward + backward's temporary memor
 data=2 x sequence=4 against 2 devices data=2 x sequence=1, and the sharding spec of
 the compiled output (its length axis over `sequence` only if the constraints act).
 
+Also the fused-attention wrapper `layers._per_device` around the XLA kernel against
+the plain kernel (see `per_device_attention`).
+
 Output: {model: {layout: {"max_err_out", "max_err_grad", "max_out", "max_grad",
-["temp_sp4", "temp_sp1", "out_spec"]}}}.
+["temp_sp4", "temp_sp1", "out_spec"]}}, "per_device_attention": {"mask", "no mask"}}.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ffjax.models import layers
 from ffjax.models.flux.config import FluxTransformerConfig
 from ffjax.models.flux.transformer import FluxTransformer
 from ffjax.models.qwen_image.config import QwenImageTransformerConfig
 from ffjax.models.qwen_image.transformer import QwenImageTransformer, rope_ids
 from ffjax.models.wan.config import WanTransformerConfig
 from ffjax.models.wan.transformer import WanTransformer
+from ffjax.parallel import axes
 from ffjax.parallel import mesh as mesh_lib
 
 B = 2
@@ -152,6 +157,34 @@ def max_err(a, b):
                zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))  # fmt: skip
 
 
+def per_device_attention(mesh):
+    """Max error of `layers._per_device` (the fused kernels' shard_map wrapper, here around
+    the XLA kernel so it runs on CPU) against the plain kernel: output and d/d(q, k, v),
+    cross-attention shapes (16 queries, 12 keys), with and without a padding mask."""
+    r = np.random.default_rng(4)
+    q, k, v, w = (jnp.asarray(r.normal(size=s), jnp.float32)
+                  for s in ((B, 16, 2, 8), (B, 12, 2, 8), (B, 12, 2, 8), (B, 16, 2, 8)))  # fmt: skip
+    mask = np.ones((B, 1, 1, 12), bool)
+    mask[0, ..., -3:] = False
+    errs = {}
+    for name, m in (("mask", jnp.asarray(mask)), ("no mask", None)):
+
+        def loss(q, k, v, wrap, m=m):
+            if wrap:
+                spec = axes.fitted_spec(layers.Q_AXES, q.shape)
+                o = layers._per_device(layers._xla_masked_attention, q, k, v, m, spec)
+            else:
+                o = layers._xla_masked_attention(q, k, v, m)
+            return jnp.sum(o * w), o
+
+        grad = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
+        ref = jax.jit(grad, static_argnums=3)(q, k, v, False)
+        with jax.set_mesh(mesh):
+            got = jax.jit(grad, static_argnums=3)(q, k, v, True)
+        errs[name] = max_err(got, ref)
+    return errs
+
+
 def main():
     devices = jax.devices()
     assert len(devices) == 8, f"needs 8 (fake) devices, got {len(devices)}"
@@ -179,6 +212,7 @@ def main():
                 r["out_spec"] = [None if e is None else e if isinstance(e, str) else list(e)
                                  for e in compiled.output_shardings[0].spec]  # fmt: skip
             results[name][layout] = r
+    results["per_device_attention"] = per_device_attention(sp4)
     print(json.dumps(results))
 
 
