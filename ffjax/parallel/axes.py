@@ -74,6 +74,9 @@ _RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("ffjax_axis_rules
 def axis_rules(rules: Rules) -> Iterator[None]:
     """Makes `rules` the table `constrain` maps through, inside the `with` block.
 
+    Activations only: parameter shardings take their rules as an argument
+    (`param_shardings`, `sharding.logical_shardings`), so pass the same table there.
+
     The rules are read when a function is traced, so enter this around the first call
     (or the `.lower`) of a jitted function, like `jax.set_mesh`. Unlike the context
     mesh, they are not part of `jax.jit`'s cache key: a function already traced under
