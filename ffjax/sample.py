@@ -271,7 +271,10 @@ def _inputs(checkpoint: str | None, prompts: str, out: Path, weights: str | None
     if checkpoint is None and weights != "base":
         raise SampleError("--checkpoint is required (except with --weights base)")
     if checkpoint is not None and weights != "base":
-        locate_checkpoint(checkpoint)  # fail before loading the model
+        workdir, epoch = locate_checkpoint(checkpoint)  # fail before loading the model
+        folder = workdir / "checkpoints"  # Orbax names a finished epoch's folder its number
+        if epoch is None and not any(p.name.isdigit() for p in folder.iterdir()):
+            raise SampleError(f"no checkpoint in {folder} (no finished epoch saved)")
     try:
         prompt_set = load_sample_prompts(prompts)
     except (FileNotFoundError, ValueError) as e:
@@ -285,9 +288,10 @@ def _inputs(checkpoint: str | None, prompts: str, out: Path, weights: str | None
 
 
 def _agreed(fn, *args):
-    """`fn(*args)` on every process; SampleError on every process if it raised one on
-    any (that process's message, naming it), so none is left waiting in a collective
-    for a process that quit. A collective, whose only collective is this agreement."""
+    """`fn(*args)` on every process, which then all raise if it raised on any: its own
+    error where it did, SampleError naming the first failed process and its message
+    elsewhere, so that none goes on into a collective that a process which quit will
+    never join. A collective (one all-gather); `fn` must contain none."""
     from ffjax.parallel import rows as rows_lib
 
     result, error, mine = None, None, ""
