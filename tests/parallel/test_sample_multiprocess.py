@@ -15,10 +15,12 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 
+from ffjax import sample as sample_lib
 from ffjax import trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +114,16 @@ def _one_and_two(common: list, root: Path, name: str) -> tuple[dict, dict, list]
     for i, (code, _, err) in enumerate(results):
         assert code == 0, f"{['reference', 'process 0', 'process 1'][i]}: {code}\n{err[-3000:]}"
     return _files(root / f"{name}_one"), _files(root / f"{name}_two"), results
+
+
+def test_batches_are_whole_rows_of_every_device_for_any_process_count():
+    # data=2 x fsdp=2 (the mesh's shape, whichever processes hold its devices).
+    mesh = types.SimpleNamespace(shape={"data": 2, "fsdp": 2, "tensor": 3, "sequence": 1})
+    assert sample_lib._call_rows(10, 0, mesh) == 12  # all 10 images, padded to 3 per device
+    assert sample_lib._call_rows(10, 3, mesh) == 4
+    assert sample_lib._call_rows(10, 8, mesh) == 8
+    one = types.SimpleNamespace(shape={"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1})
+    assert sample_lib._call_rows(10, 0, one) == 10 and sample_lib._call_rows(10, 3, one) == 3
 
 
 def test_two_processes_write_the_files_of_one(trained):
