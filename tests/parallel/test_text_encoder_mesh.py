@@ -74,8 +74,6 @@ def test_sharded_encoder_splits_its_parameters(report, name):
         # Everything together: about 1/fsdp (small tables such as T5's relative
         # position bias stay replicated).
         assert r["device0"] < 1.25 * r["total"] / fsdp, (name, mesh, r)
-        # The compiled call takes only this device's shards as arguments.
-        assert r["argument"] < 1.25 * r["total"] / fsdp + 4096, (name, mesh, r)
 
 
 @pytest.mark.parametrize("name", ["umt5", "qwen2_5_vl"])
@@ -93,3 +91,13 @@ def test_flux_adapter_place_encoders(report):
         assert r["cache_read"] == 0.0 and r["entries"] == 3, (mesh, r)
         assert r["t5_device0"] < 1.25 * r["t5_total"] / fsdp, (mesh, r)
         assert r["clip_device0"] < 1.25 * r["clip_total"] / fsdp, (mesh, r)
+
+
+def test_sharded_encoder_never_holds_all_its_weights(report):
+    # A 34 MB UMT5 on fsdp=8: the compiled call takes 1/8 of the weights per device
+    # and its scratch space stays below another 1/8 (gathering every layer's weights
+    # at once, e.g. an all-gather hoisted out of the layer scan, would need 7/8 more).
+    r = report["compiled"]
+    assert r["total"] > 30e6, r
+    assert r["argument"] < 1.05 * r["total"] / 8, r
+    assert r["temp"] < r["total"] / 8, r
