@@ -131,6 +131,10 @@ def base_config() -> ConfigDict:
     t.eval_every = 10  # epochs between evaluations (0 disables)
     t.eval_prompts = 0  # prompts of the evaluation set (0: data.prompts_per_epoch)
     t.eval_repeats = 1  # samples per evaluation prompt (different noise each)
+    # Keep the KL reference copy (a full fine-tune with algorithm.kl_beta > 0) in pinned
+    # host memory; each train step streams it to the devices (ffjax.parallel.offload).
+    # Saves a param_dtype copy of the denoiser per device at the price of that transfer.
+    t.offload_ref = False
 
     # EMA of the trainable weights, stepped once per epoch after the optimizer steps;
     # the old policy of NFT (off-policy) / AWM's EMA-KL, and the weights evaluated.
@@ -144,6 +148,10 @@ def base_config() -> ConfigDict:
     e.inv_gamma = 1.0  # power schedule: inverse multiplicative factor of the epoch
     e.boundaries = ()  # piecewise_linear: epochs of the knots (increasing)
     e.decays = ()  # piecewise_linear: decay at each knot (held beyond the ends)
+    # Keep the EMA in pinned host memory between uses; it visits the devices for its
+    # update, evaluation, EMA sampling and EMA-KL steps (ffjax.parallel.offload). Saves a
+    # float32 copy of the trainable weights per device (48 GB for a full FLUX.1-dev).
+    e.offload = False
 
     c.mesh = h = ConfigDict()
     h.data = -1  # data-parallel axis size (-1: all devices not used by other axes)

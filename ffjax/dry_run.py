@@ -25,7 +25,7 @@ global arrays are.
 Per device means the shard on device 0 (`sharding.shard_shape`), summed over leaves:
 
     resident   what lives for the whole run: frozen weights (param_dtype), VAE, text
-               encoders (committed to device 0 only: the trainer does not shard them),
+               encoders (sharded by their logical axes, as `place_encoders` puts them),
                trainable weights (float32), optimizer state, EMA, reference copy (full
                fine-tune with KL), the per-epoch old-policy snapshot.
     epoch      the epoch's conditioning and noise, the rollout outputs (final latents
@@ -42,6 +42,7 @@ with `--dry_run_topology` for TPU's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -58,6 +59,8 @@ import numpy as np
 from ffjax import configs, optim, registry, trainer
 from ffjax.algorithms.spec import Frozen
 from ffjax.flow import rollout as rollout_lib
+from ffjax.parallel import offload
+from ffjax.parallel import rows as rows_lib
 from ffjax.parallel import sharding as sharding_lib
 from ffjax.parallel.mesh import make_mesh
 from ffjax.state import TrainState, init_state
@@ -152,13 +155,15 @@ class Bytes:
     per_device: on device 0 (each leaf's shard; a leaf without sharding counts whole);
     total: the arrays' own size, unsharded; replicated: bytes of the leaves every
     device holds whole (per_device = replicated + the sharded leaves' shards);
-    count: elements (parameters, for weights).
+    count: elements (parameters, for weights); host: device 0's shards that live in
+    pinned host memory (offloaded), not in per_device.
     """
 
     per_device: int = 0
     total: int = 0
     replicated: int = 0
     count: int = 0
+    host: int = 0
 
     def __add__(self, other: Bytes) -> Bytes:
         pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
@@ -174,7 +179,11 @@ def tree_bytes(tree: Any) -> Bytes:
         sharding = getattr(leaf, "sharding", None)
         shard = tuple(leaf.shape) if sharding is None else tuple(sharding.shard_shape(leaf.shape))
         replicated = count * itemsize if shard == tuple(leaf.shape) else 0
-        out += Bytes(math.prod(shard) * itemsize, count * itemsize, replicated, count)
+        nbytes = math.prod(shard) * itemsize
+        if getattr(sharding, "memory_kind", None) == offload.HOST:
+            out += Bytes(0, count * itemsize, 0, count, host=nbytes)
+        else:
+            out += Bytes(nbytes, count * itemsize, replicated, count)
     return out
 
 
@@ -333,9 +342,12 @@ def _memory(compiled) -> dict[str, int | None]:
     return {k: int(getattr(m, f"{k}_size_in_bytes")) for k in names}
 
 
-def _compile(name: str, what: str, options, jitted, *args, **kwargs) -> Program:
+def _compile(name: str, what: str, options, mesh, jitted, *args, **kwargs) -> Program:
     t0 = time.perf_counter()
-    compiled = jitted.lower(*args, **kwargs).compile(options)
+    # Under the mesh where the trainer calls it so (rollout, train step): the models'
+    # activation constraints (`axes.constrain`, e.g. mesh.sequence) then apply.
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        compiled = jitted.lower(*args, **kwargs).compile(options)
     return Program(name, what, **_memory(compiled), compile_s=time.perf_counter() - t0)
 
 
@@ -386,6 +398,13 @@ def abstract_setup(config: configs.ConfigDict, devices: Sequence[Any] | None = N
     except (ValueError, OSError) as e:  # a missing or wrong config.json
         raise configs.ConfigError(f"config.model.path={c.model.path}: {e}") from None
     mesh = make_mesh(c.mesh, devices)
+    text_specs = getattr(adapter_cls, "text_encoder_specs", None)
+    if text is not None and text_specs is not None:  # as trainer.setup's place_encoders
+        ts, local = text_specs(c), rows_lib.local_mesh(mesh)
+        text = {
+            k: _with(w, sharding_lib.logical_shardings(w, ts.get(k), local))
+            for k, w in text.items()
+        }
     specs = adapter.logical_specs() if hasattr(adapter, "logical_specs") else {}
     weights = {
         k: _with(w, sharding_lib.logical_shardings(w, specs.get(k), mesh))
@@ -410,13 +429,19 @@ def abstract_setup(config: configs.ConfigDict, devices: Sequence[Any] | None = N
         base, ref = {"params": denoiser, "lora_scale": _with(lora_scale, scale_shardings)}, None
     else:
         trainable, base = denoiser, {}
-        ref = denoiser if c.algorithm.get("kl_beta", 0) > 0 else None  # setup copies it
+        ref = None
+        if trainer._has_ref_copy(c):  # setup copies it
+            shardings = jax.tree.map(lambda a: a.sharding, denoiser)
+            ref = _with(denoiser, trainer.ref_shardings(c, shardings))
     steps_per_epoch = t.inner_epochs * rows // t.micro_batch_size
     total_steps = max(1, t.num_epochs * steps_per_epoch // t.grad_accum_steps)
     optimizer = optim.make_optimizer(t, total_steps)
     ema = c.ema.decay > 0
     state = jax.eval_shape(lambda tr: init_state(tr, optimizer, ema=ema), trainable)
-    state_shardings = trainer._state_shardings(state, trainable_specs, optimizer, mesh)
+    trainer.check_offload(c, mesh)
+    state_shardings = trainer._state_shardings(
+        state, trainable_specs, optimizer, mesh, ema_offload=c.ema.offload
+    )
     state = _with(state, state_shardings)
     return _Setup(c, spec, adapter, mesh, weights, text, lora, base, ref, state,
                   state_shardings, optimizer, rows)  # fmt: skip
@@ -424,6 +449,12 @@ def abstract_setup(config: configs.ConfigDict, devices: Sequence[Any] | None = N
 
 def _dtypes(tree: Any) -> str:
     return ", ".join(sorted({jnp.dtype(a.dtype).name for a in jax.tree.leaves(tree)}))
+
+
+def _host_note(b: Bytes, key: str) -> str:
+    if not b.host:
+        return ""
+    return f"; {key}: in pinned host memory, {b.host / 2**20:.3f} MiB per device shard"
 
 
 def _resident(su: _Setup) -> tuple[dict[str, tuple[Bytes, str]], list[str]]:
@@ -445,16 +476,22 @@ def _resident(su: _Setup) -> tuple[dict[str, tuple[Bytes, str]], list[str]]:
     if su.text is None:
         notes.append(f"text encoders of {c.model.name!r}: not reported by its adapter")
     for k, w in (su.text or {}).items():
-        out[k] = (tree_bytes(w), f"{_dtypes(w)}, device 0 only (not sharded)")
+        b = tree_bytes(w)
+        where = "replicated" if b.per_device == b.replicated else "sharded like the weights"
+        out[k] = (b, f"{_dtypes(w)}, {where}")
     kind = f"LoRA r={t.lora_rank}" if su.lora else "full"
     st = su.state
     out[f"trainable ({kind})"] = (tree_bytes(st.trainable), _dtypes(st.trainable))
     accum = f", MultiSteps x{t.grad_accum_steps} grads" if t.grad_accum_steps > 1 else ""
     out["optimizer state"] = (tree_bytes(st.opt_state), "AdamW mu, nu" + accum)
     if st.ema is not None:
-        out["EMA"] = (tree_bytes(st.ema), f"decay {c.ema.decay:g}")
+        ema = tree_bytes(st.ema)
+        out["EMA"] = (ema, f"decay {c.ema.decay:g}" + _host_note(ema, "ema.offload"))
     if su.ref is not None:
-        out["reference copy"] = (tree_bytes(su.ref), f"kl_beta > 0, {_dtypes(su.ref)}")
+        ref = tree_bytes(su.ref)
+        out["reference copy"] = (
+            ref, f"kl_beta > 0, {_dtypes(su.ref)}" + _host_note(ref, "train.offload_ref")
+        )  # fmt: skip
     if su.spec.wants("needs_snapshot", c.algorithm):
         out["old-policy snapshot"] = (tree_bytes(st.trainable), "copied every epoch")
     return out, notes
@@ -531,7 +568,8 @@ def _programs(su: _Setup, ep: _Epoch, which: Sequence[str] = PROGRAMS) -> dict[s
     out = {}
     if "rollout" in which:
         out["rollout"] = _compile(
-            "rollout", f"{chunk} samples x {s.num_steps} steps", options, rollout_lib._rollout_jit,
+            "rollout", f"{chunk} samples x {s.num_steps} steps", options, su.mesh,
+            rollout_lib._rollout_jit,
             su.adapter.velocity, ep.variables, take(ep.cond), take(ep.noise), ep.sigmas, ep.levels,
             _key(), ep.record, dynamics=s.dynamics, storage_dtype=jnp.dtype(s.storage_dtype),
             prepare_fn=getattr(su.adapter, "prepare_cond", None),
@@ -543,12 +581,13 @@ def _programs(su: _Setup, ep: _Epoch, which: Sequence[str] = PROGRAMS) -> dict[s
     what = f"{chunk} videos {m.num_frames}x{size}" if m.num_frames > 1 else f"{chunk} images {size}"
     if "decode" in which:
         out["decode"] = _compile(
-            "decode", what, options, decode, su.weights["vae"], final, m.height, m.width,
+            "decode", what, options, None, decode, su.weights["vae"], final, m.height, m.width,
         )  # fmt: skip
     policy = trainer.make_policy(su.adapter, su.lora, trainer.cfg_in_train(c))
     loss_fn = su.spec.make_loss(c.algorithm, policy, dynamics=s.dynamics)
+    ref_shardings = None if su.ref is None else jax.tree.map(lambda a: a.sharding, su.ref)
     step = trainer._make_train_step(
-        loss_fn, su.optimizer, su.spec.record, su.mesh, su.state_shardings
+        loss_fn, su.optimizer, su.spec.record, su.mesh, su.state_shardings, ref_shardings
     )
     snapshot = su.state.trainable if su.spec.wants("needs_snapshot", c.algorithm) else None
     frozen = Frozen(base=su.base, ref=su.ref, ema=None, snapshot=snapshot)
@@ -556,7 +595,7 @@ def _programs(su: _Setup, ep: _Epoch, which: Sequence[str] = PROGRAMS) -> dict[s
     idx = jax.ShapeDtypeStruct((t.micro_batch_size,), jnp.int32)
     if "train" in which:
         out["train"] = _compile(
-            "train step", f"{t.micro_batch_size} rows", options, step,
+            "train step", f"{t.micro_batch_size} rows", options, su.mesh, step,
             su.state, frozen, samples, ep.rows, idx, _key(), _key(),
         )  # fmt: skip
     return out

@@ -73,9 +73,10 @@ from ffjax.data.prompts import GroupSampler, PromptSet, load_prompts
 from ffjax.flow import rollout as rollout_lib
 from ffjax.flow import schedule
 from ffjax.logging import MetricsWriter, image_grid, save_grid
+from ffjax.parallel import offload
 from ffjax.parallel import rows as rows_lib
 from ffjax.parallel import sharding as sharding_lib
-from ffjax.parallel.mesh import make_mesh, maybe_initialize_distributed
+from ffjax.parallel.mesh import OnMesh, make_mesh, maybe_initialize_distributed
 from ffjax.rewards.base import RewardError, Samples, call_reward
 from ffjax.state import TrainState, init_state
 
@@ -146,6 +147,7 @@ class Run:
     rows_per_epoch: int
     train_timesteps: int
     train_step: Callable
+    ema_step: Callable | None  # (ema, trainable, decay) -> ema; None without EMA
     decode: Callable
     initial: TrainState
     mesh: jax.sharding.Mesh
@@ -240,6 +242,36 @@ def _check_algorithm_needs(config, spec: AlgorithmSpec) -> None:
             )
     if spec.make_loss is None:
         raise configs.ConfigError(f"algorithm {spec.name!r} has no loss (make_loss) registered")
+    if config.ema.offload and config.ema.decay == 0:
+        raise configs.ConfigError(
+            "config.ema.offload=True keeps the EMA in host memory, but config.ema.decay=0"
+            " disables the EMA; set ema.decay > 0 or ema.offload=False"
+        )
+    if config.train.offload_ref and not _has_ref_copy(config):
+        raise configs.ConfigError(
+            "config.train.offload_ref=True keeps the KL reference copy in host memory, but"
+            " this run has none (only a full fine-tune, train.lora_rank=0, with"
+            " algorithm.kl_beta > 0 keeps one; LoRA's reference is the frozen base); set"
+            " train.offload_ref=False"
+        )
+
+
+def _has_ref_copy(config) -> bool:
+    """Whether the run keeps a reference copy of the denoiser (full fine-tune with KL)."""
+    return config.train.lora_rank == 0 and config.algorithm.get("kl_beta", 0) > 0
+
+
+def ref_shardings(config, shardings: Any) -> Any:
+    """Where the reference copy lives: the weights' shardings, in host memory when
+    `config.train.offload_ref`."""
+    return offload.host_shardings(shardings) if config.train.offload_ref else shardings
+
+
+def check_offload(config, mesh) -> None:
+    """ConfigError when an offload key is set but the devices have no host memory kind."""
+    for key in ("ema.offload", "train.offload_ref"):
+        if config[key.split(".")[0]][key.split(".")[1]]:
+            offload.check_host_memory(mesh, key)
 
 
 def cfg_in_train(config: configs.ConfigDict) -> bool:
@@ -328,9 +360,12 @@ def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
         )
     mesh = make_mesh(config.mesh, devices)
     _check_row_blocks(config, mesh)
+    check_offload(config, mesh)
     for reward, _ in [*rewards.values(), *eval_rewards.values()]:
         if hasattr(reward, "place"):  # reward models run on the mesh beside the generator,
             reward.place(rows_lib.local_mesh(mesh))  # this process's part: they see its rows
+    if hasattr(adapter, "place_encoders"):  # text encoders sharded beside the generator,
+        adapter.place_encoders(rows_lib.local_mesh(mesh))  # each process encodes its prompts
     specs = adapter.logical_specs() if hasattr(adapter, "logical_specs") else {}
     weights = {
         k: jax.device_put(w, sharding_lib.logical_shardings(w, specs.get(k), mesh))
@@ -363,7 +398,12 @@ def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
         base, ref = {"params": denoiser, "lora_scale": lora_scale}, None
     else:
         trainable, base = denoiser, {}
-        ref = jax.tree.map(jnp.copy, denoiser) if config.algorithm.get("kl_beta", 0) > 0 else None
+        ref = None
+        if config.train.offload_ref:  # copied straight to host memory, never twice on device
+            shardings = jax.tree.map(lambda a: a.sharding, denoiser)
+            ref = jax.device_put(denoiser, offload.host_shardings(shardings))
+        elif _has_ref_copy(config):
+            ref = jax.tree.map(jnp.copy, denoiser)
 
     steps_per_epoch = t.inner_epochs * rows // t.micro_batch_size
     total_steps = max(1, t.num_epochs * steps_per_epoch // t.grad_accum_steps)
@@ -377,7 +417,9 @@ def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
         # the denoiser twice (FLUX.1-dev: 24 GB in bfloat16 beside 48 GB in float32).
         weights = {k: w for k, w in weights.items() if k != adapter.denoiser}
         del denoiser, trainable
-    state_shardings = _state_shardings(initial, trainable_specs, optimizer, mesh)
+    state_shardings = _state_shardings(
+        initial, trainable_specs, optimizer, mesh, ema_offload=config.ema.offload
+    )
     initial = jax.device_put(initial, state_shardings)
     specs_used = sorted({str(sh.spec) for sh in jax.tree.leaves(state_shardings.trainable)})
     logging.info("mesh %s; trainable weights sharded as %s", dict(mesh.shape), specs_used)
@@ -399,25 +441,47 @@ def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
         lr_fn=lr_fn,
         rows_per_epoch=rows,
         train_timesteps=_train_timesteps(config),
-        train_step=_make_train_step(loss_fn, optimizer, spec.record, mesh, state_shardings),
+        train_step=_make_train_step(
+            loss_fn,
+            optimizer,
+            spec.record,
+            mesh,
+            state_shardings,
+            ref_shardings=None if ref is None else jax.tree.map(lambda a: a.sharding, ref),
+        ),
+        ema_step=_make_ema_step(state_shardings.ema),
         decode=jax.jit(adapter.decode, static_argnums=(2, 3)),
         initial=initial,
         mesh=mesh,
     )
 
 
-def _state_shardings(state: TrainState, trainable_specs, optimizer, mesh) -> TrainState:
-    """Shardings of a TrainState: trainable and EMA by their logical specs, optimizer
-    state like the trainable tree it mirrors, counters replicated."""
+def _state_shardings(
+    state: TrainState, trainable_specs, optimizer, mesh, ema_offload: bool = False
+) -> TrainState:
+    """Shardings of a TrainState: trainable and EMA by their logical specs (the EMA in
+    pinned host memory with `ema_offload`), optimizer state like the trainable tree it
+    mirrors, counters replicated."""
     rep = sharding_lib.replicated(mesh)
     trainable = sharding_lib.logical_shardings(state.trainable, trainable_specs, mesh)
+    ema = None
+    if state.ema is not None:
+        ema = offload.host_shardings(trainable) if ema_offload else trainable
     return TrainState(
         step=rep,
         epoch=rep,
         trainable=trainable,
         opt_state=sharding_lib.opt_state_shardings(optimizer, state.opt_state, trainable, mesh),
-        ema=None if state.ema is None else trainable,
+        ema=ema,
     )
+
+
+def device_copy(tree: Any) -> Any:
+    """`tree` itself, or a device copy of it where it lives in host memory (an offloaded
+    EMA or reference): what a rollout or evaluation samples with."""
+    if tree is None or not offload.on_host(jax.tree.map(lambda a: a.sharding, tree)):
+        return tree
+    return offload.to_device(tree, jax.tree.map(lambda a: a.sharding, tree))
 
 
 # --------------------------------------------------------------------------- jitted step
@@ -441,15 +505,25 @@ def _gather(samples: dict, rows: dict, idx: jax.Array, noise_key: jax.Array, rec
     return batch
 
 
-def _make_train_step(loss_fn, optimizer, record: str, mesh, state_shardings) -> Callable:
-    """jit(train_step): the state is donated and comes back with `state_shardings`; the
-    other arguments keep the shardings they were committed to."""
+def _make_train_step(
+    loss_fn, optimizer, record: str, mesh, state_shardings, ref_shardings: Any = None
+) -> Callable:
+    """jit(train_step), called under `mesh` (`OnMesh`): the state is donated and comes
+    back with `state_shardings`; the other arguments keep the shardings they were
+    committed to. An EMA or reference in
+    host memory (`state_shardings.ema` / `ref_shardings` with memory kind pinned_host)
+    is moved to the devices inside the step, only if the loss reads it."""
 
     def train_step(state: TrainState, frozen: Frozen, samples, rows, idx, noise_key, key):
         batch = _gather(samples, rows, idx, noise_key, record)
         batch = jax.lax.with_sharding_constraint(batch, sharding_lib.batch_shardings(batch, mesh))
         # The EMA lives in the donated state; hand the loss that copy, never an alias.
-        frozen = frozen.replace(ema=state.ema)
+        ema = state.ema
+        if ema is not None and offload.on_host(state_shardings.ema):
+            ema = offload.to_device(ema, state_shardings.ema)
+        frozen = frozen.replace(ema=ema)
+        if frozen.ref is not None and offload.on_host(ref_shardings):
+            frozen = frozen.replace(ref=offload.to_device(frozen.ref, ref_shardings))
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, metrics), grads = grad_fn(state.trainable, frozen, batch, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
@@ -459,12 +533,22 @@ def _make_train_step(loss_fn, optimizer, record: str, mesh, state_shardings) -> 
         return state, metrics
 
     out_shardings = (state_shardings, sharding_lib.replicated(mesh))  # metrics replicated
-    return jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings)
+    return OnMesh(jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings), mesh)
 
 
-@jax.jit
-def _ema_step(ema, trainable, decay):
-    return ema_lib.ema_update(ema, trainable, decay)
+def _make_ema_step(ema_shardings: Any) -> Callable | None:
+    """jit(ema, trainable, decay) -> the updated EMA, with `ema_shardings` (the EMA is
+    donated; one in host memory is updated on the devices and goes back to the host)."""
+    if ema_shardings is None:
+        return None
+    on_host = offload.on_host(ema_shardings)
+
+    def ema_step(ema, trainable, decay):
+        if on_host:
+            ema = offload.to_device(ema, ema_shardings)
+        return ema_lib.ema_update(ema, trainable, decay)
+
+    return jax.jit(ema_step, donate_argnums=(0,), out_shardings=ema_shardings)
 
 
 # --------------------------------------------------------------------------- one epoch
@@ -501,19 +585,20 @@ def _sample(
     bar = _stage_bar(run, -(-blocks.size // chunk), "rollout", "chunk")
     for start in range(0, blocks.size, chunk):
         chunk_cond, chunk_noise = rows_lib.chunk((cond, noise), start, chunk, blocks, run.mesh)
-        final, traj = rollout_lib.rollout(
-            run.adapter.velocity,
-            _variables(run, weights),
-            chunk_cond,
-            chunk_noise,
-            sigmas,
-            noise_levels,
-            jax.random.fold_in(key, start),
-            record,
-            dynamics=c.dynamics,
-            storage_dtype=jnp.dtype(c.storage_dtype),
-            prepare_fn=getattr(run.adapter, "prepare_cond", None),
-        )
+        with jax.set_mesh(run.mesh):  # the models' activation constraints (axes.constrain)
+            final, traj = rollout_lib.rollout(
+                run.adapter.velocity,
+                _variables(run, weights),
+                chunk_cond,
+                chunk_noise,
+                sigmas,
+                noise_levels,
+                jax.random.fold_in(key, start),
+                record,
+                dynamics=c.dynamics,
+                storage_dtype=jnp.dtype(c.storage_dtype),
+                prepare_fn=getattr(run.adapter, "prepare_cond", None),
+            )
         if hasattr(run.adapter, "finish_latents"):  # e.g. TI2V pins frame 0 to the image
             final = run.adapter.finish_latents(final, chunk_cond)
         finals.append(final)
@@ -584,7 +669,11 @@ def _sample_and_score(
     t0 = time.perf_counter()
     parts: list[np.ndarray] = []
     pending: list[jax.Array] = []
-    with AsyncScorer(run.rewards, run.config.train.reward_workers, _score_one) as scorer:
+    # With several processes a failure waits for `finish`: the other processes are
+    # rolling out the next chunks, whose collectives need this one too.
+    stop_early = jax.process_count() == 1
+    with AsyncScorer(run.rewards, run.config.train.reward_workers, _score_one,
+                     stop_early=stop_early) as scorer:  # fmt: skip
 
         def hand_over() -> None:
             # Waits for this chunk's decode only; this process's rows of it.
@@ -607,6 +696,36 @@ def _sample_and_score(
         times = {"rollout_s": t1 - t0, "reward_s": time.perf_counter() - t1}
         times["reward_busy_s"] = scorer.busy_s
     return final, traj, images, scores, times
+
+
+def on_every_process(what: str, fn: Callable[[], Any]) -> Any:
+    """fn(); if it raises on any process, every process raises (one exchange of error
+    texts after it: `rows.process_messages`), instead of the others waiting in the next
+    collective until jax.distributed's heartbeat timeout kills them.
+
+    The failing process re-raises its own exception; the others raise TrainingError
+    naming the process and its error. One process: just fn().
+    """
+    if jax.process_count() == 1:
+        return fn()
+    error, result = None, None
+    try:
+        result = fn()
+    except Exception as e:  # shared below, then re-raised
+        error = e
+    messages = rows_lib.process_messages(
+        "" if error is None else f"{type(error).__name__}: {error}"
+    )
+    if error is not None:
+        raise error
+    failed = [(i, m) for i, m in enumerate(messages) if m]
+    if failed:
+        i, m = failed[0]
+        raise TrainingError(
+            f"{what} failed on process {i} ({m}); stopping every process. Finished epochs,"
+            " metrics and checkpoints are kept."
+        )
+    return result
 
 
 def _score_one(alias: str, reward: Any, samples: Samples) -> np.ndarray:
@@ -733,7 +852,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
         snapshot = jax.tree.map(jnp.copy, state.trainable)  # the state is donated below
     sample_weights = state.trainable
     if run.spec.wants("sample_with_ema", c.algorithm):
-        sample_weights = state.ema
+        sample_weights = device_copy(state.ema)
     sample_args = (sample_weights, cond, noise, sigmas, noise_levels,
                    jax.random.fold_in(key, 1), record)  # fmt: skip
     if t.async_rewards and 0 < c.sampling.batch_size < blocks.size:
@@ -743,7 +862,9 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
             return Samples.of(prompts[sl], images, metadata=metadata[sl],
                            group_ids=np.asarray(group_ids)[mine][sl])  # fmt: skip
 
-        final, traj, images, raw, times = _sample_and_score(run, *sample_args, samples_of)
+        final, traj, images, raw, times = on_every_process(
+            "rewards", lambda: _sample_and_score(run, *sample_args, samples_of)
+        )
         t_rollout, t_reward, t_reward_busy = (
             times["rollout_s"], times["reward_s"], times["reward_busy_s"]
         )  # fmt: skip
@@ -755,7 +876,9 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
         t1 = time.perf_counter()
         # group_ids: a groupwise reward scores within the sampler's groups (rewards/base.py).
         epoch_samples = Samples.of(prompts, images, metadata=metadata, group_ids=group_ids[mine])
-        raw = _score(run.rewards, epoch_samples, run.config.logging.step_progress)
+        raw = on_every_process(
+            "rewards", lambda: _score(run.rewards, epoch_samples, run.config.logging.step_progress)
+        )
         t_reward = t_reward_busy = time.perf_counter() - t1
     # Every process gets every row's scores, so all compute the same advantages.
     raw = {a: rows_lib.gather_rows(v, blocks) for a, v in raw.items()}
@@ -803,7 +926,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
         )
     if state.ema is not None:
         decay = ema_lib.ema_decay(c.ema, epoch)
-        state = state.replace(ema=_ema_step(state.ema, state.trainable, float(decay)))
+        state = state.replace(ema=run.ema_step(state.ema, state.trainable, float(decay)))
     state = state.replace(epoch=state.epoch + 1)
     jax.block_until_ready(state.trainable)
     t_train = time.perf_counter() - t2
@@ -851,10 +974,13 @@ def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray,
     noise = _init_noise(run.adapter, key, len(prompts), m.height, m.width, run.mesh)
     sigmas = run.adapter.sigmas(c.sampling.eval_num_steps, m.height, m.width)
     levels = np.zeros(c.sampling.eval_num_steps, np.float32)
-    weights = state.ema if state.ema is not None else state.trainable
+    weights = device_copy(state.ema) if state.ema is not None else state.trainable
     final, _ = _sample(run, weights, cond, noise, sigmas, levels, key, None)
     images = _decode(run, final)
-    raw = _score(run.eval_rewards, Samples.of(prompts[mine], images, metadata=metadata))
+    raw = on_every_process(
+        "eval rewards",
+        lambda: _score(run.eval_rewards, Samples.of(prompts[mine], images, metadata=metadata)),
+    )
     raw = {a: rows_lib.gather_rows(v, blocks) for a, v in raw.items()}
     images = rows_lib.gather_rows(images, blocks, EVAL_GRID_IMAGES)
     w = {a: wt for a, (_, wt) in run.eval_rewards.items()}

@@ -327,7 +327,11 @@ def test_bytes_of_sharded_and_replicated_leaves():
     tree = {"a": jax.ShapeDtypeStruct((8, 3), np.float32, sharding=s),
             "b": jax.ShapeDtypeStruct((5,), jax.numpy.bfloat16)}  # fmt: skip
     b = dry_run.tree_bytes(tree)
-    assert dataclasses.astuple(b) == (8 * 3 * 4 + 10, 8 * 3 * 4 + 10, 8 * 3 * 4 + 10, 29)
+    assert dataclasses.astuple(b) == (8 * 3 * 4 + 10, 8 * 3 * 4 + 10, 8 * 3 * 4 + 10, 29, 0)
+    # A leaf in pinned host memory counts as host bytes, none on the device.
+    tree["a"] = jax.ShapeDtypeStruct((8, 3), np.float32, sharding=s.with_memory_kind("pinned_host"))
+    b = dry_run.tree_bytes(tree)
+    assert dataclasses.astuple(b) == (10, 8 * 3 * 4 + 10, 10, 29, 8 * 3 * 4)
 
 
 def test_backend_without_memory_stats_still_gives_a_verdict():

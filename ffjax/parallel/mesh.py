@@ -14,9 +14,10 @@ model is written in the `with_sharding_constraint` style, shardings are given to
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -84,6 +85,28 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[Any] | None = No
     grid = np.empty(len(devices), dtype=object)
     grid[:] = devices
     return jax.sharding.Mesh(grid.reshape(shape), AXES, axis_types=auto)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnMesh:
+    """A jitted function that is called and lowered under `jax.set_mesh(mesh)`.
+
+    The models' activation constraints (`ffjax.parallel.axes.constrain`: batch rows,
+    tokens over `sequence`) read the context mesh when the call is traced, and jit's
+    cache is keyed on it; binding the mesh here means no caller can forget it (outside
+    the context the same function would retrace without any constraint).
+    """
+
+    fn: Callable
+    mesh: jax.sharding.Mesh
+
+    def __call__(self, *args, **kwargs):
+        with jax.set_mesh(self.mesh):
+            return self.fn(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with jax.set_mesh(self.mesh):
+            return self.fn.lower(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- multi-host

@@ -18,7 +18,7 @@ rewards of `ffjax.rewards` are pure functions of their samples); with one worker
 calls run one at a time, in submission order.
 
 Errors: an exception raised in a worker surfaces in the main thread, from `submit`
-(the first failure found) or `finish`. `score_fn(alias, reward, samples)` does the
+(the first failure found; not with `stop_early=False`) or `finish`. `score_fn(alias, reward, samples)` does the
 checking; the trainer's turns a `RewardError` or a wrong shape into a `TrainingError`
 naming the alias. An exception that does not name the alias gets a note that does
 (and the chunk).
@@ -65,6 +65,7 @@ class AsyncScorer:
         rewards: Mapping[str, Any],
         workers: int = 2,
         score_fn: ScoreFn = score_reward,
+        stop_early: bool = True,
     ):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -78,6 +79,9 @@ class AsyncScorer:
         self._lock = threading.Lock()
         self.busy_s = 0.0  # total time the workers spent scoring
         self.finished = False
+        # False: failures surface from `finish` only, so a multi-process caller finishes
+        # its rollouts (collectives every process must join) before it stops.
+        self.stop_early = stop_early
 
     def _run(self, alias: str, samples: Samples, chunk: int) -> np.ndarray:
         t0 = time.perf_counter()
@@ -101,7 +105,8 @@ class AsyncScorer:
         """Queue one chunk for every pointwise reward; returns at once."""
         if self.finished:
             raise RuntimeError("submit after finish")
-        self._raise_failed()  # stop early: the epoch cannot be scored
+        if self.stop_early:
+            self._raise_failed()  # stop early: the epoch cannot be scored
         chunk = len(self._chunks)
         self._chunks.append(samples)
         for alias, futures in self._futures.items():

@@ -13,7 +13,9 @@ processes of 2 fake CPU devices each:
         --port 12345 --workdir /tmp/run --out /tmp/out0.json --data /tmp/prompts
 
 or the 1-process reference with 4 devices (--num-processes 1 --port P: it initialises
-jax.distributed too, so its collectives also run through Gloo).
+jax.distributed too, so its collectives also run through Gloo). `--scenario
+reward_fails` instead trains with a reward that fails on process 1 only and records
+each process's error.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 import jax
@@ -63,6 +66,44 @@ class MeshBrightness:
         )
 
 
+class FailsOnProcess1:
+    """Brightness that raises a RewardError on process 1 only (a reward server that
+    died behind one host): every process must stop, none may wait for the others."""
+
+    kind = "pointwise"
+    name = "fails_on_process_1"
+
+    def __call__(self, samples):
+        from ffjax.rewards.base import RewardError
+
+        if jax.process_index() == 1:
+            raise RewardError("the reward server of process 1 is gone")
+        return samples.images.astype(np.float32).mean(axis=(1, 2, 3)) / 255
+
+
+def reward_fails(toy, workdir: Path) -> dict:
+    """GRPO with FailsOnProcess1, scored serially and asynchronously: {mode: error text
+    and the seconds to it}."""
+    from ffjax import configs, trainer
+
+    out = {}
+    for mode in ("serial", "async"):
+        c = toy()
+        c.rewards = {}
+        configs.add_reward(c, "flaky", name="tests.parallel.multiprocess_train:FailsOnProcess1")
+        if mode == "async":
+            c.sampling.batch_size = 8 // jax.process_count()
+            c.train.async_rewards = True
+        t0 = time.monotonic()
+        try:
+            trainer.train(configs.validate(c), workdir.with_name(f"{workdir.name}_{mode}"),
+                          progress=False)  # fmt: skip
+            out[mode] = {"error": None}
+        except trainer.TrainingError as e:
+            out[mode] = {"error": str(e), "seconds": time.monotonic() - t0}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--num-processes", type=int, required=True)
@@ -71,6 +112,7 @@ def main() -> None:
     p.add_argument("--workdir", required=True)
     p.add_argument("--data", required=True, help="folder of the prompts (train.txt)")
     p.add_argument("--out", required=True)
+    p.add_argument("--scenario", default="train", choices=("train", "reward_fails"))
     args = p.parse_args()
     if args.port:  # also for one process: its collectives then run through Gloo too
         jax.distributed.initialize(
@@ -94,6 +136,10 @@ def main() -> None:
         c.data.path = c.model.path = args.data
         c.mesh.data = 4
         return c
+
+    if args.scenario == "reward_fails":
+        _write(args.out, {"process_index": jax.process_index(), **reward_fails(toy, workdir)})
+        return
 
     c = toy()
     c.model.name = "tests.parallel.multiprocess_train:CountingAdapter"
@@ -138,10 +184,13 @@ def main() -> None:
         "chunked": _numbers(chunked),
         "fsdp": _numbers(fsdp),
     }
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
+    _write(args.out, out)
+
+
+def _write(path: str, out: dict) -> None:
+    with open(path + ".tmp", "w") as f:
         json.dump(out, f)
-    os.replace(tmp, args.out)
+    os.replace(path + ".tmp", path)
 
 
 def _numbers(history: list[dict]) -> list[dict]:

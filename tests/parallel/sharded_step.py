@@ -45,6 +45,8 @@ MESHES = {  # name: (config.mesh, number of devices)
     "data=8": (dict(data=8), 8),
     "fsdp=8": (dict(data=1, fsdp=8), 8),
     "tensor=2 x fsdp=4": (dict(data=1, fsdp=4, tensor=2), 8),
+    # The token streams over `sequence` (8 + 16 joint tokens; axes.constrain).
+    "sequence=4 x data=2": (dict(data=2, sequence=4), 8),
 }
 
 

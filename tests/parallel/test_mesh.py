@@ -116,7 +116,8 @@ def test_distributed_is_initialized_only_in_a_multi_process_environment(monkeypa
 @pytest.mark.slow
 def test_train_step_gives_the_same_numbers_on_every_mesh():
     """Same loss, grad norm and updated LoRA weights on 1 device and on 8 fake CPU
-    devices as data=8, fsdp=8 and tensor=2 x fsdp=4; the weights really are sharded."""
+    devices as data=8, fsdp=8, tensor=2 x fsdp=4 and sequence=4 x data=2; the weights
+    really are sharded."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     # Optimisation level 0 halves the compile time; every mesh compiles the same way.
     env["XLA_FLAGS"] = " ".join([
@@ -131,7 +132,7 @@ def test_train_step_gives_the_same_numbers_on_every_mesh():
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     ref = out.pop("1 device")
-    assert set(out) == {"data=8", "fsdp=8", "tensor=2 x fsdp=4"}
+    assert set(out) == {"data=8", "fsdp=8", "tensor=2 x fsdp=4", "sequence=4 x data=2"}
     moved = max(np.abs(np.asarray(v)).max() for k, v in ref["trainable"].items() if k.endswith("b"))
     assert moved > 1e-4  # B starts at zero: the steps changed the weights
     for name, got in out.items():

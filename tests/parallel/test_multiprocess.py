@@ -105,7 +105,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tmp_path: Path, name: str, processes: int, devices_each: int) -> list[dict]:
+def _launch(
+    tmp_path: Path, name: str, processes: int, devices_each: int, scenario: str = "train"
+) -> list[dict]:
     """Runs multiprocess_train.py as `processes` processes; their JSON outputs. A failed
     or hung process gets the others killed (no CI hang): TIMEOUT_S for the whole run."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -125,7 +127,7 @@ def _launch(tmp_path: Path, name: str, processes: int, devices_each: int) -> lis
             cmd = [sys.executable, "-m", "tests.parallel.multiprocess_train",
                    "--num-processes", str(processes), "--process-id", str(i),
                    "--port", str(port), "--workdir", str(tmp_path / name), "--out", str(outs[i]),
-                   "--data", str(data)]  # fmt: skip
+                   "--data", str(data), "--scenario", scenario]  # fmt: skip
             with open(logs[i], "w") as log:
                 procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log))
         deadline = time.monotonic() + TIMEOUT_S
@@ -196,3 +198,16 @@ def test_two_processes_train_exactly_like_one(tmp_path):
     assert sorted(p.name for p in ckpt.iterdir()) == ["1", "2", "config.txt"]
     written = {p.name for p in (ckpt / "2").rglob("*")}
     assert any("process_1" in n for n in written), sorted(written)
+
+
+@pytest.mark.slow
+def test_a_reward_failing_on_one_process_stops_every_process_promptly(tmp_path):
+    """Process 1's reward raises; both processes stop with an error that says so, long
+    before jax.distributed's 300 s heartbeat timeout would have killed process 0."""
+    outs = _launch(tmp_path, "flaky", 2, 2, scenario="reward_fails")
+    for mode in ("serial", "async"):
+        zero, one = outs[0][mode], outs[1][mode]
+        assert "the reward server of process 1 is gone" in one["error"], mode
+        assert "rewards failed on process 1" in zero["error"], (mode, zero)
+        assert "the reward server of process 1 is gone" in zero["error"], mode
+        assert zero["seconds"] < 120 and one["seconds"] < 120, (mode, zero, one)
