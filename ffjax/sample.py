@@ -231,6 +231,8 @@ def pick_weights(run, state, which: str | None) -> tuple[Any, str]:
     import jax
     import jax.numpy as jnp
 
+    from ffjax import trainer
+
     if which == "base" or state is None:
         # LoRA: zero adapters give exactly the frozen model (x W + 0); full: pretrained.
         if run.lora:
@@ -242,7 +244,7 @@ def pick_weights(run, state, which: str | None) -> tuple[Any, str]:
         )
     if which == "current" or state.ema is None:
         return state.trainable, "current"
-    return state.ema, "ema"
+    return trainer.device_copy(state.ema), "ema"  # an offloaded EMA comes to the devices
 
 
 def image_noise(adapter, seed: int, index, k, height: int, width: int):
@@ -361,7 +363,7 @@ def sample(
     # of a training epoch, checked by `setup`, has no meaning here.
     run_config = config.copy_and_resolve_references()
     run_config.sampling.batch_size = 0
-    run = trainer.setup(run_config)
+    run = trainer.setup(run_config, training=False)
     state, source = None, "the pretrained model"
     if weights != "base":
         state, source = restore(run, checkpoint)

@@ -315,14 +315,16 @@ def encode_prompts(adapter, prompts: list[str], height: int, width: int, metadat
     return adapter.encode_prompts(prompts, height, width)
 
 
-def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
+def setup(config: configs.ConfigDict, devices: list | None = None, *, training: bool = True) -> Run:
     """Loads model, data and rewards and builds the jitted functions; no training yet.
 
-    `devices` (default: all) are laid out in the mesh of `config.mesh`.
+    `devices` (default: all) are laid out in the mesh of `config.mesh`. `training=False`
+    (`ffjax.sample`) skips the checks of how the epoch splits over the processes: a
+    run trained on N processes may be sampled on any number.
     """
     spec = registry.ALGORITHMS.get(config.algorithm.name)
     _check_algorithm_needs(config, spec)
-    rows = _check_run_shapes(config, spec, jax.process_count())
+    rows = _check_run_shapes(config, spec, jax.process_count() if training else 1)
     if spec.record == "sde_steps" and config.sampling.noise_level == 0:
         raise configs.ConfigError(
             f"{spec.name} trains on stochastic steps; config.sampling.noise_level=0 makes"
@@ -359,7 +361,8 @@ def setup(config: configs.ConfigDict, devices: list | None = None) -> Run:
             " classifier-free guidance (FLUX.1 embeds guidance instead); set it to False"
         )
     mesh = make_mesh(config.mesh, devices)
-    _check_row_blocks(config, mesh)
+    if training:
+        _check_row_blocks(config, mesh)
     check_offload(config, mesh)
     for reward, _ in [*rewards.values(), *eval_rewards.values()]:
         if hasattr(reward, "place"):  # reward models run on the mesh beside the generator,

@@ -9,6 +9,7 @@ import jax
 import pytest
 
 from ffjax import configs, dry_run, trainer
+from ffjax import sample as sample_lib
 from ffjax.parallel import offload
 from tests.test_dry_run import _demo
 from tests.toy_model import toy_config
@@ -66,6 +67,8 @@ def test_offloaded_weights_stay_in_host_memory(tmp_path):
     state, _, _ = trainer.run_epoch(run, state)
     assert _kinds(state.ema) == {offload.HOST} and _kinds(run.ref) == {offload.HOST}
     assert _kinds(trainer.device_copy(state.ema)) == {"device"}
+    weights, name = sample_lib.pick_weights(run, state, "ema")  # ffjax.sample --weights ema
+    assert name == "ema" and _kinds(weights) == {"device"}
 
 
 def test_nft_off_policy_samples_with_the_offloaded_ema(tmp_path):
