@@ -146,6 +146,8 @@ _EIGHT = textwrap.dedent(
         "optimizer state": device0_bytes(run.initial.opt_state),
         "EMA": device0_bytes(run.initial.ema),
         "vae": device0_bytes(run.weights["vae"]),
+        "text_encoder (CLIP)": device0_bytes(run.adapter.text.clip.params),
+        "text_encoder_2 (T5)": device0_bytes(run.adapter.text.t5.params),
     }
     # One epoch's arrays made as trainer.run_epoch makes them (epoch 0).
     c, m, k = run.config, run.config.model, run.config.data.group_size
@@ -188,8 +190,10 @@ def test_fsdp8_divides_the_sharded_bytes_by_8_and_matches_the_real_shards():
     frozen = eight["transformer (frozen)"]
     assert frozen["replicated"] < 0.2 * frozen["total"]
     assert out["real"]["vae"] == eight["vae"]["per_device"]
-    for name in ("text_encoder (CLIP)", "text_encoder_2 (T5)"):  # device 0 holds them whole
-        assert eight[name]["per_device"] == eight[name]["total"] == one[name]["total"]
+    for name in ("text_encoder (CLIP)", "text_encoder_2 (T5)"):  # sharded by place_encoders
+        assert eight[name]["total"] == one[name]["total"] == one[name]["per_device"], name
+        assert eight[name]["per_device"] < 0.2 * eight[name]["total"], name
+        assert out["real"][name] == eight[name]["per_device"], name
     epoch = {k: b["per_device"] for k, b in out["fsdp8_epoch"].items()}
     assert epoch == out["real_epoch"]
     for name in ("inputs", "outputs"):  # split over the batch axes (data, fsdp)
