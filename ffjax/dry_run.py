@@ -656,6 +656,11 @@ def main(
     judged against its chips' HBM unless `memory_gb` is given."""
     if devices and topology:
         raise configs.ConfigError("--dry_run_devices and --dry_run_topology exclude each other")
+    unknown = sorted(set(programs) - set(PROGRAMS))
+    if unknown or not programs:
+        raise configs.ConfigError(
+            f"--dry_run_programs={','.join(programs)}: choose one or more of {','.join(PROGRAMS)}"
+        )
     if devices:
         use_cpu_devices(devices, reexec_argv)
         chosen = jax.devices()[:devices]

@@ -61,6 +61,10 @@ def _define_flags() -> None:
         "dry_run_topology", None, "With --dry_run: compile for this TPU slice (e.g. v5e:2x4,"
         " v5p:2x2x2) with libtpu on this host; judged against its chips' HBM."
     )  # fmt: skip
+    _FLAGS["dry_run_programs"] = flags.DEFINE_list(
+        "dry_run_programs", ["rollout", "decode", "train"], "With --dry_run: the programs to"
+        " compile (a TPU compile of a big VAE decode can take many minutes on a laptop)."
+    )  # fmt: skip
     _FLAGS["dry_run_device_memory_gb"] = flags.DEFINE_float(
         "dry_run_device_memory_gb", None, "With --dry_run: memory per device (GiB) to judge"
         " the peak against, e.g. 80."
@@ -139,10 +143,12 @@ def main(argv: list[str]) -> None:
         logging.get_absl_handler().addFilter(_OwnInfoOnly())
     dry = _FLAGS["dry_run"].value
     dry_flags = ("dry_run_devices", "dry_run_topology", "dry_run_device_memory_gb")
-    if not dry and any(_FLAGS[f].value for f in dry_flags):
+    if not dry and (
+        any(_FLAGS[f].value for f in dry_flags) or flags.FLAGS["dry_run_programs"].present
+    ):
         sys.stderr.write(
-            "ffjax.train: --dry_run_devices / --dry_run_topology / --dry_run_device_memory_gb"
-            " need --dry_run\n"
+            "ffjax.train: --dry_run_devices / --dry_run_topology / --dry_run_programs /"
+            " --dry_run_device_memory_gb need --dry_run\n"
         )
         sys.exit(2)
     config = _parse_flags.config
@@ -197,6 +203,7 @@ def _dry_run(config: configs.ConfigDict) -> None:
             config,
             devices=_FLAGS["dry_run_devices"].value,
             topology=_FLAGS["dry_run_topology"].value,
+            programs=_FLAGS["dry_run_programs"].value,
             memory_gb=_FLAGS["dry_run_device_memory_gb"].value,
             reexec_argv=argv,
         )

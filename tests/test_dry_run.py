@@ -317,6 +317,15 @@ def test_cli_bad_mesh_exits_1_with_one_line():
     assert r.returncode == 2 and "need --dry_run" in r.stderr
 
 
+def test_unknown_dry_run_program_names_the_flag():
+    r = subprocess.run(
+        [sys.executable, "-m", "ffjax.train", "--dry_run", "--dry_run_programs", "train,backward"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 1 and "--dry_run_programs=train,backward" in r.stderr, r.stderr[-2000:]
+    assert "choose one or more of rollout,decode,train" in r.stderr
+
+
 def test_missing_model_config_names_the_path(tmp_path):
     config = _demo()
     config.model.path = str(tmp_path)
