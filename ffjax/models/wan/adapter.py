@@ -14,7 +14,11 @@ with ffjax's ODE / SDE steps rather than WAN's multistep UniPC solver.
 
 Guidance: classifier-free, v = v_neg + s (v_pos - v_neg), on when s > 1, as
 `WanPipeline` does; the negative prompt is `config.model.negative_prompt` (WAN's
-pipeline uses "" when none is given).
+pipeline uses "" when none is given). It is one prompt for every row: the conditioning
+holds its UMT5 states broadcast to the batch (every leaf batch-first, so a trainer
+indexes and shards it like any batch), but the transformer only reads row 0: the text
+projection and cross-attention K/V of the negative prompt are computed once (batch 1)
+and broadcast at the attention, not once per row.
 
 Wan 2.2 A14B: two experts, `transformer` for timesteps >= boundary_ratio * 1000 (high
 noise) and `transformer_2` below it, with guidance scales `guidance_scale` and
@@ -66,11 +70,14 @@ class WanCond:
 
     Attributes:
       prompt_embeds: float[B, S, text_dim] UMT5 states, zero beyond each prompt.
-      negative_prompt_embeds: the same for the negative prompt, or None without CFG.
+      negative_prompt_embeds: the negative prompt's states broadcast to every row (the
+        same in each: `make_cond` takes one row), or None without CFG; only row 0 is
+        read.
       guidance_scale: float32[B] CFG scale s (None without CFG).
       guidance_scale_2: float32[B] the low-noise expert's scale (A14B; else None).
       kv, negative_kv: cross-attention keys / values per expert ({expert: pytree}),
-        filled by `prepare_cond` inside a rollout; None everywhere else.
+        filled by `prepare_cond` inside a rollout; None everywhere else. negative_kv
+        has batch 1 (its image entries, wan2-i2v, are kv's).
 
     Every leaf but `kv` / `negative_kv` has the batch axis first, so a trainer can
     index, shuffle and shard a WanCond like any batch.
@@ -86,6 +93,11 @@ class WanCond:
     @property
     def cfg(self) -> bool:
         return self.negative_prompt_embeds is not None
+
+    @property
+    def negative(self) -> jax.Array:
+        """float[1, S, text_dim]: the negative prompt's states, once (row 0; all equal)."""
+        return self.negative_prompt_embeds[:1]
 
 
 def guide(v_pos: jax.Array, v_neg: jax.Array, scale: jax.Array) -> jax.Array:
@@ -376,7 +388,8 @@ class WanT2VAdapter:
         embeds = jax.ShapeDtypeStruct(
             (batch, self.max_sequence_length, self.config.text_dim), jnp.dtype(self.config.dtype)
         )
-        return jax.eval_shape(lambda e: self.make_cond(e, e if self.do_cfg else None), embeds)
+        neg = jax.ShapeDtypeStruct((1, *embeds.shape[1:]), embeds.dtype) if self.do_cfg else None
+        return jax.eval_shape(self.make_cond, embeds, neg)
 
     def logical_specs(self) -> dict[str, Any]:
         """Logical `PartitionSpec`s of the `load` weights, by weights key (shapes only)."""
@@ -427,18 +440,19 @@ class WanT2VAdapter:
     # ----------------------------------------------------------------- conditioning
 
     def make_cond(self, prompt_embeds, negative_prompt_embeds=None) -> WanCond:
-        """Bundles prompt embeddings (and the negative prompt's, broadcast from one row)."""
+        """Bundles prompt embeddings float[B, S, D] (and the negative prompt's, float[1, S, D],
+        one prompt for every row: broadcast to the batch, of which `velocity` reads row 0)."""
         embeds = jnp.asarray(prompt_embeds)
         b = embeds.shape[0]
         if negative_prompt_embeds is None or not self.do_cfg:
             return WanCond(prompt_embeds=embeds)
         neg = jnp.asarray(negative_prompt_embeds)
-        if neg.shape[0] == 1 and b > 1:
-            neg = jnp.broadcast_to(neg, (b,) + neg.shape[1:])
-        if neg.shape != embeds.shape:
+        if neg.shape != (1, *embeds.shape[1:]):
             raise ValueError(
-                f"negative prompt embeddings {neg.shape} do not match the prompts' {embeds.shape}"
+                f"negative prompt embeddings {neg.shape} must be one row (1, S, D) of the"
+                f" prompts' {embeds.shape}: one negative prompt serves every row"
             )
+        neg = jnp.broadcast_to(neg, embeds.shape)
         return WanCond(
             prompt_embeds=embeds,
             negative_prompt_embeds=neg,
@@ -491,22 +505,30 @@ class WanT2VAdapter:
     def prepare_cond(self, variables: Any, cond: WanCond, context_image=None) -> WanCond:
         """`cond` with every expert's cross-attention keys / values of the prompt (and
         negative prompt), computed once: rollouts call it before the denoising loop.
-        `context_image`: the CLIP image states of image-attention models (wan2-i2v)."""
+        `context_image`: the CLIP image states of image-attention models (wan2-i2v).
+
+        The negative prompt's are computed for one row (it is the same in every row);
+        its image keys / values are the prompt's (same image, same weights)."""
         if cond.kv is not None:
             return cond
         dtype = jnp.dtype(self.config.dtype)
         img = None if context_image is None else context_image.astype(dtype)
 
-        def kv_of(embeds):
+        def kv_of(embeds, img):
             return {
                 name: module.apply(ev, embeds.astype(dtype), img, method="context_kv")
                 for name, (module, ev) in self._experts(variables).items()
             }
 
-        return cond.replace(
-            kv=kv_of(cond.prompt_embeds),
-            negative_kv=kv_of(cond.negative_prompt_embeds) if cond.cfg else None,
-        )
+        kv = kv_of(cond.prompt_embeds, img)
+        negative_kv = None
+        if cond.cfg:
+            # Image attention needs an image: row 0's, whose K/V are then dropped for kv's.
+            negative_kv = kv_of(cond.negative, None if img is None else img[:1])
+            if img is not None:
+                image_kv = lambda name: {k: kv[name][k] for k in ("k_img", "v_img")}
+                negative_kv = {n: dict(negative_kv[n], **image_kv(n)) for n in negative_kv}
+        return cond.replace(kv=kv, negative_kv=negative_kv)
 
     def _timestep(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
         t = sigma * 1000.0  # the scheduler's timestep, what WanPipeline passes
@@ -531,7 +553,7 @@ class WanT2VAdapter:
         v = run(cond.prompt_embeds, cond.kv).astype(jnp.float32)
         if not cond.cfg:
             return v
-        v_neg = run(cond.negative_prompt_embeds, cond.negative_kv).astype(jnp.float32)
+        v_neg = run(cond.negative, cond.negative_kv).astype(jnp.float32)  # batch-1 context
         scale = cond.guidance_scale_2 if name == "transformer_2" else cond.guidance_scale
         return guide(v, v_neg, scale)
 

@@ -44,7 +44,9 @@ for encoding conditions in `encode_prompts` (the VAE is a few hundred MB).
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -55,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ffjax.data.embed_cache import cached_encode
 from ffjax.models.wan.adapter import WanCond, WanT2VAdapter
 from ffjax.models.wan.vae import to_transformer_space
 from ffjax.registry import MODELS
@@ -63,6 +66,8 @@ IMAGE_FIELD = "image"  # metadata key of a prompt's conditioning image (Flow-Fac
 _PIPELINES = ("WanImageToVideoPipeline",)
 I2V_TEXT_LENGTH = 512  # text tokens of image-attention models (hard-coded in Diffusers)
 _MIN_SIGMA = 1e-12  # floor of sigma in frame 0's exact velocity (sigma > 0 in use)
+_ENCODE_BATCH = 4  # conditioning videos per VAE / CLIP call (bounds the encoders' memory)
+_IMAGE_CACHE_BYTES = 2 << 30  # host memory for encoded image conditions (~10 MB each at 81x480x832)
 
 
 @struct.dataclass
@@ -177,6 +182,8 @@ class WanI2VAdapter:
         self.image_processor = image_processor
         self.vae_params = vae_params
         self.image_roots = tuple(image_roots) or (os.getcwd(),)
+        # Encoded image conditions (`encode_images`), and the weights they were made with.
+        self._image_cache, self._image_cache_of = None, None
         c, z = core.config, core.vae_config.z_dim
         self.expand_timesteps = core.expand_timesteps
         want = z if self.expand_timesteps else 2 * z + core.vae_config.temporal_factor
@@ -359,34 +366,68 @@ class WanI2VAdapter:
 
     def encode_images(self, images: Sequence[Any], height: int, width: int) -> dict[str, Any]:
         """RGB PIL images (FLF2V: (first, last) pairs) -> {"condition": float32[B, ...],
-        "image_embeds": [B, S, D] (FLF2V: both images' S tokens, 2S) | None}."""
+        "image_embeds": [B, S, D] (FLF2V: both images' S tokens, 2S) | None}.
+
+        Each image is encoded once per adapter: results are kept in an in-memory LRU
+        (`_IMAGE_CACHE_BYTES`) keyed by its pixels, the video size and frame count, so
+        later epochs skip the VAE and CLIP encoders; the images missing from it are
+        encoded together, `_ENCODE_BATCH` at a time (`encode_image_batch`).
+        """
         if self.vae_params is None:
             raise ValueError("this wan2-i2v adapter has no VAE params; build it with .load(config)")
+        encoders = (self.vae_params, None if self.image_encoder is None else self.image_encoder[1])
+        if self._image_cache_of is None or any(
+            a is not b for a, b in zip(encoders, self._image_cache_of, strict=True)
+        ):  # new weights: what was cached is stale
+            self._image_cache, self._image_cache_of = _LRUCache(_IMAGE_CACHE_BYTES), encoders
+        pairs = [tuple(item) if self.flf2v else (item,) for item in images]
+        digests = [_digest(pair) for pair in pairs]
+        by_digest = dict(zip(digests, pairs, strict=True))
+        encode = lambda ds: self.encode_image_batch([by_digest[d] for d in ds], height, width)
+        parts = dict(height=height, width=width, num_frames=self.core.num_frames)
+        out = cached_encode(self._image_cache, digests, encode, parts)
+        embeds = out.get("image_embeds")
+        return {"condition": jnp.asarray(out["condition"]),
+                "image_embeds": None if embeds is None else jnp.asarray(embeds)}  # fmt: skip
+
+    def encode_image_batch(
+        self, pairs: Sequence[tuple[Any, ...]], height: int, width: int
+    ) -> dict[str, np.ndarray]:
+        """The encoders on `pairs` (tuples of 1 or 2 RGB images): {"condition":
+        float32[n, ...], "image_embeds": [n, S, D] (if image attention)} on the host.
+
+        `_ENCODE_BATCH` pairs per jitted call, the last call padded to a power of two
+        (a few compiled shapes); each row depends on its own images alone."""
         n, temporal = self.core.num_frames, self.core.vae_config.temporal_factor
         conds, embeds = [], []
-        for item in images:
-            pair = item if self.flf2v else (item,)
-            frames = [video_condition_pixels(im, height, width)[None] for im in pair]
-            if not self.expand_timesteps:  # the image, zero frames (, the last image)
-                gap = np.zeros((n - len(pair), height, width, 3), np.float32)
-                frames = [frames[0], gap, *frames[1:]]
-            latents = _encode_fn(self.core)(
-                self.vae_params, jnp.asarray(np.concatenate(frames))[None]
-            )
+        for start in range(0, len(pairs), _ENCODE_BATCH):
+            part = list(pairs[start : start + _ENCODE_BATCH])
+            k = len(part)
+            part += part[-1:] * (_padded(k) - k)  # padding rows, dropped below
+            videos = []
+            for pair in part:
+                frames = [video_condition_pixels(im, height, width)[None] for im in pair]
+                if not self.expand_timesteps:  # the image, zero frames (, the last image)
+                    gap = np.zeros((n - len(pair), height, width, 3), np.float32)
+                    frames = [frames[0], gap, *frames[1:]]
+                videos.append(np.concatenate(frames))
+            latents = np.asarray(_encode_fn(self.core)(self.vae_params, np.stack(videos)))[:k]
             if not self.expand_timesteps:
                 m = image_mask(n, temporal, last=self.flf2v)[None, :, None, None, :]
                 mask = np.broadcast_to(m, latents.shape[:-1] + (temporal,))
-                latents = jnp.concatenate([jnp.asarray(mask), latents], axis=-1)
+                latents = np.concatenate([mask, latents], axis=-1)
             conds.append(latents)
             if self.config.has_image_attention:
                 from ffjax.models.clip.preprocess import preprocess_pil
 
-                pv = np.stack([preprocess_pil(im, self.image_processor) for im in pair])
+                pv = np.stack([preprocess_pil(im, self.image_processor) for p in part for im in p])
                 states = _clip_fn(self.image_encoder[0])(self.image_encoder[1], pv)
-                embeds.append(states.reshape(1, -1, states.shape[-1]))  # [1, len(pair) S, D]
-        out = {"condition": jnp.concatenate(conds), "image_embeds": None}
+                states = states.astype(jnp.dtype(self.config.dtype))
+                # [len(part) * len(pair), S, D] -> [len(part), len(pair) S, D]
+                embeds.append(np.asarray(states.reshape(len(part), -1, states.shape[-1]))[:k])
+        out = {"condition": np.concatenate(conds)}
         if embeds:
-            out["image_embeds"] = jnp.concatenate(embeds).astype(jnp.dtype(self.config.dtype))
+            out["image_embeds"] = np.concatenate(embeds)
         return out
 
     def make_cond(self, text: WanCond, condition, image_embeds=None) -> WanI2VCond:
@@ -456,6 +497,47 @@ class WanI2VAdapter:
         if not self.expand_timesteps:
             return x
         return jnp.concatenate([cond.condition.astype(x.dtype), x[:, 1:]], axis=1)
+
+
+def _padded(k: int) -> int:
+    """Rows of a call encoding k items: the next power of two (at most _ENCODE_BATCH)."""
+    return min(1 << (k - 1).bit_length(), _ENCODE_BATCH)
+
+
+def _digest(pair: tuple[Any, ...]) -> str:
+    """sha256 of RGB images' sizes and pixels: a cache key part that stands for the file
+    contents (and for images given in memory)."""
+    h = hashlib.sha256()
+    for im in pair:
+        h.update(f"{im.mode}:{im.width}x{im.height};".encode())
+        h.update(im.tobytes())
+    return h.hexdigest()
+
+
+class _LRUCache:
+    """In-memory `EmbedCache` stand-in for `cached_encode` (same `load` / `save`):
+    entries of numpy arrays, least recently used dropped beyond `max_bytes`."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.nbytes = max_bytes, 0
+        self.entries: collections.OrderedDict[str, dict[str, np.ndarray]] = (
+            collections.OrderedDict()
+        )
+
+    def load(self, key: str) -> dict[str, np.ndarray] | None:
+        if key not in self.entries:
+            return None
+        self.entries.move_to_end(key)
+        return self.entries[key]
+
+    def save(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        arrays = {k: np.array(v) for k, v in arrays.items()}  # own copies, not views
+        if key in self.entries:
+            self.nbytes -= sum(a.nbytes for a in self.entries.pop(key).values())
+        self.entries[key] = arrays
+        self.nbytes += sum(a.nbytes for a in arrays.values())
+        while self.nbytes > self.max_bytes and len(self.entries) > 1:
+            self.nbytes -= sum(a.nbytes for a in self.entries.popitem(last=False)[1].values())
 
 
 @functools.lru_cache(maxsize=8)

@@ -186,6 +186,12 @@ def _heads(x: jax.Array, heads: int) -> jax.Array:
     return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
 
 
+def _rows(a: jax.Array, batch: int) -> jax.Array:
+    """`a` with its leading axis broadcast to `batch` (a context shared by every sample
+    is held, projected and stored once, batch 1, and only broadcast where it is read)."""
+    return a if a.shape[0] == batch else jnp.broadcast_to(a, (batch, *a.shape[1:]))
+
+
 class SelfAttention(nn.Module):
     """`WanAttention` as attn1: q, k RMS-normed over all heads (one scale of H*Dh), RoPE."""
 
@@ -228,7 +234,9 @@ class CrossAttention(nn.Module):
 
     `__call__(None, None, context, context_image)` returns the keys / values
     {"k", "v"[, "k_img", "v_img"]}, each (B, S, H, Dh); `__call__(x, kv)` attends with
-    them; `__call__(x, None, context, context_image)` does both.
+    them; `__call__(x, None, context, context_image)` does both. An entry of batch 1
+    (a context shared by every sample, e.g. the CFG negative prompt) serves all B
+    queries: it is broadcast at the attention only.
     """
 
     dim: int  # D = inner_dim: every projection is D -> D
@@ -261,12 +269,10 @@ class CrossAttention(nn.Module):
             return kv
         q = _heads(rms("norm_q")(dense("to_q", (axes.EMBED, axes.HEADS))(x)), self.heads)
         impl = _cross_implementation(self.attention, q.dtype, q.shape[1], q.shape[-1])
-        o = layers.dot_product_attention(q, kv["k"].astype(q.dtype), kv["v"].astype(q.dtype),
-                                         implementation=impl)  # fmt: skip
+        kv = {n: _rows(a, q.shape[0]).astype(q.dtype) for n, a in kv.items()}
+        o = layers.dot_product_attention(q, kv["k"], kv["v"], implementation=impl)
         if self.image:
-            o = o + layers.dot_product_attention(
-                q, kv["k_img"].astype(q.dtype), kv["v_img"].astype(q.dtype), implementation=impl
-            )
+            o = o + layers.dot_product_attention(q, kv["k_img"], kv["v_img"], implementation=impl)
         return dense("to_out", (axes.HEADS, axes.EMBED))(o.reshape(*o.shape[:2], -1))
 
 
@@ -383,12 +389,14 @@ class WanTransformer(nn.Module):
             in row-major (frame, row, col) order (Wan 2.2 TI2V, `expand_timesteps`), in
             Diffusers units 0..1000 (what `WanPipeline` passes: sigma * 1000).
           context: float[B, S, text_dim] UMT5 states (the pipeline zero-pads to 512; no
-            mask). Unused (may be None) when `kv` is given.
+            mask), or float[1, S, text_dim] shared by every sample (projected once,
+            broadcast at the attention). Unused (may be None) when `kv` is given.
           context_image: float[B, S_img, image_dim] CLIP image states, required by
             image-attention (Wan 2.1 I2V) models when `kv` is None; with
             pos_embed_seq_len (FLF2V) the pipeline's [2B, S_img, image_dim] (first and
             last frame per sample). Refused for models without image attention.
-          kv: `context_kv(context, context_image)` of the same params, or None.
+          kv: `context_kv(context, context_image)` of the same params, or None; each
+            entry of batch B or 1 (shared by every sample).
 
         Returns:
           float[B, F, H, W, out_channels] in the activation dtype.
@@ -430,7 +438,7 @@ class WanTransformer(nn.Module):
             img = ImageEmbedding(c.inner_dim, c.pos_embed_seq_len, name="image_embedder", **kw)(
                 context_image.astype(kw["dtype"])
             )
-            if img.shape[0] != ctx.shape[0]:
+            if img.shape[0] != ctx.shape[0] and ctx.shape[0] != 1:  # 1: a shared context
                 raise ValueError(
                     f"context_image gives {img.shape[0]} samples, context {ctx.shape[0]}"
                 )
@@ -445,12 +453,13 @@ class WanTransformer(nn.Module):
         want = {"k", "v", "k_img", "v_img"} if self.config.has_image_attention else {"k", "v"}
         if set(kv) != want:
             raise ValueError(f"kv has entries {sorted(kv)}, expected {sorted(want)} (context_kv)")
-        n, b = kv["k"].shape[:2]
-        if n != self.config.num_layers or b != batch:
-            raise ValueError(
-                f"kv is for {n} layers x batch {b}; this call needs {self.config.num_layers}"
-                f" layers x batch {batch}"
-            )
+        for name, a in sorted(kv.items()):
+            n, b = a.shape[:2]
+            if n != self.config.num_layers or b not in (1, batch):
+                raise ValueError(
+                    f"kv[{name!r}] is for {n} layers x batch {b}; this call needs"
+                    f" {self.config.num_layers} layers x batch {batch} (or 1, shared)"
+                )
 
     @nn.compact
     def _run(self, x, timestep, context, context_image, kv, *, kv_only: bool):

@@ -134,6 +134,8 @@ def test_pipeline_parity(tmp_path_factory, variant, scale):
 
     # The rollout path (cross-attention K/V prepared once) gives the same velocities.
     prepared = jax.jit(adapter.prepare_cond)(variables, cond)
+    if cond.cfg:  # the negative prompt's K/V are computed once, for one row
+        assert {kv["k"].shape[1] for kv in prepared.negative_kv.values()} == {1}
     x_ref, s_ref, v_ref = ref_steps[-1]
     v = velocity(variables, jnp.asarray(_to_ours(x_ref)), jnp.full((2,), s_ref), prepared)
     assert rel_err(v, _to_ours(v_ref)) < 1e-4
@@ -212,3 +214,5 @@ def test_guidance_scale_2_only_for_two_experts(tmp_path_factory, a14b_folder):
     cond = adapter.make_cond(np.zeros((2, 3, 24), np.float32), np.ones((1, 3, 24), np.float32))
     np.testing.assert_array_equal(cond.guidance_scale, [4.0, 4.0])
     np.testing.assert_array_equal(cond.guidance_scale_2, [3.0, 3.0])
+    with pytest.raises(ValueError, match=r"must be one row \(1, S, D\)"):
+        adapter.make_cond(np.zeros((2, 3, 24), np.float32), np.ones((2, 3, 24), np.float32))

@@ -212,6 +212,8 @@ def test_pipeline_parity(pipeline):
             errs[name] = max(errs[name], rel_err(v, v_ref))
 
     prepared = b["prepare"](variables, cond)
+    for kv in prepared.text.negative_kv.values():  # text K/V once; image K/V the prompt's
+        assert kv["k"].shape[1] == 1 and all(kv[k].shape[1] == 2 for k in kv if "img" in k)
     x_ref, s_ref, v_ref, _ = ref["steps"][-1]
     v = velocity(variables, jnp.asarray(_to_ours(x_ref)), jnp.full((2,), s_ref), prepared)
     sl = slice(1, None) if variant == "ti2v" else slice(None)
@@ -302,3 +304,34 @@ def test_abstract_load_matches_load(i2v):
     enc = WanI2VAdapter.abstract_text_encoders(c)
     assert set(enc) == {"text_encoder (UMT5)", "image_encoder (CLIP vision)"}
     assert shape_of(enc["image_encoder (CLIP vision)"]) == shape_of(adapter.image_encoder[1])
+
+
+def test_image_conditions_are_batched_and_cached(i2v, monkeypatch):
+    """Images missing from the adapter's cache are encoded in one batched call, equal to
+    encoding them one at a time; a later epoch's images are not encoded again."""
+    adapter, (h, w) = i2v["adapter"], SIZES["i2v"]
+    adapter._image_cache_of = None  # a fresh cache
+    calls = []
+    batch = adapter.encode_image_batch
+    monkeypatch.setattr(
+        adapter,
+        "encode_image_batch",
+        lambda pairs, *a: calls.append(len(pairs)) or batch(pairs, *a),
+    )
+    im = [i.convert("RGB") for i in _images()]
+    im.append(im[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    first = adapter.encode_images(im, h, w)
+    assert calls == [3]  # one call for the three (the encoders see a padded batch of 4)
+    for i, image in enumerate(im):
+        alone = batch([(image,)], h, w)
+        # Equal up to float32 rounding (XLA's CPU matmuls tile by batch size).
+        for k in ("condition", "image_embeds"):
+            np.testing.assert_allclose(first[k][i : i + 1], alone[k], rtol=1e-5, atol=1e-6)
+    again = adapter.encode_images(im[::-1], h, w)  # the next epoch, another order
+    assert calls == [3]
+    np.testing.assert_array_equal(again["condition"], first["condition"][::-1])
+    np.testing.assert_array_equal(again["image_embeds"], first["image_embeds"][::-1])
+    new = im[1].transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    mixed = adapter.encode_images([im[2], new], h, w)
+    assert calls == [3, 1]  # only the new image
+    np.testing.assert_array_equal(mixed["condition"][0], first["condition"][2])

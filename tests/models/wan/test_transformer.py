@@ -116,6 +116,26 @@ def test_context_kv_precompute_matches(tiny):
     assert rel_err(cached, ref) < TOL
 
 
+def test_shared_context_of_batch_1(tiny):
+    """A text context of batch 1 (the CFG negative prompt) serves every sample, with
+    per-sample images: the same forward as the context broadcast to the batch, whether
+    its K/V are computed in the forward or given as kv (text entries of batch 1)."""
+    _, _, module, params = tiny["i2v"]
+    kw = _inputs("i2v", 2, (2, 4, 6), seed=2, text_len=512)
+    x, t, ctx, img = _channels_last(kw)
+    one = ctx[:1]
+    v = {"params": params}
+    fwd = jax.jit(lambda c, kv=None: module.apply(v, x, t, c, None if kv else img, kv=kv))
+    want = np.asarray(fwd(jnp.broadcast_to(one, ctx.shape)))
+    np.testing.assert_allclose(fwd(one), want, rtol=0, atol=1e-6)
+    kv = module.apply(v, one, img[:1], method="context_kv")
+    full = module.apply(v, ctx, img, method="context_kv")
+    kv = dict(kv, k_img=full["k_img"], v_img=full["v_img"])  # text batch 1, images batch 2
+    np.testing.assert_allclose(fwd(None, kv), want, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"kv\['k'\] is for 2 layers x batch 3"):
+        fwd(None, dict(kv, k=jnp.concatenate([kv["k"]] * 3, axis=1)))
+
+
 def test_rope_tables_match_diffusers():
     from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
