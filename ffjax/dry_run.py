@@ -454,7 +454,8 @@ def _dtypes(tree: Any) -> str:
 def _host_note(b: Bytes, key: str) -> str:
     if not b.host:
         return ""
-    return f"; {key}: in pinned host memory, {b.host / 2**20:.3f} MiB per device shard"
+    amount = f"{b.host / GIB:.3f} GiB" if b.host >= GIB else f"{b.host / 2**20:.3f} MiB"
+    return f"; {key}: in pinned host memory, {amount} per device shard"
 
 
 def _resident(su: _Setup) -> tuple[dict[str, tuple[Bytes, str]], list[str]]:
