@@ -129,6 +129,12 @@ def topology_devices(name: str) -> list[Any]:
         ) from None
     from jax.experimental import topologies
 
+    # libtpu reads the TPU VM's worker list at start-up and logs an error when there is
+    # none (this host is no TPU VM), and takes a host-wide lock meant for processes
+    # that drive real chips; this one only compiles, so neither applies.
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         topology = topologies.get_topology_desc(topology_name=name, platform="tpu")
     except Exception as e:  # libtpu raises XlaRuntimeError / ValueError for bad names

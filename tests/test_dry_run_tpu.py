@@ -44,9 +44,14 @@ def test_libtpu_is_installed_with_the_dev_extras():
     import libtpu  # noqa: F401  (a missing libtpu must fail here, not skip the dry run)
 
 
-def test_dry_run_compiles_for_a_tpu_slice_and_judges_its_hbm(capsys):
+def test_dry_run_compiles_for_a_tpu_slice_and_judges_its_hbm(capsys, monkeypatch):
     from ffjax import dry_run
     from tests.test_dry_run import _demo
+
+    # topology_devices sets these (setdefault) for libtpu; undone after the test.
+    for name, value in (("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_SKIP_MDS_QUERY", "1"),
+                        ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):  # fmt: skip
+        monkeypatch.setenv(name, value)
 
     config = _demo(data__prompts_per_epoch=4, data__group_size=4, train__micro_batch_size=8,
                    mesh__data=1, mesh__fsdp=4)  # fmt: skip
