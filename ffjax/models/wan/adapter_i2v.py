@@ -39,7 +39,9 @@ gets the RGB image at its own size, as the pipeline's `image_processor` does.
 
 The trainer passes the prompts' metadata to `encode_prompts` because the adapter
 declares `wants_metadata`. The VAE params `load` returns are also kept by the adapter
-for encoding conditions in `encode_prompts` (the VAE is a few hundred MB).
+for encoding conditions in `encode_prompts` (the VAE is a few hundred MB). Encoded
+conditions stay in an in-memory LRU across epochs (`encode_images`): a prompt's image
+goes through the VAE and CLIP encoders once per run, in batches with the others.
 """
 
 from __future__ import annotations
