@@ -315,6 +315,20 @@ def encode_prompts(adapter, prompts: list[str], height: int, width: int, metadat
     return adapter.encode_prompts(prompts, height, width)
 
 
+def _read_inputs(config: configs.ConfigDict) -> tuple:
+    """(train prompts, eval prompts, rewards, eval rewards, adapter, weights), read on
+    this process alone."""
+    prompts = load_prompts(config.data.path, "train")
+    try:
+        eval_prompts = load_prompts(config.data.path, "test")
+    except FileNotFoundError:
+        eval_prompts = prompts
+    rewards = _build_rewards(config.rewards)
+    eval_rewards = _build_rewards(config.eval_rewards) if config.eval_rewards else rewards
+    adapter, weights = registry.MODELS.get(config.model.name).load(config)
+    return prompts, eval_prompts, rewards, eval_rewards, adapter, weights
+
+
 def setup(config: configs.ConfigDict, devices: list | None = None, *, training: bool = True) -> Run:
     """Loads model, data and rewards and builds the jitted functions; no training yet.
 
@@ -333,11 +347,11 @@ def setup(config: configs.ConfigDict, devices: list | None = None, *, training: 
     if not config.rewards:
         raise configs.ConfigError("config.rewards is empty; add at least one reward")
 
-    prompts = load_prompts(config.data.path, "train")
-    try:
-        eval_prompts = load_prompts(config.data.path, "test")
-    except FileNotFoundError:
-        eval_prompts = prompts
+    # Prompts, rewards and weights are read by each process on its own (no collectives):
+    # a file missing on one host stops every process here, none waits for it later.
+    prompts, eval_prompts, rewards, eval_rewards, adapter, weights = on_every_process(
+        "setup", lambda: _read_inputs(config)
+    )
     n_eval = config.train.eval_prompts or config.data.prompts_per_epoch
     # Each eval prompt is sampled `eval_repeats` times (fixed noise): a reward read off
     # one image per prompt is too noisy to show a change of a few hundredths.
@@ -350,11 +364,6 @@ def setup(config: configs.ConfigDict, devices: list | None = None, *, training: 
         config.seed,
         shuffle=config.data.shuffle,
     )
-    rewards = _build_rewards(config.rewards)
-    eval_rewards = _build_rewards(config.eval_rewards) if config.eval_rewards else rewards
-
-    adapter_cls = registry.MODELS.get(config.model.name)
-    adapter, weights = adapter_cls.load(config)
     if config.algorithm.get("cfg_in_train", False) and not getattr(adapter, "supports_cfg", False):
         raise configs.ConfigError(
             f"config.algorithm.cfg_in_train=True, but model {config.model.name!r} has no"
@@ -704,7 +713,8 @@ def _sample_and_score(
 def on_every_process(what: str, fn: Callable[[], Any]) -> Any:
     """fn(); if it raises on any process, every process raises (one exchange of error
     texts after it: `rows.process_messages`), instead of the others waiting in the next
-    collective until jax.distributed's heartbeat timeout kills them.
+    collective until jax.distributed's heartbeat timeout kills them. `fn` must not
+    itself run collectives before it can fail (they would wait for the failed process).
 
     The failing process re-raises its own exception; the others raise TrainingError
     naming the process and its error. One process: just fn().

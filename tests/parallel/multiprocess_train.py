@@ -104,6 +104,22 @@ def reward_fails(toy, workdir: Path) -> dict:
     return out
 
 
+def setup_fails(toy, workdir: Path) -> dict:
+    """Process 1's prompt file is missing (not on that host's disk): {error, seconds}."""
+    from ffjax import configs, trainer
+
+    c = toy()
+    if jax.process_index() == 1:
+        c.data.path = str(workdir.parent / "no_such_prompts")
+    t0 = time.monotonic()
+    try:
+        trainer.train(configs.validate(c), workdir.with_name(f"{workdir.name}_setup"),
+                      progress=False)  # fmt: skip
+        return {"error": None}
+    except (trainer.TrainingError, FileNotFoundError) as e:
+        return {"error": f"{type(e).__name__}: {e}", "seconds": time.monotonic() - t0}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--num-processes", type=int, required=True)
@@ -138,7 +154,8 @@ def main() -> None:
         return c
 
     if args.scenario == "reward_fails":
-        _write(args.out, {"process_index": jax.process_index(), **reward_fails(toy, workdir)})
+        out = {"process_index": jax.process_index(), **reward_fails(toy, workdir)}
+        _write(args.out, dict(out, setup=setup_fails(toy, workdir)))
         return
 
     c = toy()

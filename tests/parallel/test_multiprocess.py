@@ -202,8 +202,9 @@ def test_two_processes_train_exactly_like_one(tmp_path):
 
 @pytest.mark.slow
 def test_a_reward_failing_on_one_process_stops_every_process_promptly(tmp_path):
-    """Process 1's reward raises; both processes stop with an error that says so, long
-    before jax.distributed's 300 s heartbeat timeout would have killed process 0."""
+    """Process 1's reward raises (or its prompt file is missing): both processes stop
+    with an error that says so, long before jax.distributed's 300 s heartbeat timeout
+    would have killed process 0."""
     outs = _launch(tmp_path, "flaky", 2, 2, scenario="reward_fails")
     for mode in ("serial", "async"):
         zero, one = outs[0][mode], outs[1][mode]
@@ -211,3 +212,8 @@ def test_a_reward_failing_on_one_process_stops_every_process_promptly(tmp_path):
         assert "rewards failed on process 1" in zero["error"], (mode, zero)
         assert "the reward server of process 1 is gone" in zero["error"], mode
         assert zero["seconds"] < 120 and one["seconds"] < 120, (mode, zero, one)
+    # Process 1 cannot read its prompts: it raises its own error, process 0 names it.
+    zero, one = outs[0]["setup"], outs[1]["setup"]
+    assert one["error"].startswith("FileNotFoundError") and "no_such_prompts" in one["error"]
+    assert zero["error"].startswith("TrainingError: setup failed on process 1"), zero
+    assert zero["seconds"] < 120, zero
