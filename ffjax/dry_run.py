@@ -594,8 +594,13 @@ def _programs(su: _Setup, ep: _Epoch, which: Sequence[str] = PROGRAMS) -> dict[s
     loss_fn = su.spec.make_loss(c.algorithm, policy, dynamics=s.dynamics)
     ref_shardings = None if su.ref is None else jax.tree.map(lambda a: a.sharding, su.ref)
     step = trainer._make_train_step(
-        loss_fn, su.optimizer, su.spec.record, su.mesh, su.state_shardings, ref_shardings
-    )
+        loss_fn, su.optimizer, su.spec.record, su.mesh, su.state_shardings, ref_shardings,
+        with_expert=getattr(su.adapter, "with_expert", None),
+    )  # fmt: skip
+    # Two experts (WAN A14B): the trainer's micro-batches are one expert's rows, but for
+    # the leftovers; compile that common case.
+    experts_of = getattr(su.adapter, "experts_of", None)
+    expert = 0 if experts_of is not None and experts_of(np.ones(1)) is not None else None
     snapshot = su.state.trainable if su.spec.wants("needs_snapshot", c.algorithm) else None
     frozen = Frozen(base=su.base, ref=su.ref, ema=None, snapshot=snapshot)
     samples = {"cond": ep.cond, "x0": ep.final}
@@ -603,7 +608,7 @@ def _programs(su: _Setup, ep: _Epoch, which: Sequence[str] = PROGRAMS) -> dict[s
     if "train" in which:
         out["train"] = _compile(
             "train step", f"{t.micro_batch_size} rows", options, su.mesh, step,
-            su.state, frozen, samples, ep.rows, idx, _key(), _key(),
+            su.state, frozen, samples, ep.rows, idx, _key(), _key(), expert=expert,
         )  # fmt: skip
     return out
 

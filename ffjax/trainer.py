@@ -460,6 +460,7 @@ def setup(config: configs.ConfigDict, devices: list | None = None, *, training: 
             mesh,
             state_shardings,
             ref_shardings=None if ref is None else jax.tree.map(lambda a: a.sharding, ref),
+            with_expert=getattr(adapter, "with_expert", None),
         ),
         ema_step=_make_ema_step(state_shardings.ema),
         decode=jax.jit(adapter.decode, static_argnums=(2, 3)),
@@ -518,16 +519,27 @@ def _gather(samples: dict, rows: dict, idx: jax.Array, noise_key: jax.Array, rec
 
 
 def _make_train_step(
-    loss_fn, optimizer, record: str, mesh, state_shardings, ref_shardings: Any = None
+    loss_fn,
+    optimizer,
+    record: str,
+    mesh,
+    state_shardings,
+    ref_shardings: Any = None,
+    with_expert: Callable | None = None,
 ) -> Callable:
     """jit(train_step), called under `mesh` (`OnMesh`): the state is donated and comes
     back with `state_shardings`; the other arguments keep the shardings they were
     committed to. An EMA or reference in
     host memory (`state_shardings.ema` / `ref_shardings` with memory kind pinned_host)
-    is moved to the devices inside the step, only if the loss reads it."""
+    is moved to the devices inside the step, only if the loss reads it. `expert`
+    (static; two-expert adapters' `with_expert`): every row of the micro-batch uses that
+    expert, and only it is traced."""
 
-    def train_step(state: TrainState, frozen: Frozen, samples, rows, idx, noise_key, key):
+    def train_step(state: TrainState, frozen: Frozen, samples, rows, idx, noise_key, key,
+                   expert: int | None = None):  # fmt: skip
         batch = _gather(samples, rows, idx, noise_key, record)
+        if expert is not None:
+            batch = dict(batch, cond=with_expert(batch["cond"], expert))
         batch = jax.lax.with_sharding_constraint(batch, sharding_lib.batch_shardings(batch, mesh))
         # The EMA lives in the donated state; hand the loss that copy, never an alias.
         ema = state.ema
@@ -545,7 +557,10 @@ def _make_train_step(
         return state, metrics
 
     out_shardings = (state_shardings, sharding_lib.replicated(mesh))  # metrics replicated
-    return OnMesh(jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings), mesh)
+    jitted = jax.jit(
+        train_step, donate_argnums=(0,), static_argnames=("expert",), out_shardings=out_shardings
+    )
+    return OnMesh(jitted, mesh)
 
 
 def _make_ema_step(ema_shardings: Any) -> Callable | None:
@@ -808,6 +823,35 @@ def _row_order(rng: np.random.Generator, valid_rows: np.ndarray, step_rows: int)
     return order.astype(np.int32)
 
 
+def _micro_batches(
+    order: np.ndarray, size: int, row_expert: np.ndarray | None, rng: np.random.Generator
+) -> list[tuple[np.ndarray, int | None]]:
+    """`order` cut into micro-batches of `size` rows, each with the expert all its rows
+    use (None: mixed, or a one-expert model).
+
+    With `row_expert` (int per row) each expert's rows, in `order`, fill whole
+    micro-batches of that expert; the leftovers share mixed ones; the batches are then
+    visited in a random order (`rng`), so neither expert's steps all come first. A
+    one-expert micro-batch is traced for that expert alone: its gradient keeps one
+    expert's activations, not both branches' of the per-row switch.
+    """
+    if row_expert is None:
+        return [(order[i : i + size], None) for i in range(0, len(order), size)]
+    experts = row_expert[order]
+    batches, rest = [], []
+    for e in np.unique(experts):
+        mine = order[experts == e]
+        whole = len(mine) - len(mine) % size
+        batches += [(mine[i : i + size], int(e)) for i in range(0, whole, size)]
+        rest.append(mine[whole:])
+    rest = np.concatenate(rest)
+    for i in range(0, len(rest), size):
+        part = rest[i : i + size]
+        single = np.unique(row_expert[part])
+        batches.append((part, int(single[0]) if len(single) == 1 else None))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def _summarise(steps: list[dict[str, Any]]) -> dict[str, float]:
     """Means over micro-steps; min / max for ratio_min / ratio_max."""
     out = {}
@@ -919,12 +963,17 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     step_metrics = []
     per_inner = -(-len(valid_rows) // step_rows) * t.grad_accum_steps
     bar = _stage_bar(run, t.inner_epochs * per_inner, "train", "micro-batch")
+    experts_of = getattr(run.adapter, "experts_of", None)  # two-expert models (WAN A14B)
+    row_expert = None if experts_of is None else experts_of(np.asarray(rows["sigma"]))
     for inner in range(t.inner_epochs):
         order = _row_order(rng, valid_rows, step_rows)
-        for j, start in enumerate(range(0, len(order), t.micro_batch_size)):
-            idx = jnp.asarray(order[start : start + t.micro_batch_size])
+        batches = _micro_batches(order, t.micro_batch_size, row_expert, rng)
+        for j, (part, expert) in enumerate(batches):
+            idx = jnp.asarray(part)
             step_key = jax.random.fold_in(jax.random.fold_in(key, 3 + inner), j)
-            state, metrics = run.train_step(state, frozen, samples, rows, idx, noise_key, step_key)
+            state, metrics = run.train_step(
+                state, frozen, samples, rows, idx, noise_key, step_key, expert=expert
+            )
             step_metrics.append(metrics)
             _advance(bar, metrics["loss"])
     bar.close()

@@ -110,17 +110,77 @@ def test_tiny_grpo_trains_two_epochs_and_writes_videos(folders, tmp_path):
 
 def test_tiny_nft_trains_both_a14b_experts(folders):
     """NFT trains on sigmas on both sides of the 0.875 boundary, so one epoch moves the
-    LoRA of each expert (B starts at zero)."""
+    LoRA of each expert (B starts at zero); micro-batches of one expert's rows are
+    traced for that expert alone."""
     run = trainer.setup(configs.validate(_tiny(folders, "nft", "a14b")))
     assert set(run.initial.trainable) == {"transformer", "transformer_2"}
     before = jax.tree.map(np.asarray, run.initial.trainable)
+    experts, step = [], run.train_step
+    run.train_step = lambda *a, expert=None: (experts.append(expert), step(*a, expert=expert))[1]
     state, metrics, videos = trainer.run_epoch(run, run.initial)
+    assert {0, 1} <= set(experts), experts  # both experts got one-expert micro-batches
     assert math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])
     assert videos.shape == (8, 5, 16, 32, 3) and videos.dtype == np.uint8
     for expert in ("transformer", "transformer_2"):
         moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
                              state.trainable[expert], before[expert])  # fmt: skip
         assert max(jax.tree.leaves(moved)) > 0, expert
+
+
+def test_micro_batches_of_one_expert():
+    rng = np.random.default_rng(0)
+    order = rng.permutation(20).astype(np.int32)
+    row_expert = (np.arange(20) % 3 == 0).astype(np.int32)  # 7 rows of expert 1, 13 of 0
+    batches = trainer._micro_batches(order, 4, row_expert, np.random.default_rng(1))
+    assert sorted(np.concatenate([b for b, _ in batches]).tolist()) == list(range(20))
+    assert all(len(b) == 4 for b, _ in batches)
+    kinds = sorted(str(e) for _, e in batches)
+    assert kinds == ["0", "0", "0", "1", "None"]  # 12 + 4 rows whole, 1 + 3 left mixed
+    for part, e in batches:
+        if e is not None:
+            assert set(row_expert[part]) == {e}
+    plain = trainer._micro_batches(order, 4, None, rng)
+    assert [e for _, e in plain] == [None] * 5 and np.array_equal(plain[1][0], order[4:8])
+
+
+def test_one_expert_batches_equal_the_switch_at_half_the_cost_of_mixed_ones(folders):
+    """velocity with cond.expert fixed = the per-row switch on rows of that expert, with
+    the same LoRA gradient; and its gradient costs about half the FLOPs of a mixed
+    micro-batch, where the switch runs both experts on every row (jnp.where)."""
+    from ffjax.models.lora import init_lora
+    from ffjax.models.wan.adapter import WanT2VAdapter
+
+    adapter, weights = WanT2VAdapter.from_pretrained(folders["a14b"], num_frames=5)
+    params = weights["transformer"]  # {"transformer": high-noise, "transformer_2": low-noise}
+    lora, scale = init_lora(params, rank=4, alpha=4.0, targets=adapter.lora_targets,
+                            init="gaussian", key=jax.random.key(0))  # fmt: skip
+    lora = jax.tree.map(lambda a: a + 0.01, lora)  # B != 0: both experts' LoRA matter
+    b, text = 2, adapter.config.text_dim
+    cond = adapter.make_cond(np.random.default_rng(0).standard_normal((b, 8, text)))
+    x = jax.random.normal(jax.random.key(1), adapter.latent_shape(b, 16, 32))
+
+    def loss(lora, sigma, c):  # sigma traced, as in the train step
+        v = adapter.velocity({"params": params, "lora": lora, "lora_scale": scale}, x, sigma, c)
+        return (v**2).mean()
+
+    grad = jax.jit(jax.value_and_grad(loss))
+    for sigma_value, expert in ((0.95, 0), (0.3, 1)):
+        sigma = np.full((b,), sigma_value, np.float32)
+        assert adapter.experts_of(sigma).tolist() == [expert] * b
+        switch, fixed = (
+            grad(lora, sigma, cond),
+            grad(lora, sigma, adapter.with_expert(cond, expert)),
+        )
+        np.testing.assert_allclose(fixed[0], switch[0], rtol=1e-6)
+        for a, c in zip(jax.tree.leaves(fixed[1]), jax.tree.leaves(switch[1]), strict=True):
+            np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-9)
+    sigma = np.full((b,), 0.95, np.float32)
+    one = grad.lower(lora, sigma, adapter.with_expert(cond, 0)).compile()
+    mixed = grad.lower(lora, sigma, cond).compile()  # traced sigma: may be mixed
+    flops = [c.cost_analysis()["flops"] for c in (one, mixed)]
+    temp = [c.memory_analysis().temp_size_in_bytes for c in (one, mixed)]
+    print(f"one expert / switch: FLOPs {flops[0]:.3g} / {flops[1]:.3g}, temporaries {temp}")
+    assert flops[0] < 0.6 * flops[1] and temp[0] < 0.8 * temp[1], (flops, temp)
 
 
 def test_tiny_dry_run_plans_and_compiles(folders):

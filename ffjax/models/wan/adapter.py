@@ -78,6 +78,10 @@ class WanCond:
       kv, negative_kv: cross-attention keys / values per expert ({expert: pytree}),
         filled by `prepare_cond` inside a rollout; None everywhere else. negative_kv
         has batch 1 (its image entries, wan2-i2v, are kv's).
+      expert: static (not a leaf): the index in EXPERTS of the expert every row uses,
+        set by `with_expert` for a training micro-batch of one expert's rows (only
+        that expert is traced, so its gradient keeps one expert's activations); None:
+        chosen per row from sigma.
 
     Every leaf but `kv` / `negative_kv` has the batch axis first, so a trainer can
     index, shuffle and shard a WanCond like any batch.
@@ -89,6 +93,7 @@ class WanCond:
     guidance_scale_2: jax.Array | None = None
     kv: Any = None
     negative_kv: Any = None
+    expert: int | None = struct.field(pytree_node=False, default=None)
 
     @property
     def cfg(self) -> bool:
@@ -490,6 +495,19 @@ class WanT2VAdapter:
             negative_kv=None,
         )  # fmt: skip
 
+    def experts_of(self, sigma: np.ndarray) -> np.ndarray | None:
+        """int[N] expert index (into EXPERTS) of rows at noise levels sigma float[N]
+        (host), as `denoise` picks them; None for a one-expert model. The trainer groups
+        micro-batches by it (optional adapter member)."""
+        if not self.two_experts:
+            return None
+        high = np.asarray(sigma, np.float32) * np.float32(1000.0) >= self.boundary_timestep()
+        return np.where(high, 0, 1).astype(np.int32)
+
+    def with_expert(self, cond: WanCond, expert: int) -> WanCond:
+        """`cond` whose rows all use expert `expert` (static: see WanCond.expert)."""
+        return cond.replace(expert=int(expert))
+
     # ----------------------------------------------------------------- the contract
 
     def _experts(self, variables: Any) -> dict[str, tuple[WanTransformer, Any]]:
@@ -591,6 +609,8 @@ class WanT2VAdapter:
                for name, me in experts.items()}  # fmt: skip
         if not self.two_experts:
             return fns["transformer"]()
+        if cond.expert is not None:  # the caller grouped the rows: one expert, no switch
+            return fns[EXPERTS[cond.expert]]()
         high = sigma * 1000.0 >= self.boundary_timestep()
         mixed = lambda: jnp.where(
             high.reshape((-1,) + (1,) * (x.ndim - 1)), fns["transformer"](), fns["transformer_2"]()

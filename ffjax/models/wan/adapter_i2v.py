@@ -456,6 +456,14 @@ class WanI2VAdapter:
         """`cond` without the negative prompt (config.algorithm.cfg_in_train=False)."""
         return cond.replace(text=self.core.conditional_only(cond.text))
 
+    def experts_of(self, sigma: np.ndarray) -> np.ndarray | None:
+        """As WanT2VAdapter.experts_of (I2V A14B: two experts; else None)."""
+        return self.core.experts_of(sigma)
+
+    def with_expert(self, cond: WanI2VCond, expert: int) -> WanI2VCond:
+        """`cond` whose rows all use expert `expert` (WanCond.expert)."""
+        return cond.replace(text=self.core.with_expert(cond.text, expert))
+
     # ----------------------------------------------------------------- the contract
 
     def prepare_cond(self, variables: Any, cond: WanI2VCond) -> WanI2VCond:
