@@ -29,7 +29,8 @@ def folders(tmp_path_factory):
 
     out = {}
     for i, name in enumerate(CLIP_MODEL_CONFIGS):
-        model = build_clip(name, seed=70 + i)
+        # Seeds with cosines of both signs in the (gelu, 333 x 500) case (see the test).
+        model = build_clip(name, seed=570 + i)
         s = model.config.vision_config.image_size
         model_dir, proc_dir = (
             tmp_path_factory.mktemp(f"m_{name}"),

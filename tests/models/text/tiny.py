@@ -78,8 +78,13 @@ def clip_tokenizer(path: str | os.PathLike, model_max_length: int = 77):
         ),
     )
     model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]
-    out = CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=model_max_length)
+    # The trainer breaks frequency ties by hash order, which differs between processes:
+    # the same tokens and merges come out with other ids and priorities. Sorted, they
+    # give every process the same tokenizer (and so the same tiny models' outputs).
+    merges = sorted(tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"])
+    rest = sorted((t for t in model["vocab"] if t not in special), key=lambda t: (len(t), t))
+    vocab = {t: i for i, t in enumerate([*special, *rest])}
+    out = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
     out.save_pretrained(path)
     return out
 
