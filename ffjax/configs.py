@@ -26,13 +26,10 @@ import ml_collections
 from ml_collections import config_dict
 
 from ffjax import registry
+from ffjax.errors import ConfigError as ConfigError  # raised here; much code imports it from here
 from ffjax.flow import steps
 
 ConfigDict = ml_collections.ConfigDict
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and what is allowed."""
 
 
 def check_variant(recipe_file: str, variant: str, allowed: tuple[str, ...]) -> None:

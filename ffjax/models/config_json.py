@@ -12,22 +12,39 @@ import json
 import os
 from typing import Any, ClassVar, Self
 
+from ffjax.errors import ModelConfigError
 
-class ConfigError(ValueError):
-    """A config.json that does not describe the expected model; the message names the key."""
+# The name this module's callers import: a config.json that does not describe the
+# expected model (ffjax.errors.ModelConfigError, exit 1 from a command line).
+ConfigError = ModelConfigError
+
+
+def _config_file(path: str | os.PathLike) -> str:
+    """The config.json a path names: the path itself, or the file in that folder."""
+    path = os.fspath(path)
+    return os.path.join(path, "config.json") if os.path.isdir(path) else path
 
 
 def read_config(path_or_dict: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
-    """A config dict from a dict, a `config.json` path, or a folder containing one."""
+    """A config dict from a dict, a `config.json` path, or a folder containing one.
+
+    ConfigError naming the file when it is missing or not a JSON object.
+    """
     if isinstance(path_or_dict, dict):
         return dict(path_or_dict)
-    path = os.fspath(path_or_dict)
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
+    path = _config_file(path_or_dict)
     if not os.path.exists(path):
-        raise ConfigError(f"no config.json at {path}")
-    with open(path) as f:
-        return json.load(f)
+        folder = os.path.dirname(path)
+        gone = f" (the folder {folder} does not exist)" if not os.path.isdir(folder) else ""
+        raise ConfigError(f"no config.json at {path}{gone}")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it as JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: not a JSON object")
+    return config
 
 
 def build_config(
@@ -99,10 +116,17 @@ class DiffusersConfig:
 
     @classmethod
     def from_diffusers(cls, config: str | os.PathLike | dict[str, Any], **overrides) -> Self:
-        """From a `config.json` (path, folder or dict); `overrides` set runtime fields."""
-        return build_config(
-            cls, read_config(config), cls.CLASS_NAME, overrides, cls.WHAT, keys=cls.KEYS
-        )
+        """From a `config.json` (path, folder or dict); `overrides` set runtime fields.
+
+        A ConfigError about the contents of a file names the file first.
+        """
+        values = read_config(config)
+        try:
+            return build_config(cls, values, cls.CLASS_NAME, overrides, cls.WHAT, keys=cls.KEYS)
+        except ConfigError as e:
+            if isinstance(config, dict):
+                raise
+            raise ConfigError(f"{_config_file(config)}: {e}") from None
 
     def to_diffusers(self) -> dict[str, Any]:
         """The Diffusers config dict (runtime fields dropped, tuples as lists)."""

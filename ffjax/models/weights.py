@@ -32,6 +32,9 @@ import numpy as np
 from flax import traverse_util
 from flax.core import meta
 
+# Raised here (with the subclasses below) and imported from here by much code.
+from ffjax.errors import WeightsError as WeightsError
+
 Shape = tuple[int, ...]
 
 # safetensors dtype tags <-> NumPy dtypes (safetensors data is little-endian).
@@ -50,10 +53,6 @@ _DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
 }
 _TAGS = {v: k for k, v in _DTYPES.items()}
-
-
-class WeightsError(ValueError):
-    """Base class of checkpoint errors; the message says what and where."""
 
 
 class CheckpointFormatError(WeightsError):

@@ -1,0 +1,151 @@
+"""What every ffjax command line shares: absl flags, `--help`, and one way to fail.
+
+A command fails through `fail(message, code)`: one line `<prog>: <message>` on stderr,
+then exit `code`, 2 when the command or its config must change, 1 when a file or folder
+it reads is not what it needs (`ffjax.errors`: every `FfjaxError` carries its code).
+`--help` (also `-h`, `-?`, `--helpshort`) prints the command's docstring and its own
+flags, `--helpfull` every flag (absl's too), both on stdout with exit 0.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+from absl import flags
+from ml_collections import config_flags
+
+from ffjax import configs
+
+HELP_ARGS = ("-h", "-?", "--help", "--helpshort")
+HELPFULL_ARG = "--helpfull"
+_OVERRIDE_PREFIX = "--config."
+_prog = ["ffjax"]  # the program name `fail` writes; set by `set_prog`
+_CONFIG: dict[str, flags.FlagHolder] = {}
+
+
+def set_prog(prog: str) -> None:
+    """Names the running command (`ffjax.train`, ...) in the lines `fail` writes."""
+    _prog[0] = prog
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Writes `<prog>: <message>` as one line on stderr and exits with status `code`.
+
+    A message of several lines (a converter's list of problems) is joined into one:
+    the first line, then the others separated by "; ".
+    """
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    text = (lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")) if lines else ""
+    sys.stderr.write(f"{_prog[0]}: {text or 'failed'}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def print_help(doc: str | None, full: bool = False) -> None:
+    """The command's docstring and flags on stdout: its own (those not from absl), or
+    with `full` every defined flag."""
+    text = (doc or "").strip()
+    if full:
+        listing = flags.FLAGS.get_help()
+    else:
+        own = [
+            f
+            for module, defined in flags.FLAGS.flags_by_module_dict().items()
+            if not module.startswith("absl.")
+            for f in defined
+        ]
+        listing = "\n".join(_describe(f) for f in sorted(own, key=lambda f: f.name))
+    print(f"{text}\n\nflags:\n{listing}\n\nPass --helpfull to see every flag.".lstrip())
+
+
+def _describe(flag: flags.Flag) -> str:
+    default = f" (default: {flag.default_as_str})" if flag.default_as_str else ""
+    return f"  --{flag.name}: {' '.join(flag.help.split())}{default}"
+
+
+def exit_on_help(argv: list[str], doc: str | None) -> None:
+    """Prints the help and exits 0 when `argv` (program name first) asks for it."""
+    if HELPFULL_ARG in argv[1:]:
+        print_help(doc, full=True)
+        sys.exit(0)
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+        print_help(doc)
+        sys.exit(0)
+
+
+def parse_flags(argv: list[str], doc: str | None, names: tuple[str, ...] = ()) -> None:
+    """Parses absl flags from `argv` (program name first); any problem `fail`s with 2.
+
+    `names`: the command's flags, reset to their defaults first, so that a command run
+    twice in one process (its `main(argv)` in a test) sees only this call's flags.
+    Positional arguments are refused.
+    """
+    exit_on_help(argv, doc)
+    for name in names:
+        flags.FLAGS[name].unparse()
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e} (pass --helpfull to see the flags)")
+    if len(rest) > 1:
+        fail(f"unexpected arguments: {rest[1:]}")
+
+
+# --------------------------------------------------------------------------- --config
+
+
+def define_config_flag(default: str) -> flags.FlagHolder:
+    """Defines `--config` (a recipe file, optionally with ':variant') once; its holder.
+
+    config_flags scans sys.argv for `--config.*` when the flag is defined; ffjax applies
+    overrides itself (for its error messages), so they are removed from sys.argv first
+    (`split_overrides`).
+    """
+    if "config" not in _CONFIG:
+        _CONFIG["config"] = config_flags.DEFINE_config_file(
+            "config", default, "Recipe file, optionally with ':variant'.", lock_config=False
+        )
+    return _CONFIG["config"]
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Separates `--config.a.b=value` / `--config.a.b value` from the other arguments.
+
+    ConfigError for a `--config.a.b` without a value.
+    """
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith(_OVERRIDE_PREFIX):
+            key, eq, value = arg[len(_OVERRIDE_PREFIX) :].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise configs.ConfigError(
+                        f"--config.{key} needs a value (--config.{key}=VALUE)"
+                    )
+                value = argv[i + 1]
+                i += 1
+            overrides.append((key, value))
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def load_config(
+    argv: list[str], overrides: list[tuple[str, str]] = ()
+) -> tuple[configs.ConfigDict, list[str]]:
+    """Parses flags, applies `--config.*` overrides and validates.
+
+    `--config` must be defined (`define_config_flag`). Overrides found in `argv` are
+    applied after those given in `overrides`. Returns (config, remaining argv); raises
+    ConfigError (a bad override or value) or absl's flags.Error (a bad flag).
+    """
+    rest, found = split_overrides(argv)
+    remaining = flags.FLAGS(rest)
+    config = _CONFIG["config"].value
+    for key, value in [*overrides, *found]:
+        configs.apply_override(config, key, value)
+    return configs.validate(config), remaining
