@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from ffjax import configs, export, trainer
+from ffjax import configs, trainer
+from ffjax import diffusers_export as export
 from ffjax.checkpoint import Checkpointer
+from ffjax.cli import export as export_cli
 from ffjax.models.lora import init_lora, lora_paths
 from ffjax.models.qwen_image import call_like_diffusers, rope_ids
 from ffjax.models.qwen_image.convert import load_transformer
@@ -177,7 +179,9 @@ def test_lora_run_exports_for_the_pipeline_and_other_families_error(pipeline, tm
     cfg = other / "checkpoints" / "config.txt"
     cfg.write_text(cfg.read_text().replace("'qwen-image'", "'sd3'"))
     capsys.readouterr()  # what the loads above wrote
-    assert export.main(["--workdir", str(other), "--out", str(tmp_path / "o")]) == 2
+    with pytest.raises(SystemExit) as e:
+        export_cli.main(["--workdir", str(other), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
     assert capsys.readouterr().err == (
         "ffjax.export: export supports FLUX.1 (model.name 'flux1'), Qwen-Image (model.name"
         " 'qwen-image'), WAN T2V (model.name 'wan2-t2v'), WAN I2V (model.name 'wan2-i2v')"

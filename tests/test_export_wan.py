@@ -21,8 +21,10 @@ import optax
 import pytest
 import torch
 
-from ffjax import configs, export, trainer
+from ffjax import configs, trainer
+from ffjax import diffusers_export as export
 from ffjax.checkpoint import Checkpointer
+from ffjax.cli import export as export_cli
 from ffjax.models.lora import init_lora, lora_paths
 from ffjax.models.wan import call_like_diffusers
 from ffjax.models.wan.convert import load_transformer
@@ -215,7 +217,7 @@ def test_a14b_lora_run_exports_one_file_per_adapted_expert(folders, tmp_path, ca
     _save(tmp_path / "high", run.config, state.replace(trainable=high, ema=None))
     capsys.readouterr()  # what the loads above wrote
     file = tmp_path / "high.safetensors"
-    assert export.main(["--workdir", str(tmp_path / "high"), "--out", str(file)]) == 0
+    assert export_cli.main(["--workdir", str(tmp_path / "high"), "--out", str(file)]) == 0
     want = f"20 LoRA adapters (rank 4, alpha 8) as {file} (20 on transformer)\n"
     assert capsys.readouterr().out.endswith(want)
     assert not (tmp_path / "high_transformer_2.safetensors").exists()

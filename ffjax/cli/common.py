@@ -42,16 +42,18 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def print_help(doc: str | None, full: bool = False) -> None:
+def print_help(
+    doc: str | None, flag_values: flags.FlagValues = flags.FLAGS, full: bool = False
+) -> None:
     """The command's docstring and flags on stdout: its own (those not from absl), or
-    with `full` every defined flag."""
+    with `full` every flag of `flag_values`."""
     text = (doc or "").strip()
     if full:
-        listing = flags.FLAGS.get_help()
+        listing = flag_values.get_help()
     else:
         own = [
             f
-            for module, defined in flags.FLAGS.flags_by_module_dict().items()
+            for module, defined in flag_values.flags_by_module_dict().items()
             if not module.startswith("absl.")
             for f in defined
         ]
@@ -64,28 +66,29 @@ def _describe(flag: flags.Flag) -> str:
     return f"  --{flag.name}: {' '.join(flag.help.split())}{default}"
 
 
-def exit_on_help(argv: list[str], doc: str | None) -> None:
+def exit_on_help(
+    argv: list[str], doc: str | None, flag_values: flags.FlagValues = flags.FLAGS
+) -> None:
     """Prints the help and exits 0 when `argv` (program name first) asks for it."""
     if HELPFULL_ARG in argv[1:]:
-        print_help(doc, full=True)
+        print_help(doc, flag_values, full=True)
         sys.exit(0)
     if any(arg in HELP_ARGS for arg in argv[1:]):
-        print_help(doc)
+        print_help(doc, flag_values)
         sys.exit(0)
 
 
-def parse_flags(argv: list[str], doc: str | None, names: tuple[str, ...] = ()) -> None:
-    """Parses absl flags from `argv` (program name first); any problem `fail`s with 2.
+def parse_flags(flag_values: flags.FlagValues, argv: list[str], doc: str | None) -> None:
+    """Parses `argv` (program name first) into `flag_values`; any problem `fail`s with 2.
 
-    `names`: the command's flags, reset to their defaults first, so that a command run
-    twice in one process (its `main(argv)` in a test) sees only this call's flags.
-    Positional arguments are refused.
+    The commands other than train and sample keep their flags in a FlagValues of their
+    own, made per call, so that `main(argv)` may run twice in one process (tests) and
+    their flag names never collide with another command's. Positional arguments are
+    refused.
     """
-    exit_on_help(argv, doc)
-    for name in names:
-        flags.FLAGS[name].unparse()
+    exit_on_help(argv, doc, flag_values)
     try:
-        rest = flags.FLAGS(argv)
+        rest = flag_values(argv)
     except flags.Error as e:
         fail(f"{e} (pass --helpfull to see the flags)")
     if len(rest) > 1:
