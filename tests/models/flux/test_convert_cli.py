@@ -1,11 +1,13 @@
-"""`python -m ffjax.convert` (run in-process): Diffusers -> Orbax -> Diffusers, bit-exact."""
+"""`python -m ffjax.convert` (`ffjax.cli.convert`, in-process): Diffusers -> Orbax -> Diffusers,
+bit-exact; a foreign folder is one line and exit 1."""
 
 import json
 import shutil
 
+import pytest
 import safetensors.numpy
 
-from ffjax.convert import main
+from ffjax.cli.convert import main
 
 
 def _pipeline_folder(tmp_path, tiny_transformers, tiny_vaes):
@@ -51,9 +53,21 @@ def test_cli_round_trip(tmp_path, tiny_transformers, tiny_vaes, capsys):
 
 def test_cli_refuses_foreign_folder(tmp_path, capsys):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
-    assert (
+    with pytest.raises(SystemExit) as e:
         main(["--model", "flux1", "--from-diffusers", str(tmp_path), "--out", str(tmp_path / "o")])
-        == 2
-    )
     err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("ffjax.convert: ") and err.count("\n") == 1
     assert "not a FLUX.1 checkpoint" in err and "WanPipeline" in err
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "sd3", "--from-diffusers", str(tmp_path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert (
+        e.value.code == 2
+        and err == "ffjax.convert: --model 'sd3' has no converter; known: ['flux1']\n"
+    )
+    with pytest.raises(SystemExit) as e:  # exactly one of --from-diffusers / --to-diffusers
+        main(["--model", "flux1", "--out", str(tmp_path / "o")])
+    assert (
+        e.value.code == 2
+        and "Exactly one of (from-diffusers, to-diffusers)" in capsys.readouterr().err
+    )
