@@ -125,7 +125,7 @@ class TextMatch:
 
 if __name__ == "__main__":  # python examples/ocr_reward_server.py [--port N] [--args JSON]
     from ffjax import registry
-    from ffjax.rewards import server
+    from ffjax.cli import reward_server
 
     registry.REWARDS.register("text_match", TextMatch)
-    server.main(["--reward", "text_match", *sys.argv[1:]])
+    reward_server.main(["--reward", "text_match", *sys.argv[1:]])

@@ -1,5 +1,7 @@
 """Serve a reward over HTTP, for the `remote` reward (`ffjax.rewards.remote`) or Flow-Factory.
 
+The command line (`ffjax.cli.reward_server`, also `ffjax-reward-server`):
+
     python -m ffjax.rewards.server --reward brightness --port 8000
     python -m ffjax.rewards.server --reward my_pkg.rewards:Aesthetic --args '{"size": 224}' \\
         --host 127.0.0.1 --port 8000 --max-body-bytes 67108864
@@ -25,12 +27,10 @@ called under a lock, one batch at a time, as reward models are rarely thread-saf
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import io
 import json
-import sys
 import threading
 import time
 import traceback
@@ -240,39 +240,7 @@ def build_reward(name: str, args: dict[str, Any]) -> Any:
     return registry.REWARDS.get(name)(**args)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m ffjax.rewards.server", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--reward", required=True, help="registered reward name or package.module:Class")
-    p.add_argument("--args", default="{}", help="JSON object of keyword arguments for the reward")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    p.add_argument(
-        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger requests get 413"
-    )
-    a = p.parse_args(argv)
-    try:
-        args = json.loads(a.args)
-        if not isinstance(args, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as e:
-        p.error(f"--args must be a JSON object of keyword arguments: {e}")
-    try:
-        reward = build_reward(a.reward, args)
-    except Exception as e:  # a bad name or bad arguments: say which, no traceback
-        sys.stderr.write(f"ffjax.rewards.server: cannot build reward {a.reward!r}: {e}\n")
-        sys.exit(2)
-    server = RewardServer((a.host, a.port), reward, a.reward, a.max_body_bytes)
-    host, port = server.server_address[:2]
-    print(f"ffjax reward server: {a.reward} on http://{host}:{port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+if __name__ == "__main__":  # the command line is ffjax.cli.reward_server
+    from ffjax.cli.reward_server import run
 
-
-if __name__ == "__main__":
-    main()
+    run()
