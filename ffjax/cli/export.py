@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ffjax.diffusers_export import export_run
 
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+    # Orbax logs every restore at INFO and a read-only restore at WARNING: noise here.
+    logging.set_verbosity(logging.ERROR)
     try:
         print(export_run(fv.workdir, fv.out, epoch=fv.epoch, weights=fv.weights,
                          model_path=fv.model_path, dtype=fv.dtype))  # fmt: skip

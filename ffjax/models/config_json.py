@@ -20,9 +20,10 @@ ConfigError = ModelConfigError
 
 
 def _config_file(path: str | os.PathLike) -> str:
-    """The config.json a path names: the path itself, or the file in that folder."""
+    """The config.json a path names: a .json file itself, else the file in that folder."""
     path = os.fspath(path)
-    return os.path.join(path, "config.json") if os.path.isdir(path) else path
+    is_file = os.path.isfile(path) or (path.endswith(".json") and not os.path.isdir(path))
+    return path if is_file else os.path.join(path, "config.json")
 
 
 def read_config(path_or_dict: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
