@@ -22,8 +22,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# --model name -> (module with identify / load / save, its components).
-CONVERTERS = {"flux1": "ffjax.models.flux.convert"}
+from ffjax import registry
+
+# --model name (any spelling of a family in the family table) -> the module with identify,
+# load_transformer / load_vae and save_diffusers.
+CONVERTERS = {s: f.converter for f in registry.FAMILIES.values() for s in f.spellings}
 COMPONENTS = ("transformer", "vae")
 
 
