@@ -269,3 +269,19 @@ class AdapterBase(metaclass=_FrozenAfterInit):
 
     def abstract_cond(self, batch: int, height: int, width: int) -> Any:
         raise NotImplementedError(f"{type(self).__name__} has no abstract_cond (dry runs)")
+
+
+def adapter_class(name: str) -> type[AdapterBase]:
+    """The adapter class `config.model.name` names (a registered model or a user's
+    "package.module:Class"); ConfigError unless it subclasses `AdapterBase`, whose
+    defaults callers rely on. RegistryError for an unknown name."""
+    from ffjax import registry
+    from ffjax.configs import ConfigError
+
+    cls = registry.MODELS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, AdapterBase)):
+        raise ConfigError(
+            f"config.model.name={name!r} is {cls!r}, not a model adapter: adapters subclass"
+            " ffjax.models.adapter.AdapterBase (see its ModelAdapter protocol)"
+        )
+    return cls

@@ -134,3 +134,17 @@ def test_base_defaults():
     assert Minimal.abstract_text_encoders(c) is None and Minimal.text_encoder_specs(c) is None
     with pytest.raises(NotImplementedError, match="abstract_cond"):
         a.abstract_cond(1, 8, 8)
+
+
+class NotAnAdapter:
+    """What a user's adapter that predates `AdapterBase` looks like."""
+
+    denoiser = "transformer"
+
+
+def test_adapter_class_resolves_names_and_refuses_non_adapters():
+    from ffjax.models.adapter import adapter_class
+
+    assert adapter_class("flux1") is Flux1Adapter
+    with pytest.raises(configs.ConfigError, match="NotAnAdapter.*subclass.*AdapterBase"):
+        adapter_class("tests.models.test_adapter:NotAnAdapter")
