@@ -22,10 +22,12 @@ import time
 
 import numpy as np
 
+from ffjax import registry
 from ffjax.errors import ModelFolderError, UsageError
 
-# --model name -> (module with identify / load / save, its components).
-CONVERTERS = {"flux1": "ffjax.models.flux.convert"}
+# --model name (any spelling of a family in the family table) -> the module with identify,
+# load_transformer / load_vae and save_diffusers.
+CONVERTERS = {s: f.converter for f in registry.FAMILIES.values() for s in f.spellings}
 COMPONENTS = ("transformer", "vae")
 
 
@@ -37,7 +39,7 @@ def _converter(model: str):
     return importlib.import_module(CONVERTERS[model])
 
 
-def _components(conv, path: str) -> dict[str, str]:
+def _components(model: str, conv, path: str) -> dict[str, str]:
     """{component: folder} to convert from a Diffusers pipeline or component folder."""
     kind = conv.identify(path)  # raises, naming the mismatch, for a foreign folder
     if kind != "pipeline":
@@ -45,7 +47,7 @@ def _components(conv, path: str) -> dict[str, str]:
     found = {c: os.path.join(path, c) for c in COMPONENTS if os.path.isdir(os.path.join(path, c))}
     for c, p in found.items():
         if conv.identify(p) != c:
-            raise ModelFolderError(f"{p}: expected a FLUX.1 {c}")
+            raise ModelFolderError(f"{p}: expected a {registry.family_of(model).label} {c}")
     return found
 
 
@@ -66,7 +68,7 @@ def from_diffusers(model: str, src: str, out: str, dtype: str | None) -> list[st
 
     conv = _converter(model)
     lines = []
-    for kind, folder in _components(conv, src).items():
+    for kind, folder in _components(model, conv, src).items():
         t0 = time.perf_counter()
         load = conv.load_transformer if kind == "transformer" else conv.load_vae
         _, params = load(folder, dtype=dtype)
@@ -99,8 +101,7 @@ def to_diffusers(model: str, src: str, out: str, dtype: str | None) -> list[str]
     for sub, folder in parts.items():
         t0 = time.perf_counter()
         kind = conv.identify(folder)
-        cfg_cls = conv.FluxTransformerConfig if kind == "transformer" else conv.FluxVAEConfig
-        config = cfg_cls.from_diffusers(folder)
+        config = registry.family_of(model).config_class(kind).from_diffusers(folder)
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(os.path.abspath(os.path.join(folder, "params")))
         n = conv.save_diffusers(kind, config, params, os.path.join(out, sub), dtype=dtype)

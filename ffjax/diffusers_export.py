@@ -56,15 +56,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from ffjax import sample
+from ffjax import registry, sample
 from ffjax.errors import CheckpointError, ModelFolderError, UsageError
-from ffjax.models.flux import convert as flux_convert
-from ffjax.models.flux.config import FluxTransformerConfig
 from ffjax.models.lora import lora_paths
-from ffjax.models.qwen_image import convert as qwen_image_convert
-from ffjax.models.qwen_image.config import QwenImageTransformerConfig
-from ffjax.models.wan import convert as wan_convert
-from ffjax.models.wan.config import WanTransformerConfig
 from ffjax.models.weights import (
     LINEAR,
     Rule,
@@ -110,18 +104,15 @@ class Family:
     experts: tuple[str, ...] = ("transformer",)
 
 
-def _family(convert: types.ModuleType, label: str, config: type, **kw) -> Family:
-    return Family(label, config, convert.transformer_rules, convert.transformer_init_shapes,
-                  convert.save_diffusers, **kw)  # fmt: skip
+def _family(family: registry.ModelFamily, model: registry.ModelEntry) -> Family:
+    convert = family.converter_module()
+    return Family(model.label, family.config_class("transformer"), convert.transformer_rules,
+                  convert.transformer_init_shapes, convert.save_diffusers, family.experts)  # fmt: skip
 
 
-_WAN = dict(config=WanTransformerConfig, experts=("transformer", "transformer_2"))
-# model.name (the run's adapter) -> its family; a family without a row does not export.
+# model.name (the run's adapter) -> its family: every model of the family table.
 FAMILIES: dict[str, Family] = {
-    "flux1": _family(flux_convert, "FLUX.1", FluxTransformerConfig),
-    "qwen-image": _family(qwen_image_convert, "Qwen-Image", QwenImageTransformerConfig),
-    "wan2-t2v": _family(wan_convert, "WAN T2V", **_WAN),
-    "wan2-i2v": _family(wan_convert, "WAN I2V", **_WAN),
+    m.name: _family(f, m) for f in registry.FAMILIES.values() for m in f.models
 }
 
 

@@ -1,19 +1,29 @@
-"""One small generic registry: name -> object, used for models, algorithms and rewards.
+"""One small generic registry: name -> object, used for models, algorithms and rewards;
+and the model-family table.
 
-    MODELS = Registry("model")
+    ALGORITHMS = Registry("algorithm")
 
-    @MODELS.register("flux1")
-    class FluxAdapter: ...
+    @ALGORITHMS.register("grpo")
+    def grpo_spec(): ...
 
-    MODELS.get("flux1")                 # the registered object
-    MODELS.get("my_pkg.my_mod:MyModel")  # a user's own class, imported on demand
+    ALGORITHMS.get("grpo")                  # the registered object
+    MODELS.get("my_pkg.my_mod:MyModel")     # a user's own class, imported on demand
 
 The registry is the only list of valid names: config validation asks it for the
 allowed values, so adding an entry needs no edit anywhere else.
+
+`FAMILIES` is the one table of model families: each entry names its package (the
+family name `ffjax.models.load_pretrained` takes), its adapters (`config.model.name`,
+e.g. "flux1", each with the label exports show), converter module, transformer / VAE
+config classes and experts. Every other name table is derived from it: `MODELS`
+(filled when `ffjax.models` is imported), `ffjax.models.LOADERS`, `ffjax.export.FAMILIES`
+and `ffjax.convert.CONVERTERS`. Entries are import paths, so this module imports no
+model code; `family_of` resolves any spelling of a family (family or model name).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from collections.abc import Iterator
@@ -75,6 +85,10 @@ class Registry(Generic[T]):
         """Sorted registered names."""
         return sorted(self._entries)
 
+    def values(self) -> list[T]:
+        """The registered entries, in the order of `names()`."""
+        return [self._entries[n] for n in self.names()]
+
     def is_valid(self, name: str) -> bool:
         """True if `name` is registered or has the `package.module:Attr` form."""
         return name in self._entries or ":" in name
@@ -115,3 +129,107 @@ def _import_object(spec: str, kind: str) -> Any:
 MODELS: Registry[Any] = Registry("model")
 ALGORITHMS: Registry[Any] = Registry("algorithm")
 REWARDS: Registry[Any] = Registry("reward")
+
+
+# --------------------------------------------------------------------------- model families
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One adapter of a family: `config.model.name`, its class ("module:Class") and the
+    label exports and messages show."""
+
+    name: str
+    adapter: str
+    label: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """One model family (see the module docstring).
+
+    Attributes:
+      name: the family name, also its package `ffjax.models.<name>` (whose `convert.py`
+        loads, saves and identifies checkpoints and whose `call_like_diffusers` is the
+        parity seam).
+      label: the family in messages.
+      models: its adapters, one per `config.model.name`.
+      transformer_config, vae_config: the config classes ("module:Class") of the
+        components, each with `from_diffusers(folder)`.
+      experts: the pipeline components that can hold a transformer, first the one every
+        pipeline has; a pipeline with more (model_index.json lists them) trains the tree
+        {expert: params} (WAN 2.2 A14B).
+      components: what `load_pretrained(name, component, path)` loads (the converter's
+        `load_<component>`).
+    """
+
+    name: str
+    label: str
+    models: tuple[ModelEntry, ...]
+    transformer_config: str
+    vae_config: str
+    experts: tuple[str, ...] = ("transformer",)
+    components: tuple[str, ...] = ("transformer", "vae")
+
+    @property
+    def package(self) -> str:
+        return f"ffjax.models.{self.name}"
+
+    @property
+    def converter(self) -> str:
+        """The converter module's name (`transformer_rules`, `load_transformer`, ...)."""
+        return f"{self.package}.convert"
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        """Every name of the family: its own, then its models'."""
+        return (self.name, *(m.name for m in self.models))
+
+    def converter_module(self) -> Any:
+        """The imported converter module."""
+        return importlib.import_module(self.converter)
+
+    def config_class(self, component: str) -> type:
+        """The imported config class of "transformer" or "vae"."""
+        spec = {"transformer": self.transformer_config, "vae": self.vae_config}[component]
+        return _import_object(spec, "config class")
+
+
+FAMILIES: Registry[ModelFamily] = Registry("model family")
+for _family in (
+    ModelFamily(
+        "flux", "FLUX.1",
+        (ModelEntry("flux1", "ffjax.models.flux.adapter:Flux1Adapter", "FLUX.1"),),
+        transformer_config="ffjax.models.flux.config:FluxTransformerConfig",
+        vae_config="ffjax.models.flux.config:FluxVAEConfig",
+    ),
+    ModelFamily(
+        "qwen_image", "Qwen-Image",
+        (ModelEntry("qwen-image", "ffjax.models.qwen_image.adapter:QwenImageAdapter",
+                    "Qwen-Image"),),
+        transformer_config="ffjax.models.qwen_image.config:QwenImageTransformerConfig",
+        vae_config="ffjax.models.qwen_image.config:QwenImageVAEConfig",
+    ),
+    ModelFamily(
+        "wan", "WAN",
+        (ModelEntry("wan2-t2v", "ffjax.models.wan.adapter:WanT2VAdapter", "WAN T2V"),
+         ModelEntry("wan2-i2v", "ffjax.models.wan.adapter_i2v:WanI2VAdapter", "WAN I2V")),
+        transformer_config="ffjax.models.wan.config:WanTransformerConfig",
+        vae_config="ffjax.models.wan.config:WanVAEConfig",
+        experts=("transformer", "transformer_2"),
+    ),
+):  # fmt: skip
+    FAMILIES.register(_family.name, _family)
+del _family
+
+
+def family_of(name: str) -> ModelFamily:
+    """The family `name` spells: a family name ("flux", "qwen_image", "wan") or one of its
+    model names ("flux1", "qwen-image", "wan2-t2v", "wan2-i2v"). RegistryError otherwise."""
+    for family in FAMILIES.values():
+        if name in family.spellings:
+            return family
+    spellings = sorted(s for f in FAMILIES.values() for s in f.spellings)
+    close = difflib.get_close_matches(name, spellings, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise RegistryError(f"unknown model family {name!r}.{hint} Known: {', '.join(spellings)}")

@@ -162,7 +162,7 @@ def flux_report(folder: str, cache_dir: str) -> dict:
         adapter.place_encoders(mesh)
         t5 = adapter.text.t5.params
         first = adapter.encode_prompts(prompts, 32, 32)
-        adapter.embed_cache = EmbedCache(f"{cache_dir}/{name}")
+        adapter = adapter.replace(embed_cache=EmbedCache(f"{cache_dir}/{name}"))
         written = adapter.encode_prompts(prompts, 32, 32)  # misses: encodes and saves
         read = adapter.encode_prompts(prompts, 32, 32)  # hits
         diff = lambda a, b: float(

@@ -25,12 +25,12 @@ from flax import struct
 
 from ffjax.flow.schedule import flux_sigmas
 from ffjax.models import weights as weights_lib
+from ffjax.models.adapter import AdapterBase
 from ffjax.models.flux.config import FluxTransformerConfig, FluxVAEConfig
 from ffjax.models.flux.convert import load_transformer, load_vae, transformer_init_shapes
 from ffjax.models.flux.transformer import FluxTransformer
 from ffjax.models.flux.vae import FluxVAE, from_transformer_space
 from ffjax.models.flux.vae import init_shapes as vae_init_shapes
-from ffjax.registry import MODELS
 
 
 @struct.dataclass
@@ -71,15 +71,19 @@ def unpack_latents(x: jax.Array, h: int, w: int) -> jax.Array:
     return x.reshape(b, h, w, c)
 
 
-@MODELS.register("flux1")
-class Flux1Adapter:
-    """FLUX.1 (dev / schnell / any size) behind the model-adapter contract.
+class Flux1Adapter(AdapterBase):
+    """FLUX.1 (dev / schnell / any size) behind the model-adapter contract
+    (`ffjax.models.adapter.ModelAdapter`; registered as `flux1`).
 
     Args:
       transformer: the FluxTransformer module.
       vae: the FluxVAE module (None if only velocities are needed).
       vae_config: its config (scaling / shift factors, downsampling factor).
       guidance_scale: default embedded guidance for guidance-distilled checkpoints.
+      text: FluxText (CLIP + T5 with tokenizers), as `load` builds it; None: prompts
+        cannot be encoded (`make_cond` from given embeddings still works).
+      embed_cache: optional ffjax.data.embed_cache.EmbedCache of prompt embeddings.
+      max_sequence_length: T5 tokens (FluxPipeline's default 512).
     """
 
     def __init__(
@@ -88,6 +92,10 @@ class Flux1Adapter:
         vae: FluxVAE | None = None,
         vae_config: FluxVAEConfig | None = None,
         guidance_scale: float = 3.5,
+        *,
+        text: Any = None,
+        embed_cache: Any = None,
+        max_sequence_length: int = 512,
     ):
         self.transformer = transformer
         self.config = transformer.config
@@ -96,9 +104,9 @@ class Flux1Adapter:
         self.guidance_scale = guidance_scale
         self.latent_channels = self.config.in_channels // 4
         self.vae_scale_factor = self.vae_config.downsample_factor
-        self.text = None  # FluxText (CLIP + T5 with tokenizers), set by `load`
-        self.embed_cache = None  # optional ffjax.data.embed_cache.EmbedCache
-        self.max_sequence_length = 512  # T5 tokens (FluxPipeline's default)
+        self.text = text
+        self.embed_cache = embed_cache
+        self.max_sequence_length = max_sequence_length
 
     denoiser = "transformer"  # the weights RL trains (key in the `load` weights dict)
 
@@ -127,13 +135,13 @@ class Flux1Adapter:
         transformer = FluxTransformer(dataclasses.replace(transformer.config, dtype=m.dtype))
         vae, vp = load_vae(os.path.join(m.path, "vae"), dtype=m.param_dtype)
         vae = FluxVAE(dataclasses.replace(vae.config, dtype=m.dtype))
-        adapter = cls(transformer, vae, vae.config, config.sampling.guidance_scale)
-        weights = {"transformer": tp, "vae": vp}
         from ffjax.models.text.encode import load_flux_text
 
-        adapter.text = load_flux_text(m.path, dtype=m.dtype)
-        adapter.max_sequence_length = m.max_sequence_length
-        return adapter, weights
+        adapter = cls(
+            transformer, vae, vae.config, config.sampling.guidance_scale,
+            text=load_flux_text(m.path, dtype=m.dtype), max_sequence_length=m.max_sequence_length,
+        )  # fmt: skip
+        return adapter, {"transformer": tp, "vae": vp}
 
     @classmethod
     def from_pretrained(
@@ -163,8 +171,10 @@ class Flux1Adapter:
         vc = FluxVAEConfig.from_diffusers(
             os.path.join(m.path, "vae"), dtype=m.dtype, param_dtype=m.param_dtype
         )
-        adapter = cls(FluxTransformer(tc), FluxVAE(vc), vc, config.sampling.guidance_scale)
-        adapter.max_sequence_length = m.max_sequence_length
+        adapter = cls(
+            FluxTransformer(tc), FluxVAE(vc), vc, config.sampling.guidance_scale,
+            max_sequence_length=m.max_sequence_length,
+        )  # fmt: skip
         as_stored = lambda tree: weights_lib.as_stored(tree, m.param_dtype)
         weights = {
             "transformer": as_stored(transformer_init_shapes(tc)[1]),

@@ -39,6 +39,7 @@ from flax import struct
 
 from ffjax.flow.schedule import QWEN_IMAGE_SCHEDULER, SchedulerConfig, qwen_image_sigmas
 from ffjax.models import weights as weights_lib
+from ffjax.models.adapter import AdapterBase
 from ffjax.models.qwen_image.config import QwenImageTransformerConfig, QwenImageVAEConfig
 from ffjax.models.qwen_image.convert import identify, load_transformer, load_vae
 from ffjax.models.qwen_image.transformer import (
@@ -51,7 +52,6 @@ from ffjax.models.qwen_image.transformer import (
 from ffjax.models.qwen_image.transformer import init_shapes as transformer_init_shapes
 from ffjax.models.qwen_image.vae import QwenImageVAE, from_transformer_space
 from ffjax.models.qwen_image.vae import init_shapes as vae_init_shapes
-from ffjax.registry import MODELS
 
 # Default LoRA targets (regexes on Dense module paths): Flow-Factory's Qwen-Image
 # `default_target_modules` (src/flow_factory/models/qwen_image/qwen_image.py) as PEFT
@@ -147,9 +147,9 @@ def _check_folder(path: str) -> None:
         )
 
 
-@MODELS.register("qwen-image")
-class QwenImageAdapter:
-    """Qwen-Image (text-to-image) behind the model-adapter contract.
+class QwenImageAdapter(AdapterBase):
+    """Qwen-Image (text-to-image) behind the model-adapter contract
+    (`ffjax.models.adapter.ModelAdapter`; registered as `qwen-image`).
 
     Args:
       transformer: the QwenImageTransformer module.
@@ -159,6 +159,10 @@ class QwenImageAdapter:
         classifier-free guidance.
       negative_prompt: prompt of the unconditional pass; None disables guidance.
       scheduler: the pipeline's scheduler config (shapes `sigmas`).
+      text: TextEncoder (Qwen2.5-VL + tokenizer), as `load` builds it; None: prompts
+        cannot be encoded (`make_cond` from given embeddings still works).
+      embed_cache: optional ffjax.data.embed_cache.EmbedCache of prompt embeddings.
+      max_sequence_length: prompt tokens (QwenImagePipeline.__call__'s default 512).
     """
 
     # True CFG in `velocity`, so config.algorithm.cfg_in_train applies (`conditional_only`).
@@ -173,6 +177,10 @@ class QwenImageAdapter:
         true_cfg_scale: float = 4.0,
         negative_prompt: str | None = " ",
         scheduler: SchedulerConfig = QWEN_IMAGE_SCHEDULER,
+        *,
+        text: Any = None,
+        embed_cache: Any = None,
+        max_sequence_length: int = 512,
     ):
         self.transformer = transformer
         self.config = transformer.config
@@ -183,9 +191,9 @@ class QwenImageAdapter:
         self.scheduler = scheduler
         self.vae_scale_factor = self.vae_config.downsample_factor
         self.patch_size = self.config.patch_size
-        self.text = None  # TextEncoder (Qwen2.5-VL + tokenizer), set by `load`
-        self.embed_cache = None  # optional ffjax.data.embed_cache.EmbedCache
-        self.max_sequence_length = 512  # QwenImagePipeline.__call__'s default
+        self.text = text
+        self.embed_cache = embed_cache
+        self.max_sequence_length = max_sequence_length
         self.text_pad_multiple = TEXT_PAD_MULTIPLE
 
     @property
@@ -217,17 +225,17 @@ class QwenImageAdapter:
             attention=m.attention,
             remat=m.remat,
         )
-        # Weights stay in param_dtype; activations run in dtype (cast inside the layers).
-        adapter.transformer = QwenImageTransformer(
-            dataclasses.replace(adapter.config, dtype=m.dtype)
-        )
-        adapter.config = adapter.transformer.config
-        adapter.vae = QwenImageVAE(dataclasses.replace(adapter.vae_config, dtype=m.dtype))
-        adapter.vae_config = adapter.vae.config
         from ffjax.models.text.encode import load_qwen_image_text
 
-        adapter.text = load_qwen_image_text(m.path, dtype=m.dtype)
-        adapter.max_sequence_length = m.max_sequence_length
+        # Weights stay in param_dtype; activations run in dtype (cast inside the layers).
+        vae = QwenImageVAE(dataclasses.replace(adapter.vae_config, dtype=m.dtype))
+        adapter = adapter.replace(
+            transformer=QwenImageTransformer(dataclasses.replace(adapter.config, dtype=m.dtype)),
+            vae=vae,
+            vae_config=vae.config,
+            text=load_qwen_image_text(m.path, dtype=m.dtype),
+            max_sequence_length=m.max_sequence_length,
+        )
         return adapter, weights
 
     @classmethod
@@ -268,8 +276,8 @@ class QwenImageAdapter:
         adapter = cls(
             QwenImageTransformer(tc), QwenImageVAE(vc), vc, config.sampling.guidance_scale,
             m.get("negative_prompt", " "), _read_scheduler(m.path),
+            max_sequence_length=m.max_sequence_length,
         )  # fmt: skip
-        adapter.max_sequence_length = m.max_sequence_length
         as_stored = lambda tree: weights_lib.as_stored(tree, m.param_dtype)
         weights = {
             "transformer": as_stored(transformer_init_shapes(tc)[1]),

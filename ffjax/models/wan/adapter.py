@@ -44,13 +44,13 @@ from flax import struct
 
 from ffjax.flow.schedule import fixed_shift_sigmas
 from ffjax.models import weights as weights_lib
+from ffjax.models.adapter import AdapterBase
 from ffjax.models.wan.config import WanTransformerConfig, WanVAEConfig, read_config
 from ffjax.models.wan.convert import identify, load_transformer, load_vae
 from ffjax.models.wan.transformer import WanTransformer
 from ffjax.models.wan.transformer import init_shapes as transformer_init_shapes
 from ffjax.models.wan.vae import WanVAE, from_transformer_space
 from ffjax.models.wan.vae import init_shapes as vae_init_shapes
-from ffjax.registry import MODELS
 
 # Default LoRA targets (regexes on Dense module paths): Flow-Factory's WAN
 # `default_target_modules` (attn1 / attn2 to_q, to_k, to_v, to_out.0, ffn.net.0.proj,
@@ -157,9 +157,9 @@ def check_num_frames(num_frames: int, temporal: int = 4) -> int:
     return (int(num_frames) - 1) // temporal + 1
 
 
-@MODELS.register("wan2-t2v")
-class WanT2VAdapter:
-    """WAN text-to-video (Wan 2.1 T2V 1.3B / 14B, Wan 2.2 TI2V-5B, Wan 2.2 A14B).
+class WanT2VAdapter(AdapterBase):
+    """WAN text-to-video (Wan 2.1 T2V 1.3B / 14B, Wan 2.2 TI2V-5B, Wan 2.2 A14B), behind
+    `ffjax.models.adapter.ModelAdapter` (registered as `wan2-t2v`).
 
     Args:
       transformer: the WanTransformer module (the high-noise expert for A14B).
@@ -173,6 +173,10 @@ class WanT2VAdapter:
       boundary_ratio: A14B switch point (None: one expert); `transformer_2` is then
         the low-noise expert's module.
       expand_timesteps: Wan 2.2 TI2V-5B passes one timestep per latent token.
+      text: TextEncoder (UMT5 + tokenizer), as `load` builds it; None: prompts cannot
+        be encoded (`make_cond` from given embeddings still works).
+      embed_cache: optional ffjax.data.embed_cache.EmbedCache of prompt embeddings.
+      max_sequence_length: prompt tokens (WanPipeline.__call__'s default 512).
     """
 
     supports_cfg = True  # CFG in `velocity`, so config.algorithm.cfg_in_train applies
@@ -192,6 +196,9 @@ class WanT2VAdapter:
         boundary_ratio: float | None = None,
         transformer_2: WanTransformer | None = None,
         expand_timesteps: bool = False,
+        text: Any = None,
+        embed_cache: Any = None,
+        max_sequence_length: int = 512,
     ):
         self.transformer = transformer
         self.transformer_2 = transformer_2
@@ -218,9 +225,9 @@ class WanT2VAdapter:
             )
         self.boundary_ratio = boundary_ratio
         self.expand_timesteps = bool(expand_timesteps)
-        self.text = None  # TextEncoder (UMT5 + tokenizer), set by `load`
-        self.embed_cache = None  # optional ffjax.data.embed_cache.EmbedCache
-        self.max_sequence_length = 512  # WanPipeline.__call__'s default
+        self.text = text
+        self.embed_cache = embed_cache
+        self.max_sequence_length = max_sequence_length
 
     @property
     def two_experts(self) -> bool:
@@ -268,24 +275,29 @@ class WanT2VAdapter:
             m.path, dtype=m.param_dtype, attention=m.attention, remat=m.remat,
             shift=m.get("flow_shift", 0.0) or None, pipelines=pipelines, **cls._runtime(config),
         )  # fmt: skip
-        adapter._set_activation_dtype(m.dtype)
         from ffjax.models.text.encode import load_wan_text
 
-        adapter.text = load_wan_text(m.path, dtype=m.dtype)
-        adapter.max_sequence_length = m.max_sequence_length
+        adapter = adapter.replace(
+            **adapter._activation_dtype_changes(m.dtype),
+            text=load_wan_text(m.path, dtype=m.dtype),
+            max_sequence_length=m.max_sequence_length,
+        )
         return adapter, weights
 
-    def _set_activation_dtype(self, dtype: str) -> None:
-        # Weights stay in param_dtype; activations run in dtype (cast inside the layers).
-        self.transformer = WanTransformer(dataclasses.replace(self.config, dtype=dtype))
-        self.config = self.transformer.config
+    def _activation_dtype_changes(self, dtype: str) -> dict[str, Any]:
+        """`replace` arguments for modules whose activations run in `dtype` (weights stay
+        in param_dtype: the layers cast)."""
+        changes: dict[str, Any] = {
+            "transformer": WanTransformer(dataclasses.replace(self.config, dtype=dtype))
+        }
         if self.transformer_2 is not None:
-            self.transformer_2 = WanTransformer(
+            changes["transformer_2"] = WanTransformer(
                 dataclasses.replace(self.transformer_2.config, dtype=dtype)
             )
         if self.vae is not None:
-            self.vae = WanVAE(dataclasses.replace(self.vae_config, dtype=dtype))
-            self.vae_config = self.vae.config
+            changes["vae"] = WanVAE(dataclasses.replace(self.vae_config, dtype=dtype))
+            changes["vae_config"] = changes["vae"].config
+        return changes
 
     @classmethod
     def from_pretrained(
@@ -352,8 +364,8 @@ class WanT2VAdapter:
             boundary_ratio=index.get("boundary_ratio") if two else None,
             transformer_2=WanTransformer(configs["transformer_2"]) if two else None,
             expand_timesteps=bool(index.get("expand_timesteps", False)), **cls._runtime(config),
+            max_sequence_length=m.max_sequence_length,
         )  # fmt: skip
-        adapter.max_sequence_length = m.max_sequence_length
         as_stored = lambda tree: weights_lib.as_stored(tree, m.param_dtype)
         tp = {n: as_stored(transformer_init_shapes(c)[1]) for n, c in configs.items()}
         weights = {

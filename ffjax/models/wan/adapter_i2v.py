@@ -60,9 +60,9 @@ import numpy as np
 from flax import struct
 
 from ffjax.data.embed_cache import cached_encode
+from ffjax.models.adapter import AdapterBase
 from ffjax.models.wan.adapter import WanCond, WanT2VAdapter
 from ffjax.models.wan.vae import to_transformer_space
-from ffjax.registry import MODELS
 
 IMAGE_FIELD = "image"  # metadata key of a prompt's conditioning image (Flow-Factory jsonl)
 _PIPELINES = ("WanImageToVideoPipeline",)
@@ -154,9 +154,9 @@ def image_roots(config: Any) -> tuple[str, ...]:
     return (os.path.join(folder, "images"), folder)
 
 
-@MODELS.register("wan2-i2v")
-class WanI2VAdapter:
-    """WAN image-to-video around a `WanT2VAdapter` core (see the module docstring).
+class WanI2VAdapter(AdapterBase):
+    """WAN image-to-video around a `WanT2VAdapter` core (see the module docstring), behind
+    `ffjax.models.adapter.ModelAdapter` (registered as `wan2-i2v`).
 
     Args:
       core: the text-to-video adapter built from the I2V folder (its transformer takes
@@ -184,8 +184,8 @@ class WanI2VAdapter:
         self.image_processor = image_processor
         self.vae_params = vae_params
         self.image_roots = tuple(image_roots) or (os.getcwd(),)
-        # Encoded image conditions (`encode_images`), and the weights they were made with.
-        self._image_cache, self._image_cache_of = None, None
+        # Encoded image conditions (`encode_images`): a holder, the adapter's one mutable part.
+        self._images = _ImageConditions()
         c, z = core.config, core.vae_config.z_dim
         self.expand_timesteps = core.expand_timesteps
         want = z if self.expand_timesteps else 2 * z + core.vae_config.temporal_factor
@@ -210,10 +210,9 @@ class WanI2VAdapter:
     lora_targets = property(lambda self: self.core.lora_targets)
     do_cfg = property(lambda self: self.core.do_cfg)
     config = property(lambda self: self.core.config)
-    # optional ffjax.data.embed_cache.EmbedCache of the prompt embeddings (the core's)
-    embed_cache = property(
-        lambda self: self.core.embed_cache, lambda self, v: setattr(self.core, "embed_cache", v)
-    )
+    # optional ffjax.data.embed_cache.EmbedCache of the prompt embeddings: the core's
+    # (set with `replace(core=adapter.core.replace(embed_cache=...))`)
+    embed_cache = property(lambda self: self.core.embed_cache)
 
     def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         return self.core.latent_shape(batch, height, width)
@@ -378,16 +377,13 @@ class WanI2VAdapter:
         if self.vae_params is None:
             raise ValueError("this wan2-i2v adapter has no VAE params; build it with .load(config)")
         encoders = (self.vae_params, None if self.image_encoder is None else self.image_encoder[1])
-        if self._image_cache_of is None or any(
-            a is not b for a, b in zip(encoders, self._image_cache_of, strict=True)
-        ):  # new weights: what was cached is stale
-            self._image_cache, self._image_cache_of = _LRUCache(_IMAGE_CACHE_BYTES), encoders
+        cache = self._images.for_weights(encoders)
         pairs = [tuple(item) if self.flf2v else (item,) for item in images]
         digests = [_digest(pair) for pair in pairs]
         by_digest = dict(zip(digests, pairs, strict=True))
         encode = lambda ds: self.encode_image_batch([by_digest[d] for d in ds], height, width)
         parts = dict(height=height, width=width, num_frames=self.core.num_frames)
-        out = cached_encode(self._image_cache, digests, encode, parts)
+        out = cached_encode(cache, digests, encode, parts)
         embeds = out.get("image_embeds")
         return {"condition": jnp.asarray(out["condition"]),
                 "image_embeds": None if embeds is None else jnp.asarray(embeds)}  # fmt: skip
@@ -522,6 +518,23 @@ def _digest(pair: tuple[Any, ...]) -> str:
         h.update(f"{im.mode}:{im.width}x{im.height};".encode())
         h.update(im.tobytes())
     return h.hexdigest()
+
+
+class _ImageConditions:
+    """The encoded image conditions of one adapter: an `_LRUCache`, kept while the encoder
+    weights it was filled with are the ones in use (compared by identity)."""
+
+    def __init__(self):
+        self.cache: _LRUCache | None = None
+        self.weights: tuple[Any, ...] | None = None
+
+    def for_weights(self, weights: tuple[Any, ...]) -> _LRUCache:
+        """The cache for conditions encoded with `weights`; a fresh one for new weights."""
+        if self.weights is None or any(
+            a is not b for a, b in zip(weights, self.weights, strict=True)
+        ):  # new weights: what was cached is stale
+            self.cache, self.weights = _LRUCache(_IMAGE_CACHE_BYTES), weights
+        return self.cache
 
 
 class _LRUCache:

@@ -253,7 +253,7 @@ def test_images_from_jsonl_rows_and_bad_inputs(i2v, tmp_path):
     c = _config(i2v["path"], "i2v", 1.0, tmp_path)
     c.data.image_dir = "/elsewhere"
     assert image_roots(c) == ("/elsewhere",)
-    adapter.image_roots = roots  # what load(config) sets from config.data
+    adapter = adapter.replace(image_roots=roots)  # what load(config) sets from config.data
     h, w = SIZES["i2v"]
     meta = [{k: v for k, v in r.items() if k != "prompt"} for r in rows]
     from_files = adapter.encode_prompts(PROMPTS, h, w, metadata=meta)
@@ -280,12 +280,9 @@ def test_images_from_jsonl_rows_and_bad_inputs(i2v, tmp_path):
         adapter.encode_prompts(PROMPTS[:1], h, w, metadata=[{"image": ["a.png", "b.png"]}])
     with pytest.raises(ValueError, match="multiples of 8x8"):
         adapter.encode_prompts(PROMPTS, 12, 32, metadata=meta)
-    adapter.core.max_sequence_length = 77
-    try:
-        with pytest.raises(ValueError, match="max_sequence_length=77.*512"):
-            adapter.encode_prompts(PROMPTS, h, w, metadata=meta)
-    finally:
-        adapter.core.max_sequence_length = 512
+    short = adapter.replace(core=adapter.core.replace(max_sequence_length=77))
+    with pytest.raises(ValueError, match="max_sequence_length=77.*512"):
+        short.encode_prompts(PROMPTS, h, w, metadata=meta)
 
 
 def test_abstract_load_matches_load(i2v):
@@ -309,14 +306,13 @@ def test_abstract_load_matches_load(i2v):
 def test_image_conditions_are_batched_and_cached(i2v, monkeypatch):
     """Images missing from the adapter's cache are encoded in one batched call, equal to
     encoding them one at a time; a later epoch's images are not encoded again."""
-    adapter, (h, w) = i2v["adapter"], SIZES["i2v"]
-    adapter._image_cache_of = None  # a fresh cache
+    adapter, (h, w) = i2v["adapter"].replace(), SIZES["i2v"]  # a copy with a fresh cache
     calls = []
     batch = adapter.encode_image_batch
-    monkeypatch.setattr(
-        adapter,
+    monkeypatch.setattr(  # on the class: adapters are immutable
+        WanI2VAdapter,
         "encode_image_batch",
-        lambda pairs, *a: calls.append(len(pairs)) or batch(pairs, *a),
+        lambda self, pairs, *a: calls.append(len(pairs)) or batch(pairs, *a),
     )
     im = [i.convert("RGB") for i in _images()]
     im.append(im[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT))
