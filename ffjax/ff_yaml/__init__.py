@@ -144,6 +144,10 @@ def map_document(doc: Any, source: str = "") -> Mapping:
         transforms.model_type(model_type, ctx)
     except Refused as e:
         raise FFYamlError(f"{where}model.model_type={model_type!r}: {e}") from None
+    try:  # read by several rows: refused once, as the batch geometry
+        ctx.geometry()
+    except (Refused, TypeError, ValueError) as e:
+        raise FFYamlError(f"{where}train batch geometry: {e}") from None
     lines: list[Line] = []
     values: dict[str, Any] = {}
     for index, row, value, entry, default in _items(doc, trainer, where):

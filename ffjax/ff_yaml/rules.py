@@ -67,7 +67,7 @@ def sigma_range(value: Any) -> tuple[float, float]:
     """timestep_range as (lo, hi) along denoising: a float v is (0, v) ([A0])."""
     lo, hi = (0.0, float(value)) if not isinstance(value, (list, tuple)) else map(float, value)
     if not 0 <= lo < hi <= 1:
-        raise Refused(f"must satisfy 0 <= start < end <= 1, got ({lo}, {hi})")
+        raise Refused(f"timestep_range {value!r} must satisfy 0 <= start < end <= 1")
     return (lo, hi)
 
 
@@ -149,10 +149,10 @@ def ema(train: dict) -> dict[str, Any]:
         raise Refused(f"ema_update_interval={k} must be >= 1")
     if d == 0:
         return {"ema.decay": 0.0}
-    if k > 1 and schedule != "power":
+    if k > 1 and schedule not in ("power", "constant"):
         raise Refused(
             f"ema_update_interval={k} with ema_decay_schedule {schedule!r}: ffjax steps the"
-            " EMA every epoch and translates an interval only for the 'power' schedule"
+            " EMA every epoch and translates an interval only for 'power' and 'constant'"
         )
     w = int(g["warmup_steps"])
     if schedule == "constant" or (schedule == "power" and w <= 1):

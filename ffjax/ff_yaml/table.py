@@ -69,10 +69,8 @@ ROWS: tuple[Row, ...] = (
     Row("main_process_port", LAUNCHER, "", 29500),
     Row(
         "mixed_precision",
-        t.choice(
-            "model.dtype", {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}, "compute dtype"
-        ),
-        "",
+        t.mixed_precision,
+        "'no' (YAML's bare no reads as false) = float32",
         "bf16",
     ),  # fmt: skip
     *(
@@ -88,9 +86,9 @@ ROWS: tuple[Row, ...] = (
     ),  # fmt: skip
     Row("acceleration", LAUNCHER, "torch attention backends / torch.compile; XLA compiles"),
     # data [A0] DataArguments, [B3] datasets
-    Row("data.dataset_dir", t.set("data.path", str), "prompt folder (train.txt / train.jsonl)"),
+    Row("data.dataset_dir", t.put("data.path", str), "prompt folder (train.txt / train.jsonl)"),
     Row("data.datasets", t.datasets, "the one training source's dataset_dir"),
-    Row("data.image_dir", t.set("data.image_dir", lambda v: "" if v is None else str(v))),
+    Row("data.image_dir", t.put("data.image_dir", lambda v: "" if v is None else str(v))),
     Row("data.video_dir", t.when(lambda v: v is None, t.nothing, "ffjax has no video conditions")),
     Row("data.audio_dir", t.when(lambda v: v is None, t.nothing, "ffjax has no audio conditions")),
     Row(
@@ -121,7 +119,7 @@ ROWS: tuple[Row, ...] = (
     # model [A0] ModelArguments
     Row(
         "model.model_name_or_path",
-        t.set("model.path", str),
+        t.put("model.path", str),
         "kept as given: a hub ID must be replaced by a local folder",
         "black-forest-labs/FLUX.1-dev",
     ),  # fmt: skip
@@ -149,13 +147,13 @@ ROWS: tuple[Row, ...] = (
         "model.attn_backend", LAUNCHER, "torch attention backend; ffjax picks with model.attention"
     ),
     # log [A0] LogArguments
-    Row("log.run_name", t.set("logging.wandb_name", lambda v: "" if v is None else str(v))),
+    Row("log.run_name", t.put("logging.wandb_name", lambda v: "" if v is None else str(v))),
     Row("log.project", IGNORED, "the W&B project when logging_backend is wandb"),
     Row("log.logging_backend", t.logging_backend, "", None),
     Row("log.save_dir", IGNORED, "ffjax writes to --workdir"),
-    Row("log.save_freq", t.set("checkpoint.every_epochs", int), "", 10),
+    Row("log.save_freq", t.put("checkpoint.every_epochs", int), "", 10),
     Row("log.save_model_only", IGNORED, "ffjax checkpoints the whole train state (to resume)"),
-    Row("log.verbose", t.set("logging.step_progress", bool)),
+    Row("log.verbose", t.put("logging.step_progress", bool)),
     # train: common [A0] TrainingArguments, [B3] _base.py
     Row(
         "train.trainer_type",
@@ -164,8 +162,8 @@ ROWS: tuple[Row, ...] = (
         "grpo",
     ),  # fmt: skip
     Row("train.resolution", t.resolution, "", 512),
-    Row("train.height", t.set("model.height", int)),
-    Row("train.width", t.set("model.width", int)),
+    Row("train.height", t.put("model.height", int)),
+    Row("train.width", t.put("model.width", int)),
     Row("train.num_frames", lambda v, c: {} if v is None else {"model.num_frames": int(v)}),
     Row("train.frame_rate", IGNORED, "the frame rate of logged videos"),
     Row("train.max_epochs", t.num_epochs, "null = until stopped", None),
@@ -194,21 +192,21 @@ ROWS: tuple[Row, ...] = (
         "auto = batches / gradient_step_per_epoch x rows per sample",
         "auto",
     ),  # fmt: skip
-    Row("train.num_inner_epochs", t.set("train.inner_epochs", int), "", 1),
-    Row("train.num_inference_steps", t.set("sampling.num_steps", int), "", 10),
-    Row("train.guidance_scale", t.set("sampling.guidance_scale", float), "", 3.5),
-    Row("train.guidance_scale_2", t.set("model.guidance_scale_2", float), "Wan 2.2 A14B"),
+    Row("train.num_inner_epochs", t.put("train.inner_epochs", int), "", 1),
+    Row("train.num_inference_steps", t.put("sampling.num_steps", int), "", 10),
+    Row("train.guidance_scale", t.put("sampling.guidance_scale", float), "", 3.5),
+    Row("train.guidance_scale_2", t.put("model.guidance_scale_2", float), "Wan 2.2 A14B"),
     Row(
         "train.condition_image_size",
         IGNORED,
         "ffjax resizes a condition image to model.height x width",
     ),
-    Row("train.seed", t.set("seed", int), "", 42),
-    Row("train.learning_rate", t.set("train.learning_rate", float), "", 1e-5),
-    Row("train.adam_weight_decay", t.set("train.weight_decay", float), "", 1e-4),
+    Row("train.seed", t.put("seed", int), "", 42),
+    Row("train.learning_rate", t.put("train.learning_rate", float), "", 1e-5),
+    Row("train.adam_weight_decay", t.put("train.weight_decay", float), "", 1e-4),
     Row("train.adam_betas", t.betas, "", (0.9, 0.999)),
-    Row("train.adam_epsilon", t.set("train.adam_eps", float), "", 1e-8),
-    Row("train.max_grad_norm", t.set("train.max_grad_norm", float), "", 1.0),
+    Row("train.adam_epsilon", t.put("train.adam_eps", float), "", 1e-8),
+    Row("train.max_grad_norm", t.put("train.max_grad_norm", float), "", 1.0),
     Row(
         "train.enable_gradient_checkpointing",
         t.remat,
@@ -261,7 +259,7 @@ ROWS: tuple[Row, ...] = (
     ),  # fmt: skip
     Row(
         "train.global_std",
-        t.set("train.advantage_std", lambda v: "global" if v else "group"),
+        t.put("train.advantage_std", lambda v: "global" if v else "group"),
         "",
         True,
     ),  # fmt: skip
@@ -274,21 +272,21 @@ ROWS: tuple[Row, ...] = (
     Row("train.adv_clip_range", t.clip("adv_clip_max", "adv_clip_bounds"), "", 5.0),
     Row("train.kl_type", t.kl_type, "", "x-based", GRPO),
     Row("train.kl_type", t.kl_type, "", "v-based", FORWARD),
-    Row("train.kl_beta", t.set("algorithm.kl_beta", float), "", 0.0),
+    Row("train.kl_beta", t.put("algorithm.kl_beta", float), "", 0.0),
     # train: GRPO [A0] GRPOTrainingArguments
     Row("train.clip_range", t.clip("clip_range", "clip_bounds"), "", 1e-4, GRPO + ("awm",)),
     # train: NFT / AWM [A0] NFTTrainingArguments, AWMTrainingArguments
-    Row("train.nft_beta", t.set("algorithm.beta", float), "", 1.0, ("nft",)),
+    Row("train.nft_beta", t.put("algorithm.beta", float), "", 1.0, ("nft",)),
     Row("train.off_policy", t.off_policy, "", False, FORWARD),
     Row("train.num_train_timesteps", t.timesteps, "0 / null = int(N (hi - lo))", 0, FORWARD),
     Row(
         "train.time_sampling_strategy",
-        t.set("algorithm.timestep_sampler", str),
+        t.put("algorithm.timestep_sampler", str),
         "",
         "discrete",
         FORWARD,
     ),  # fmt: skip
-    Row("train.time_shift", t.set("algorithm.time_shift", float), "", 3.0, FORWARD),
+    Row("train.time_shift", t.put("algorithm.time_shift", float), "", 3.0, FORWARD),
     Row(
         "train.timestep_range",
         lambda v, c: {"algorithm.sigma_range": rules.sigma_range(v)},
@@ -298,13 +296,13 @@ ROWS: tuple[Row, ...] = (
     ),  # fmt: skip
     Row(
         "train.awm_weighting",
-        t.set("algorithm.weighting", lambda v: str(v).lower()),
+        t.put("algorithm.weighting", lambda v: str(v).lower()),
         "",
         "Uniform",
         ("awm",),
     ),  # fmt: skip
-    Row("train.ghuber_power", t.set("algorithm.ghuber_p", float), "", 0.25, ("awm",)),
-    Row("train.ema_kl_beta", t.set("algorithm.ema_kl_beta", float), "", 0.0, ("awm",)),
+    Row("train.ghuber_power", t.put("algorithm.ghuber_p", float), "", 0.25, ("awm",)),
+    Row("train.ema_kl_beta", t.put("algorithm.ema_kl_beta", float), "", 0.0, ("awm",)),
     Row(
         "train.kl_weight",
         IGNORED,
@@ -330,10 +328,10 @@ ROWS: tuple[Row, ...] = (
         None,
     ),  # fmt: skip
     Row("scheduler.seed", IGNORED, "ffjax draws the SDE steps from the run seed"),
-    Row("scheduler.flow_shift", t.set("model.flow_shift", float), "WAN's schedule shift"),
+    Row("scheduler.flow_shift", t.put("model.flow_shift", float), "WAN's schedule shift"),
     # eval [A0] EvaluationArguments
-    Row("eval.num_inference_steps", t.set("sampling.eval_num_steps", int), "", 30),
-    Row("eval.eval_freq", t.set("train.eval_every", int), "", 10),
+    Row("eval.num_inference_steps", t.put("sampling.eval_num_steps", int), "", 30),
+    Row("eval.eval_freq", t.put("train.eval_every", int), "", 10),
     Row("eval.guidance_scale", t.eval_differs("train.guidance_scale", "guidance", 3.5)),
     Row("eval.resolution", t.eval_differs("train.resolution", "resolution", 512)),
     Row("eval.height", t.eval_differs("train.height", "height", None)),
@@ -384,11 +382,11 @@ ROWS: tuple[Row, ...] = (
     Row("optimizers", t.optimizers, "one trainable policy"),
     Row("optimizers[].name", IGNORED, "one policy"),
     Row("optimizers[].type", t.opt_type, "", "adamw"),
-    Row("optimizers[].learning_rate", t.set("train.learning_rate", float)),
-    Row("optimizers[].weight_decay", t.set("train.weight_decay", float)),
+    Row("optimizers[].learning_rate", t.put("train.learning_rate", float)),
+    Row("optimizers[].weight_decay", t.put("train.weight_decay", float)),
     Row("optimizers[].betas", t.betas),
-    Row("optimizers[].eps", t.set("train.adam_eps", float)),
-    Row("optimizers[].max_grad_norm", t.set("train.max_grad_norm", float)),
+    Row("optimizers[].eps", t.put("train.adam_eps", float)),
+    Row("optimizers[].max_grad_norm", t.put("train.max_grad_norm", float)),
 )
 
 SECTIONS = ("data", "model", "log", "train", "scheduler", "eval")

@@ -19,7 +19,7 @@ GRPO = ("grpo", "grpo-guard")
 FORWARD = ("nft", "awm")
 
 
-def set(key: str, fn: Callable[[Any], Any] = lambda v: v) -> Callable[[Any, Any], dict]:
+def put(key: str, fn: Callable[[Any], Any] = lambda v: v) -> Callable[[Any, Any], dict]:
     return lambda v, ctx: {key: fn(v)}
 
 
@@ -294,8 +294,9 @@ def target_components(v, ctx):
         raise Refused("ffjax trains 'transformer' (and 'transformer_2' where the folder has one)")
     if parts == ["transformer"] and str(ctx.get("model.model_type", "")).startswith("wan"):
         ctx.notes.append(
-            "model.target_components 'transformer': a Wan 2.2 A14B folder's transformer_2"
-            " is trained too in ffjax"
+            "model.target_components 'transformer': on a Wan 2.2 A14B folder ffjax trains"
+            " both experts; for the high-noise one alone set --config.train.lora_targets as"
+            " configs/wan_t2v_grpo.py:a14b does"
         )
     return {}
 
@@ -304,3 +305,9 @@ def other_trainer(v, ctx):
     """A key of another trainer: Flow-Factory keeps it in extra_kwargs, unread."""
     ctx.notes.append(f"a key of another trainer has no effect on {ctx.trainer}")
     return {}
+
+
+def mixed_precision(v, ctx):
+    """Flow-Factory's compute dtype; an unquoted `no` arrives as False."""
+    table = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+    return choice("model.dtype", table, "compute dtype")("no" if v in (False, None) else v, ctx)
