@@ -299,6 +299,12 @@ def test_reward_name_is_the_alias():
     assert m.config.rewards.aesthetic_pick.name == "pickscore"
 
 
+def test_two_rewards_of_one_name_are_refused():
+    twice = [{"name": "r", "reward_model": "PickScore"}, {"name": "r", "reward_model": "CLIP"}]
+    with pytest.raises(ff_yaml.FFYamlError, match="rewards: the name 'r' is given twice"):
+        ff_yaml.map_document(doc(rewards=twice))
+
+
 def test_other_trainers_keys_are_read_by_none():
     m = ff_yaml.map_document(doc("nft", train={"clip_range": 1e-4}))
     assert line(m, "train.clip_range").status == IGNORED

@@ -230,6 +230,10 @@ def _items(doc: dict, trainer: str, where: str):
         if sec == "optimizers":
             row = _row_for("optimizers", trainer, where)
             found.append((order[id(row)], None, row, doc[sec], {}, False))
+        names = [e.get("name", "default") for e in entries if isinstance(e, dict)]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice and sec != "optimizers":
+            raise FFYamlError(f"{where}{sec}: the name {twice[0]!r} is given twice (ffjax's alias)")
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
                 raise FFYamlError(f"{where}{sec}[{i}] must be a mapping of keys, got {entry!r}")
