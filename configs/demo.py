@@ -67,5 +67,9 @@ def get_config(variant: str = "") -> configs.ConfigDict:
     if variant == "nft":
         # On-policy: the EMA (decay 0.9 per epoch) lags too far behind a 60-epoch run.
         c.algorithm.off_policy = False
+    # Pinned to the value this recipe trained with before issue 17 (its results are
+    # compared across refactors): ffjax's advantage epsilon std + 1e-4, where the
+    # default now follows Flow-Factory's max(std, 1e-6).
+    c.train.advantage_eps = "flow_grpo"
     configs.add_reward(c, "shapes")
     return c

@@ -10,11 +10,13 @@ Variants:
   "tiny"  the same algorithm settings at toy size, on CPU in minutes, on the demo
           pipeline (assets/demo, tools/make_demo_pipeline.py) with the `shapes` reward.
 
-The default needs `model.path` (a Diffusers FLUX.1-dev folder) and `data.path`
-(train.txt / test.txt prompts, e.g. Flow-GRPO's dataset/pickscore).
+The default needs `model.path` (a Diffusers FLUX.1-dev folder), `data.path`
+(train.txt / test.txt prompts, e.g. Flow-GRPO's dataset/pickscore) and
+`--config.rewards.pickscore.args.path=/data/PickScore_v1` (yuvalkirstain/PickScore_v1).
 
-Sources, cited by tag in the comments below:
-  [FF]  X-GenGroup/Flow-Factory examples/awm/lora/flux1/default.yaml
+Sources, cited by tag in the comments below (repository, commit, path):
+  [FF]  X-GenGroup/Flow-Factory a0b2bc5 examples/awm/lora/flux1/default.yaml (older
+        schema); the index holds the newer file at 6c7882b, not read value by value here
   [AWM] scxue/advantage_weighted_matching config/dgx_awm.py publishes SD3.5-M runs only
         (`pickscore_sd3_no_cfg_*` and others), so there is no official FLUX.1 recipe and
         [FF] is the published one. [FF] keeps [AWM]'s algorithm values: ghuber weighting
@@ -28,9 +30,9 @@ micro_batch_size is [FF]'s per-GPU batch times its 8 GPUs and micro_batch_size x
 grad_accum_steps the rows of its one optimizer step per epoch. On fewer devices divide
 micro_batch_size and multiply grad_accum_steps by the same factor.
 
-Not carried over: [FF] trains on PickScore, which ffjax does not register yet; the
-placeholder is `jpeg_compressibility` (swap it with
-`--config.rewards.jpeg_compressibility.name=...`). [FF] evaluates at 1024 px; ffjax
+Reward: PickScore as [FF]. [FF] clips the advantage to +-1 (adv_clip_range 1.0); [AWM]'s
+advantage_max rescales, clip(A, +-5) / 5, which this recipe does not do. [FF] evaluates
+at 1024 px; ffjax
 evaluates at model.height / width (512). Values not set here are the base or ffjax AWM
 defaults, which already match [FF] (512 px, 10 steps, guidance 3.5, no reference KL,
 sum advantages, AdamW wd 1e-4, grad-norm clip 1, constant lr).
@@ -82,8 +84,10 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     a.num_train_timesteps = 4  # [FF] num_train_timesteps
     a.sigma_range = (0.0, 0.7)  # [FF] timestep_range 0.7 = [0, 0.7] along denoising
     a.time_shift = 3.0  # [FF] time_shift (unused by "discrete")
+    c.train.advantage_method = "sum"  # [FF] advantage_aggregation 'sum'
+    c.train.advantage_eps = "flow_factory"  # [FF] max(std, 1e-6)
     configs.ema_awm(c)  # [FF] linear EMA 0 -> 0.3 over 300 epochs (the EMA-KL's)
-    configs.add_reward(c, "jpeg_compressibility")  # placeholder for [FF] PickScore
+    configs.add_reward(c, "pickscore", path=configs.required_arg())  # [FF] PickScore
 
 
 def _tiny(c: configs.ConfigDict) -> None:
@@ -107,5 +111,8 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.checkpoint.every_epochs = 4
     c.logging.tensorboard = True
     c.logging.image_grid_every = 2
+    # Pinned to the values this variant trained with before issue 17 (its results are
+    # compared across refactors): ffjax's advantage epsilon std + 1e-4.
+    c.train.advantage_eps = "flow_grpo"
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "shapes")  # the demo draws coloured shapes (ffjax/rewards/shapes.py)

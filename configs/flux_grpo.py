@@ -15,14 +15,20 @@ Variants:
                  the demo pipeline (assets/demo, tools/make_demo_pipeline.py) with the
                  registered `shapes` reward.
 
-All but "tiny" need `model.path` (a Diffusers FLUX.1-dev folder) and `data.path`
-(train.txt / test.txt prompts, e.g. Flow-GRPO's dataset/pickscore).
+All but "tiny" need `model.path` (a Diffusers FLUX.1-dev folder), `data.path`
+(train.txt / test.txt prompts, e.g. Flow-GRPO's dataset/pickscore) and the PickScore
+folder (a transformers CLIPModel, yuvalkirstain/PickScore_v1):
+  --config.rewards.pickscore.args.path=/data/PickScore_v1          ("", "fast")
+  --config.rewards.pickscore_rank.args.path=/data/PickScore_v1     ("flow_factory")
+(validation names the key when it is missing).
 
-Sources, cited by tag in the comments below:
-  [G]  yifan123/flow_grpo config/grpo.py `pickscore_flux`, on config/base.py
-  [GS] yifan123/flow_grpo scripts/train_flux.py
-  [GF] yifan123/flow_grpo config/grpo.py `pickscore_flux_fast`
-  [FF] X-GenGroup/Flow-Factory examples/grpo/lora/flux1/default.yaml
+Sources, cited by tag in the comments below (repository, commit, path):
+  [G]  yifan123/flow_grpo 54809b5 config/grpo.py `pickscore_flux`, on config/base.py
+  [GS] yifan123/flow_grpo 54809b5 scripts/train_flux.py
+  [GF] yifan123/flow_grpo 54809b5 config/grpo.py `pickscore_flux_fast`
+  [FF] X-GenGroup/Flow-Factory b30dc00 examples/grpo/lora/flux1/default.yaml (the same
+       values at 5f6cda1 and a0b2bc5, which has the older schema: optimizer keys under
+       train, data.dataset_dir)
 
 Batch sizes. The references count per-GPU batches; ffjax counts global training rows,
 one per (sample, SDE step). micro_batch_size is the references' per-GPU train batch
@@ -30,13 +36,14 @@ times their GPU count, and micro_batch_size x grad_accum_steps is the rows of on
 their optimizer steps, so an epoch takes as many optimizer steps as theirs (2). On
 fewer devices divide micro_batch_size and multiply grad_accum_steps by the same factor.
 
-Not carried over: the references train on PickScore, which ffjax does not register
-yet; the placeholder is `jpeg_compressibility`, the reward of Flow-GRPO's own
-`compressibility` config that `pickscore_flux` starts from (swap it with
-`--config.rewards.jpeg_compressibility.name=...`). They train until stopped by hand
+Rewards as the sources: PickScore [G] (reward_fn {"pickscore": 1.0}) and Flow-Factory's
+PickScore_Rank [FF] (PickScore ranked within each group). They train until stopped by hand
 (num_epochs 100000); set `train.num_epochs`. Values not set here are the base values,
 which already match the references (512 px, eval 28 steps, guidance 3.5, flow_sde,
 clip range 1e-4, advantage clip 5, no KL, AdamW wd 1e-4, grad-norm clip 1, constant lr).
+Advantage epsilon: [G] divides by std + 1e-4 (flow_grpo/stat_tracking.py), [FF] by
+max(std, 1e-6) (advantage_processor.py); each variant names its own. [FF] evaluates
+with PickScore (eval_rewards); ffjax evaluates with the training reward here.
 """
 
 from pathlib import Path
@@ -85,8 +92,10 @@ def _flow_grpo(c: configs.ConfigDict) -> None:
     c.train.eval_every = 30  # [G] eval_freq
     c.checkpoint.every_epochs = 30  # [G] save_freq
     c.checkpoint.keep = 5  # [G] num_checkpoint_limit
+    c.train.advantage_eps = "flow_grpo"  # [G] flow_grpo/stat_tracking.py std + 1e-4
+    c.algorithm.kl_form = "flow_grpo"  # [GS] its KL form (kl_beta 0 here: unused)
     configs.ema_every_4_epochs(c)  # [FF] / [GS] decay 0.9 every 4 epochs
-    configs.add_reward(c, "jpeg_compressibility")  # placeholder for [G] PickScore
+    configs.add_reward(c, "pickscore", path=configs.required_arg())  # [G] reward_fn pickscore
 
 
 def _fast(c: configs.ConfigDict) -> None:
@@ -118,11 +127,15 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.train.lora_rank = 64  # [FF] lora_rank
     c.train.lora_alpha = 128.0  # [FF] lora_alpha; target_modules "default" = lora.py's
     c.train.advantage_method = "gdpo"  # [FF] advantage_aggregation
+    c.train.advantage_std = "group"  # [FF] global_std false
+    c.train.advantage_eps = "flow_factory"  # [FF] max(std, 1e-6)
     c.algorithm.kl_type = "v-based"  # [FF] kl_type (kl_beta 0: unused)
+    c.algorithm.clip_range = 1e-4  # [FF] clip_range 1.0e-4 = the pair (-1e-4, 1e-4)
+    c.algorithm.adv_clip_max = 5.0  # [FF] adv_clip_range 5.0 = (-5, 5)
     c.train.eval_every = 20  # [FF] eval.eval_freq
     c.checkpoint.every_epochs = 20  # [FF] log.save_freq
-    configs.ema_every_4_epochs(c)  # [FF] / [GS] decay 0.9 every 4 epochs
-    configs.add_reward(c, "jpeg_compressibility")  # placeholder for [FF] PickScore_Rank
+    configs.ema_every_4_epochs(c)  # [FF] ema_decay 0.9, ema_update_interval 4
+    configs.add_reward(c, "pickscore_rank", path=configs.required_arg())  # [FF] PickScore_Rank
 
 
 def _tiny(c: configs.ConfigDict) -> None:
@@ -146,5 +159,8 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.checkpoint.every_epochs = 4
     c.logging.tensorboard = True
     c.logging.image_grid_every = 2
+    # Pinned to the values this variant trained with before issue 17 (its results are
+    # compared across refactors): ffjax's advantage epsilon std + 1e-4.
+    c.train.advantage_eps = "flow_grpo"
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "shapes")  # the demo draws coloured shapes (ffjax/rewards/shapes.py)

@@ -10,11 +10,14 @@ Variants:
   "tiny"  the same algorithm settings at toy size, on CPU in minutes, on the demo
           pipeline (assets/demo, tools/make_demo_pipeline.py) with the `shapes` reward.
 
-The default needs `model.path` (a Diffusers FLUX.1-dev folder) and `data.path`
-(train.txt / test.txt prompts, e.g. Flow-GRPO's dataset/pickscore).
+The default needs `model.path` (a Diffusers FLUX.1-dev folder), `data.path`
+(train.txt / test.txt prompts, e.g. Flow-GRPO's dataset/pickscore) and
+`--config.rewards.pickscore.args.path=/data/PickScore_v1` (yuvalkirstain/PickScore_v1).
 
-Sources, cited by tag in the comments below:
-  [FF]  X-GenGroup/Flow-Factory examples/nft/lora/flux1/default.yaml
+Sources, cited by tag in the comments below (repository, commit, path):
+  [FF]  X-GenGroup/Flow-Factory b30dc00 examples/nft/lora/flux1/default.yaml (the newest
+        read). At a0b2bc5 (older schema) the same values but guidance_scale 3.5 (train
+        and eval); b30dc00 and 5f6cda1 have 1.0, followed here.
   [NFT] NVlabs/DiffusionNFT publishes SD3.5-M settings only (README: `config/nft.py:sd3_*`;
         config/nft.py, as read in the jiaxi98/DiffusionNFT fork, accepts base_model "sd3"
         alone), so there is no official FLUX.1 recipe and [FF] is the published one. The
@@ -27,9 +30,7 @@ micro_batch_size is [FF]'s per-GPU batch times its 8 GPUs and micro_batch_size x
 grad_accum_steps the rows of its one optimizer step per epoch. On fewer devices divide
 micro_batch_size and multiply grad_accum_steps by the same factor.
 
-Not carried over: [FF] trains on PickScore, which ffjax does not register yet; the
-placeholder is `jpeg_compressibility` (swap it with
-`--config.rewards.jpeg_compressibility.name=...`). [FF] evaluates at 1024 px; ffjax
+Reward: PickScore as [FF]. Not carried over: [FF] evaluates at 1024 px; ffjax
 evaluates at model.height / width (384). Values not set here are the base or ffjax NFT
 defaults, which already match [FF] (eval 28 steps, beta 1, off-policy EMA old policy,
 "discrete" training sigmas, time shift 3, advantage clip 5, no KL, sum advantages with
@@ -61,7 +62,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.model.dtype = "bfloat16"  # [FF] mixed_precision
     c.model.height = c.model.width = 384  # [FF] train.resolution
     c.sampling.num_steps = 8  # [FF] num_inference_steps
-    c.sampling.guidance_scale = 1.0  # [FF] guidance_scale (train and eval)
+    c.sampling.guidance_scale = 1.0  # [FF] guidance_scale (train and eval); a0b2bc5: 3.5
     c.sampling.dynamics = "ode"  # [FF] dynamics_type "ODE": NFT trains on x0 only
     c.sampling.batch_size = 8  # [FF] per_device_batch_size 1 x 8 GPUs per rollout call
     c.data.group_size = 16  # [FF] group_size
@@ -75,8 +76,16 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.checkpoint.every_epochs = 20  # [FF] log.save_freq
     c.algorithm.num_train_timesteps = 2  # [FF] num_train_timesteps
     c.algorithm.sigma_range = (0.0, 0.7)  # [FF] timestep_range 0.7 = [0, 0.7] along denoising
+    c.train.advantage_method = "sum"  # [FF] advantage_aggregation 'sum'
+    c.train.advantage_std = "group"  # [FF] global_std false
+    c.train.advantage_eps = "flow_factory"  # [FF] max(std, 1e-6)
+    c.algorithm.beta = 1.0  # [FF] nft_beta
+    c.algorithm.adv_clip_max = 5.0  # [FF] adv_clip_range
+    c.algorithm.off_policy = True  # [FF] off_policy: the EMA samples and is the old policy
+    c.algorithm.timestep_sampler = "discrete"  # [FF] time_sampling_strategy
+    c.algorithm.time_shift = 3.0  # [FF] time_shift
     configs.ema_nft(c)  # [FF] piecewise_linear EMA 0 -> 0.5 over 500 epochs: the old policy
-    configs.add_reward(c, "jpeg_compressibility")  # placeholder for [FF] PickScore
+    configs.add_reward(c, "pickscore", path=configs.required_arg())  # [FF] PickScore
 
 
 def _tiny(c: configs.ConfigDict) -> None:
@@ -100,5 +109,8 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.checkpoint.every_epochs = 4
     c.logging.tensorboard = True
     c.logging.image_grid_every = 2
+    # Pinned to the values this variant trained with before issue 17 (its results are
+    # compared across refactors): ffjax's advantage epsilon std + 1e-4.
+    c.train.advantage_eps = "flow_grpo"
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "shapes")  # the demo draws coloured shapes (ffjax/rewards/shapes.py)

@@ -17,12 +17,12 @@ Variants:
           writes (pass its folder as model.path), with the `brightness` reward.
 
 Sources, cited by tag in the comments below:
-  [FF]  X-GenGroup/Flow-Factory examples/awm/lora/flux1/default.yaml (as configs/flux_awm.py).
+  [FF]  X-GenGroup/Flow-Factory a0b2bc5 examples/awm/lora/flux1/default.yaml (as configs/flux_awm.py).
         Flow-Factory's AWM examples cover FLUX.1, FLUX.2-klein-base and SD3.5 only (examples/
         awm/lora/), and scxue/advantage_weighted_matching publishes SD3.5-M runs only, so
         there is no published Qwen-Image AWM setting: the algorithm, batch, optimizer and
         EMA values are [FF]'s FLUX.1 ones.
-  [FG]  X-GenGroup/Flow-Factory examples/grpo/lora/qwen_image/default.yaml, its Qwen-Image
+  [FG]  X-GenGroup/Flow-Factory a0b2bc5 examples/grpo/lora/qwen_image/default.yaml, its Qwen-Image
         GRPO example (configs/qwen_image_grpo.py): the Qwen-Image model values (true CFG
         scale 4, gradient checkpointing, 28 eval steps); [FF]'s 3.5 is FLUX.1's embedded
         guidance, which Qwen-Image does not have.
@@ -114,5 +114,8 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.train.eval_every = 2
     c.checkpoint.every_epochs = 0
     c.logging.tensorboard = False
+    # Pinned to the value this variant trained with before issue 17 (its results are
+    # compared across refactors): ffjax's advantage epsilon std + 1e-4.
+    c.train.advantage_eps = "flow_grpo"
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "brightness")

@@ -16,8 +16,8 @@ Variants:
           writes (pass its folder as model.path), with the `brightness` reward.
 
 Sources, cited by tag in the comments below:
-  [FF] X-GenGroup/Flow-Factory examples/grpo/lora/qwen_image/default.yaml
-  [FQ] X-GenGroup/Flow-Factory src/flow_factory/models/qwen_image/qwen_image.py
+  [FF] X-GenGroup/Flow-Factory a0b2bc5 examples/grpo/lora/qwen_image/default.yaml
+  [FQ] X-GenGroup/Flow-Factory a0b2bc5 src/flow_factory/models/qwen_image/qwen_image.py
 
 Guidance: Qwen-Image uses true classifier-free guidance; `sampling.guidance_scale` is
 the pipeline's `true_cfg_scale` and `model.negative_prompt` the negative prompt (the
@@ -104,5 +104,8 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.train.eval_every = 2
     c.checkpoint.every_epochs = 0
     c.logging.tensorboard = False
+    # Pinned to the value this variant trained with before issue 17 (its results are
+    # compared across refactors): ffjax's advantage epsilon std + 1e-4.
+    c.train.advantage_eps = "flow_grpo"
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "brightness")

@@ -15,10 +15,10 @@ Variants:
           writes (pass its folder as model.path), with the `brightness` reward.
 
 Sources, cited by tag in the comments below:
-  [FF]  X-GenGroup/Flow-Factory examples/nft/lora/qwen_image/rational_rewards_t2i.yaml,
+  [FF]  X-GenGroup/Flow-Factory b30dc00 examples/nft/lora/qwen_image/rational_rewards_t2i.yaml,
         the current Qwen-Image NFT example (Qwen/Qwen-Image-2512, same architecture as
         Qwen-Image: any QwenImagePipeline folder loads).
-  [FF0] X-GenGroup/Flow-Factory examples/nft/lora/qwen_image.yaml, the earlier example:
+  [FF0] X-GenGroup/Flow-Factory d7ad67a examples/nft/lora/qwen_image.yaml, the earlier example:
         Qwen-Image on PickScore, but written in the GRPO layout (PPO clip, EMA 0.9 every 4
         epochs, guidance 4, no NFT-specific fields), so [FF] is the one followed here;
         only its reward (PickScore) is taken.
@@ -65,7 +65,8 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 1024  # the Qwen-Image pipeline's default
     c.sampling.num_steps = 30  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 40  # [FF] eval.num_inference_steps
-    c.sampling.guidance_scale = 1.0  # [FF] guidance_scale (train and eval): no true CFG
+    # [FF] guidance_scale (train and eval): no true CFG; 4.0 at a0b2bc5 (the same file).
+    c.sampling.guidance_scale = 1.0
     c.sampling.dynamics = "ode"  # [FF] dynamics_type "ODE": NFT trains on x0 only
     c.sampling.batch_size = 8  # [FF] per_device_batch_size 1 x 8 GPUs per rollout call
     c.data.group_size = 16  # [FF] group_size
@@ -103,5 +104,8 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.train.eval_every = 2
     c.checkpoint.every_epochs = 0
     c.logging.tensorboard = False
+    # Pinned to the value this variant trained with before issue 17 (its results are
+    # compared across refactors): ffjax's advantage epsilon std + 1e-4.
+    c.train.advantage_eps = "flow_grpo"
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "brightness")

@@ -21,10 +21,10 @@ Variants:
           folder as model.path), with the `brightness` reward.
 
 Sources, cited by tag in the comments below:
-  [FF] X-GenGroup/Flow-Factory examples/grpo/lora/wan21/t2v.yaml
-  [FF2] X-GenGroup/Flow-Factory examples/grpo/full/wan22/t2v.yaml (a full fine-tune
+  [FF] X-GenGroup/Flow-Factory a0b2bc5 examples/grpo/lora/wan21/t2v.yaml
+  [FF2] X-GenGroup/Flow-Factory a0b2bc5 examples/grpo/full/wan22/t2v.yaml (a full fine-tune
         there; LoRA here like [FF], everything else as [FF2])
-  [FW] X-GenGroup/Flow-Factory src/flow_factory/models/wan/wan2_t2v.py
+  [FW] X-GenGroup/Flow-Factory a0b2bc5 src/flow_factory/models/wan/wan2_t2v.py
 
 Videos: [FF] trains on 5-frame clips at 256 px; rewards see every frame (the CLIP-family
 rewards average their per-frame scores). Guidance: classifier-free, scale 5, in the
@@ -126,5 +126,8 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.train.eval_every = 2
     c.checkpoint.every_epochs = 0
     c.logging.tensorboard = False
+    # Pinned to the value this variant trained with before issue 17 (its results are
+    # compared across refactors): ffjax's advantage epsilon std + 1e-4.
+    c.train.advantage_eps = "flow_grpo"
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "brightness")

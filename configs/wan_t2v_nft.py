@@ -15,7 +15,8 @@ Variants:
           folder as model.path), with the `brightness` reward.
 
 Sources, cited by tag in the comments below:
-  [FF] X-GenGroup/Flow-Factory examples/nft/lora/wan21/t2v.yaml
+  [FF] X-GenGroup/Flow-Factory b30dc00 examples/nft/lora/wan21/t2v.yaml (guidance_scale
+       5.0 at a0b2bc5, train and eval; 1.0 at b30dc00, followed here)
 
 [FF] trains on single frames (num_frames 1: WAN as an image model, 480 x 832) without
 guidance (scale 1.0), with ODE rollouts as DiffusionNFT does; its evaluation uses 41
@@ -54,7 +55,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.model.negative_prompt = ""
     c.sampling.num_steps = 12  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 20  # [FF] eval.num_inference_steps
-    c.sampling.guidance_scale = 1.0  # [FF] guidance_scale: no CFG
+    c.sampling.guidance_scale = 1.0  # [FF] guidance_scale: no CFG (a0b2bc5: 5.0)
     c.sampling.dynamics = "ode"  # [FF] dynamics_type ODE
     c.sampling.batch_size = 8  # [FF] per_device_batch_size 1 x 8 GPUs per rollout call
     c.data.group_size = 16  # [FF] group_size
@@ -94,5 +95,8 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.train.eval_every = 2
     c.checkpoint.every_epochs = 0
     c.logging.tensorboard = False
+    # Pinned to the value this variant trained with before issue 17 (its results are
+    # compared across refactors): ffjax's advantage epsilon std + 1e-4.
+    c.train.advantage_eps = "flow_grpo"
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "brightness")

@@ -120,6 +120,12 @@ def base_config() -> ConfigDict:
     t.adam_eps = 1e-8  # AdamW epsilon
     t.advantage_method = "sum"  # multi-reward advantages: sum | gdpo (ffjax.algorithms.advantages)
     t.advantage_std = "group"  # advantage normalisation: group (per prompt) | global (batch)
+    # Where the references disagree (ffjax.algorithms.advantages): the std's epsilon,
+    # flow_factory max(std, 1e-6) | flow_grpo std + 1e-4; and GDPO's per-reward std,
+    # flow_factory (each reward by its group std, whatever advantage_std says; then the
+    # batch) | advantage_std (each reward with advantage_std's mode).
+    t.advantage_eps = "flow_factory"
+    t.gdpo_std = "flow_factory"
     # Score chunk i's rewards in a thread pool while chunk i+1 (sampling.batch_size
     # samples) is rolled out; same scores, in order (ffjax.rewards.async_pool). Needs
     # sampling.batch_size to split the epoch; groupwise rewards wait for the whole epoch.
@@ -192,6 +198,8 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
     "logging.wandb_mode": ("online", "offline", "disabled"),
     "train.advantage_method": ("sum", "gdpo"),
     "train.advantage_std": ("group", "global"),
+    "train.advantage_eps": ("flow_factory", "flow_grpo"),
+    "train.gdpo_std": ("flow_factory", "advantage_std"),
     "train.lr_schedule": ("constant", "linear", "cosine"),
     "ema.schedule": ("constant", "power", "linear", "piecewise_linear", "cosine", "warmup_cosine"),
     "algorithm.name": lambda: (_registered("algorithms").names(), True),
@@ -361,6 +369,15 @@ def _reward_problems(rewards: Any, section: str) -> list[str]:
                 f"{where}.name={name!r} is not a registered reward; allowed: "
                 f"{', '.join(names.names()) or '(none registered)'} or 'package.module:Name'"
             )
+        args = entry.get("args", None)
+        if isinstance(args, (ConfigDict, dict)):
+            for key, value in args.items():
+                if value is None:
+                    out.append(
+                        f"missing required value {where}.args.{key} (a local folder of the"
+                        f" reward's weights; ffjax never downloads weights): pass"
+                        f" --config.{section}.{alias}.args.{key}=/path"
+                    )
         weight = entry.get("weight", 1.0)
         if not isinstance(weight, (int, float)):
             out.append(f"{where}.weight must be a number, got {weight!r}")
@@ -376,6 +393,7 @@ def _cross_key_problems(config: ConfigDict) -> list[str]:
             ema.validate(config.ema)
         except ValueError as e:
             out.append(str(e))
+    out += _clip_pair_problems(config)
     n = _get(config, "sampling.num_steps")
     cand = _get(config, "sampling.sde_candidates")
     if isinstance(n, int) and cand:
@@ -388,6 +406,30 @@ def _cross_key_problems(config: ConfigDict) -> list[str]:
             f"config.sampling.sde_num_steps={k} exceeds the number of candidate steps "
             f"({len(cand) if cand else max(n - 1, 1)})"
         )
+    return out
+
+
+def _clip_pair_problems(config: ConfigDict) -> list[str]:
+    """Flow-Factory's asymmetric clip pairs (algorithm.clip_bounds / adv_clip_bounds)."""
+    from ffjax.algorithms import common
+
+    out = []
+    for key, scalar, ratio in (
+        ("clip_bounds", "clip_range", True),
+        ("adv_clip_bounds", "adv_clip_max", False),
+    ):
+        pair = _get(config, f"algorithm.{key}")
+        if pair is None:
+            continue
+        try:
+            common.bounds(
+                f"config.algorithm.{key}",
+                _get(config, f"algorithm.{scalar}") or 0.0,
+                pair,
+                ratio=ratio,
+            )
+        except (ValueError, TypeError) as e:
+            out.append(str(e))
     return out
 
 
@@ -524,6 +566,12 @@ def ema_awm(config: ConfigDict) -> ConfigDict:
     e = config.ema
     e.schedule, e.start_decay, e.decay, e.ramp_epochs = "linear", 0.0, 0.3, 300
     return config
+
+
+def required_arg() -> Any:
+    """A reward arg the user must set (a weights folder): None until set, typed str so
+    `--config.rewards.<alias>.args.<key>=/path` parses; `validate` names it when unset."""
+    return config_dict.placeholder(str)
 
 
 def add_reward(

@@ -27,6 +27,10 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.clip_range = 1e-4  # eps of the PPO clip on the surrogate ratio
     c.adv_clip_max = 5.0  # advantages are clipped to [-adv_clip_max, adv_clip_max]
+    # Flow-Factory's asymmetric clip pairs (as GRPO's): () = symmetric; (lo, hi) clips the
+    # ratio to [1 + lo, 1 + hi] / the advantage to [lo, hi].
+    c.clip_bounds = ()
+    c.adv_clip_bounds = ()
     c.weighting = (
         "uniform"  # per-time weight of the matching error: uniform | t | t2 | huber | ghuber
     )
@@ -81,8 +85,15 @@ def make_loss(config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: 
     p = float(config.ghuber_p)
     if weighting == "ghuber" and p <= 0:
         raise ValueError(f"awm: ghuber_p must be > 0, got {p}")
-    eps = float(config.clip_range)
-    adv_clip_max = float(config.adv_clip_max)
+    eps = common.bounds(
+        "algorithm.clip_bounds", config.clip_range, config.get("clip_bounds", ()), ratio=True
+    )
+    adv_clip_max = common.bounds(
+        "algorithm.adv_clip_bounds",
+        config.adv_clip_max,
+        config.get("adv_clip_bounds", ()),
+        ratio=False,
+    )
     kl_beta = float(config.kl_beta)
     ema_kl_beta = float(config.ema_kl_beta)
 

@@ -24,10 +24,35 @@ def per_sample(value: jax.Array, like: jax.Array) -> jax.Array:
     return value.reshape(value.shape + (1,) * (like.ndim - 1))
 
 
-def clip_advantages(advantage: jax.Array, adv_clip_max: float) -> jax.Array:
-    """A <- clip(A, -adv_clip_max, adv_clip_max), as every reference does before the loss."""
+def clip_advantages(advantage: jax.Array, adv_clip_max: float | tuple) -> jax.Array:
+    """A <- clip(A, -adv_clip_max, adv_clip_max), as every reference does before the loss;
+    a pair (lo, hi) clips to [lo, hi] (Flow-Factory's asymmetric `adv_clip_range`)."""
+    if isinstance(adv_clip_max, (tuple, list)):
+        lo, hi = (float(v) for v in adv_clip_max)
+        return jnp.clip(jnp.asarray(advantage, jnp.float32), lo, hi)
     a = float(adv_clip_max)
     return jnp.clip(jnp.asarray(advantage, jnp.float32), -a, a)
+
+
+def bounds(name: str, symmetric: float, pair: tuple | list, *, ratio: bool) -> float | tuple:
+    """`symmetric` when `pair` is empty, else the validated pair (lo, hi) as floats.
+
+    Flow-Factory's clip pairs (X-GenGroup/Flow-Factory b30dc00
+    src/flow_factory/hparams/training_args/_base.py `_standardize_clip_range`): a scalar c
+    means (-c, c); a pair needs lo < hi. A ratio pair clips r to [1 + lo, 1 + hi], so it
+    also needs lo > -1 (a ratio bound must stay positive) and lo <= 0 <= hi (r = 1, the
+    old policy itself, is never clipped). ValueError naming `name` otherwise.
+    """
+    if not pair:
+        return float(symmetric)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be () or a pair (lo, hi), got {tuple(pair)!r}")
+    lo, hi = float(pair[0]), float(pair[1])
+    if not lo < hi:
+        raise ValueError(f"{name}=({lo}, {hi}): lo must be < hi")
+    if ratio and not (-1 < lo <= 0 <= hi):
+        raise ValueError(f"{name}=({lo}, {hi}): a ratio clip needs -1 < lo <= 0 <= hi")
+    return (lo, hi)
 
 
 def forward_noise(x0: jax.Array, noise: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -41,26 +66,39 @@ def velocity_mse(v: jax.Array, v_other: jax.Array) -> jax.Array:
     return jnp.mean(batch_mean(jnp.square(v - v_other)))
 
 
-def ppo_clip_loss(ratio: jax.Array, advantage: jax.Array, clip_range: float) -> jax.Array:
+def _ratio_interval(clip_range: float | tuple) -> tuple[float, float]:
+    """[1 - eps, 1 + eps] for a scalar eps, [1 + lo, 1 + hi] for a pair (lo, hi)."""
+    if isinstance(clip_range, (tuple, list)):
+        return 1.0 + float(clip_range[0]), 1.0 + float(clip_range[1])
+    eps = float(clip_range)
+    return 1.0 - eps, 1.0 + eps
+
+
+def ppo_clip_loss(ratio: jax.Array, advantage: jax.Array, clip_range: float | tuple) -> jax.Array:
     """Per-row PPO-clip loss (Schulman et al. 2017, eq. 7, negated to minimise):
 
-        l = max(-A r, -A clip(r, 1 - eps, 1 + eps)).
+        l = max(-A r, -A clip(r, 1 - eps, 1 + eps)),
+
+    or with Flow-Factory's asymmetric pair (lo, hi), clip(r, 1 + lo, 1 + hi).
 
     Args:
       ratio: r, float32[B].
       advantage: A, float32[B], already clipped.
-      clip_range: eps.
+      clip_range: eps, or a pair (lo, hi) (see `bounds`).
     """
-    eps = float(clip_range)
+    low, high = _ratio_interval(clip_range)
     unclipped = -advantage * ratio
-    clipped = -advantage * jnp.clip(ratio, 1.0 - eps, 1.0 + eps)
+    clipped = -advantage * jnp.clip(ratio, low, high)
     return jnp.maximum(unclipped, clipped)
 
 
-def ratio_metrics(ratio: jax.Array, log_ratio: jax.Array, clip_range: float) -> dict[str, Any]:
+def ratio_metrics(
+    ratio: jax.Array, log_ratio: jax.Array, clip_range: float | tuple
+) -> dict[str, Any]:
     """What a practitioner watches on a likelihood-ratio method (all float32 scalars).
 
-    ratio_mean / min / max of r; clipfrac = fraction of rows with |r - 1| > eps;
+    ratio_mean / min / max of r; clipfrac = fraction of rows with |r - 1| > eps (for a
+    pair (lo, hi): r outside [1 + lo, 1 + hi]);
     approx_kl = 0.5 mean((log pi_theta - log pi_old)^2), the flow_grpo estimator.
     """
     ratio = jax.lax.stop_gradient(ratio)
@@ -69,9 +107,17 @@ def ratio_metrics(ratio: jax.Array, log_ratio: jax.Array, clip_range: float) -> 
         "ratio_mean": jnp.mean(ratio),
         "ratio_min": jnp.min(ratio),
         "ratio_max": jnp.max(ratio),
-        "clipfrac": jnp.mean((jnp.abs(ratio - 1.0) > float(clip_range)).astype(jnp.float32)),
+        "clipfrac": jnp.mean(_outside(ratio, clip_range).astype(jnp.float32)),
         "approx_kl": 0.5 * jnp.mean(jnp.square(log_ratio)),
     }
+
+
+def _outside(ratio: jax.Array, clip_range: float | tuple) -> jax.Array:
+    """Rows whose ratio the clip moves (|r - 1| > eps, or r outside [1 + lo, 1 + hi])."""
+    if isinstance(clip_range, (tuple, list)):
+        low, high = _ratio_interval(clip_range)
+        return (ratio < low) | (ratio > high)
+    return jnp.abs(ratio - 1.0) > float(clip_range)
 
 
 def required(weights: Any, field: str, algorithm: str) -> Any:

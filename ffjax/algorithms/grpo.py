@@ -27,6 +27,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.adv_clip_max = 5.0  # advantages are clipped to [-adv_clip_max, adv_clip_max]
     c.kl_beta = 0.0  # weight of the KL to the reference policy (0 disables)
     c.kl_type = "x-based"  # x-based: KL of the step Gaussians (means) | v-based: velocity MSE
+    # The x-based KL's form, named for its reference (see make_loss): flow_factory (mean
+    # square of the mean difference) | flow_grpo (over 2 g^2, g its diffusion coefficient)
+    # | gaussian (the exact KL of the two step Gaussians, ffjax before issue 17).
+    c.kl_form = "flow_factory"
+    # Flow-Factory's asymmetric clip pairs; () = the symmetric (-clip_range, clip_range) /
+    # (-adv_clip_max, adv_clip_max). clip_bounds (lo, hi) clips r to [1 + lo, 1 + hi].
+    c.clip_bounds = ()
+    c.adv_clip_bounds = ()
     # Classifier-free guidance in the training forward too; only for CFG models (Qwen-Image,
     # not FLUX.1). The rollout guides either way (sampling.guidance_scale > 1 and a negative
     # prompt) and its log-probs are the old ones (Flow-GRPO, Flow-Factory). True: training
@@ -53,15 +61,26 @@ def make_loss(config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: 
     stored x_{t-1}, r = exp(log p_theta - log p_old) and A clipped to +-adv_clip_max:
 
         L = mean_i max(-A_i r_i, -A_i clip(r_i, 1 - eps, 1 + eps)) + kl_beta KL,
-        KL (x-based) = mean_i mean_d (mu_theta - mu_ref)^2 / (2 s^2)   (Flow-GRPO's KL of
-                       two Gaussian steps with the same std s, per element),
         KL (v-based) = mean_i mean_d (v_theta - v_ref)^2,
+        KL (x-based), by `kl_form`, with m_i = mean_d (mu_theta - mu_ref)^2:
+          flow_factory: mean_i m_i   (X-GenGroup/Flow-Factory a0b2bc5
+                        src/flow_factory/trainers/grpo.py, since d989587; b30dc00
+                        trainers/rl/grpo.py `_reference_kl_divergence` the same),
+          flow_grpo:    mean_i m_i / (2 g_i^2), g the diffusion coefficient that
+                        yifan123/flow_grpo's sde_step_with_logprob returns as std_dev_t
+                        (flow_grpo/diffusers_patch/sd3_sde_with_logprob.py, 54809b5;
+                        scripts/train_flux.py): g = s / sqrt(-dt) for flow_sde and
+                        dance_sde, g = s for cps (its std_dev_t is the step std),
+          gaussian:     mean_i m_i / (2 s_i^2), the exact KL of the two step Gaussians
+                        of std s (ffjax before issue 17; flow_grpo's times 1 / (-dt)).
+        The factor between the forms varies with the step, so no kl_beta converts them.
+
+    With `clip_bounds` (lo, hi) the ratio is clipped to [1 + lo, 1 + hi] and with
+    `adv_clip_bounds` (lo, hi) A to [lo, hi] (Flow-Factory's asymmetric pairs).
 
     mu_ref, v_ref from the reference weights `frozen.ref` under stop_gradient; the
     reference forward runs only when kl_beta > 0. Follows yifan123/flow_grpo
-    scripts/train_sd3.py and Flow-Factory trainers/rl/grpo.py. Note flow_grpo's code
-    divides by the diffusion coefficient squared without the step's -dt, so its KL
-    equals this one times -dt: scale kl_beta by 1/(-dt) to reuse its values.
+    scripts/train_sd3.py and Flow-Factory trainers/rl/grpo.py.
 
     Metrics: loss, policy_loss, kl (0 when kl_beta = 0), ratio_mean/min/max, clipfrac,
     approx_kl = 0.5 mean((log p_theta - log p_old)^2).
@@ -115,8 +134,18 @@ def _make(config, policy: PolicyFn, dynamics: str, *, guard: bool) -> LossFn:
     kl_type = str(config.kl_type)
     if kl_type not in _CHOICES["kl_type"]:
         raise ValueError(f"{name}: kl_type {kl_type!r}; allowed: {_CHOICES['kl_type']}")
-    eps = float(config.clip_range)
-    adv_clip_max = float(config.adv_clip_max)
+    kl_form = str(config.get("kl_form", "flow_factory"))
+    if kl_form not in _CHOICES["kl_form"]:
+        raise ValueError(f"{name}: kl_form {kl_form!r}; allowed: {_CHOICES['kl_form']}")
+    eps = common.bounds(
+        "algorithm.clip_bounds", config.clip_range, config.get("clip_bounds", ()), ratio=True
+    )
+    adv_clip_max = common.bounds(
+        "algorithm.adv_clip_bounds",
+        config.adv_clip_max,
+        config.get("adv_clip_bounds", ()),
+        ratio=False,
+    )
     kl_beta = float(config.kl_beta)
     reweight = guard and bool(config.grad_reweight)
 
@@ -164,8 +193,7 @@ def _make(config, policy: PolicyFn, dynamics: str, *, guard: bool) -> LossFn:
             if kl_type == "v-based":
                 kl = common.velocity_mse(v, v_ref)
             else:
-                per_row_kl = common.batch_mean(jnp.square(mean - mean_ref)) / (2 * safe_std**2)
-                kl = jnp.mean(jnp.where(noisy, per_row_kl, 0.0))
+                kl = x_kl(kl_form, dynamics, mean, mean_ref, std, sigma, sigma_next)
         loss = policy_loss + kl_beta * kl
 
         metrics = common.ratio_metrics(ratio, log_ratio, eps)
@@ -175,7 +203,32 @@ def _make(config, policy: PolicyFn, dynamics: str, *, guard: bool) -> LossFn:
     return loss_fn
 
 
-_CHOICES = {"kl_type": ("x-based", "v-based")}
+def x_kl(
+    kl_form: str,
+    dynamics: str,
+    mean: jax.Array,
+    mean_ref: jax.Array,
+    std: jax.Array,
+    sigma: jax.Array,
+    sigma_next: jax.Array,
+) -> jax.Array:
+    """The x-based KL of `make_loss` in form `kl_form`, float32[] (rows with s = 0: 0)."""
+    m = common.batch_mean(jnp.square(mean - mean_ref))
+    if kl_form == "flow_factory":
+        return jnp.mean(m)
+    std = jnp.asarray(std, jnp.float32).reshape(-1)
+    noisy = std > 0
+    var = jnp.where(noisy, std, 1.0) ** 2
+    if kl_form == "flow_grpo" and dynamics != "cps":
+        # g^2 = s^2 / (-dt): flow_grpo's std_dev_t has no sqrt(-dt).
+        var = var / (jnp.asarray(sigma, jnp.float32) - jnp.asarray(sigma_next, jnp.float32))
+    return jnp.mean(jnp.where(noisy, m / (2 * var), 0.0))
+
+
+_CHOICES = {
+    "kl_type": ("x-based", "v-based"),
+    "kl_form": ("flow_factory", "flow_grpo", "gaussian"),
+}
 
 registry.ALGORITHMS.register(
     "grpo",

@@ -10,7 +10,7 @@ flags, `--helpfull` every flag (absl's too), both on stdout with exit 0.
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from absl import flags
 from ml_collections import config_flags
@@ -22,6 +22,7 @@ HELPFULL_ARG = "--helpfull"
 _OVERRIDE_PREFIX = "--config."
 _prog = ["ffjax"]  # the program name `fail` writes; set by `set_prog`
 _CONFIG: dict[str, flags.FlagHolder] = {}
+_YAML: dict[str, Any] = {}  # the last Flow-Factory YAML's mapping (load_config)
 
 
 def set_prog(prog: str) -> None:
@@ -137,18 +138,58 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return rest, overrides
 
 
+def split_yaml_config(argv: list[str]) -> tuple[list[str], str | None]:
+    """Takes `--config FILE.yaml` / `--config=FILE.yaml` (also .yml) out of `argv`.
+
+    config_flags loads only Python recipes, so a Flow-Factory YAML never reaches it;
+    `load_config` maps it with `ffjax.ff_yaml` instead. Returns (rest, the YAML path or
+    None); a Python recipe stays in `rest`.
+    """
+    from ffjax import ff_yaml
+
+    rest, path = [], None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        value = arg.partition("=")[2] if arg.startswith("--config=") else None
+        if arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is not None and ff_yaml.is_yaml(value):
+            path = value
+            i += 1 if "=" in arg else 2
+            continue
+        rest.append(arg)
+        i += 1
+    return rest, path
+
+
+def yaml_mapping() -> Any:
+    """The `ffjax.ff_yaml.Mapping` of the last `load_config` given a YAML, else None."""
+    return _YAML.get("mapping")
+
+
 def load_config(
     argv: list[str], overrides: list[tuple[str, str]] = ()
 ) -> tuple[configs.ConfigDict, list[str]]:
     """Parses flags, applies `--config.*` overrides and validates.
 
-    `--config` must be defined (`define_config_flag`). Overrides found in `argv` are
-    applied after those given in `overrides`. Returns (config, remaining argv); raises
-    ConfigError (a bad override or value) or absl's flags.Error (a bad flag).
+    `--config` must be defined (`define_config_flag`). A `--config` that names a
+    Flow-Factory YAML file is mapped by `ffjax.ff_yaml` (its mapping: `yaml_mapping()`).
+    Overrides found in `argv` are applied after those given in `overrides`. Returns
+    (config, remaining argv); raises ConfigError (a bad override, value or YAML key) or
+    absl's flags.Error (a bad flag).
     """
     rest, found = split_overrides(argv)
+    rest, yaml_path = split_yaml_config(rest)
     remaining = flags.FLAGS(rest)
-    config = _CONFIG["config"].value
+    _YAML.clear()
+    if yaml_path is not None:
+        from ffjax import ff_yaml
+
+        _YAML["mapping"] = ff_yaml.load(yaml_path)
+        config = _YAML["mapping"].config
+    else:
+        config = _CONFIG["config"].value
     for key, value in [*overrides, *found]:
         configs.apply_override(config, key, value)
     return configs.validate(config), remaining

@@ -2,6 +2,7 @@
 
     python -m ffjax.train --config configs/demo.py:nft --workdir /tmp/run \
         --config.train.num_epochs=5 --config.sampling.noise_level=0.5
+    python -m ffjax.train --config flow_factory_run.yaml --check_config   # Flow-Factory YAML
 
 Overrides `--config.a.b=value` are parsed by the type of the field they set; an unknown
 key, a bad choice or a missing required value stops the run before anything is loaded,
@@ -124,7 +125,19 @@ def main(argv: list[str]) -> None:
         )
     config = _parse_flags.config
     text = configs.to_text(config)
+    mapping = common.yaml_mapping()
+    if mapping is not None:
+        from ffjax import ff_yaml
+
+        print("Flow-Factory YAML mapped to ffjax:\n" + ff_yaml.table(mapping) + "\n")
     print("resolved config:\n" + text)
+    if not _FLAGS["check_config"].value:
+        from ffjax import local_paths
+
+        try:  # a hub ID where a local folder must be: one line before anything loads
+            local_paths.check(config)
+        except FfjaxError as e:
+            fail(str(e), e.exit_code)
     if dry:
         _dry_run(config)
         return

@@ -187,16 +187,29 @@ def test_clipping_hand_computed():
     np.testing.assert_array_equal(m["kl"], 0.0)
 
 
-@pytest.mark.parametrize("kl_type", ["x-based", "v-based"])
+@pytest.mark.parametrize(
+    "kl_type,kl_form",
+    [
+        ("x-based", "flow_factory"),
+        ("x-based", "flow_grpo"),
+        ("x-based", "gaussian"),
+        ("v-based", "flow_factory"),
+    ],
+)
 @pytest.mark.parametrize("use_ref", [True, False])
-def test_kl_matches_numpy(kl_type, use_ref):
+def test_kl_matches_numpy(kl_type, kl_form, use_ref):
+    """Float64 references of the KL forms. x-based, m = mean_d (mu - mu_ref)^2:
+    flow_factory m (X-GenGroup/Flow-Factory a0b2bc5 src/flow_factory/trainers/grpo.py
+    lines 301-307); flow_grpo m / (2 g^2) with g = s / sqrt(-dt) its std_dev_t
+    (yifan123/flow_grpo 54809b5 flow_grpo/diffusers_patch/sd3_sde_with_logprob.py);
+    gaussian m / (2 s^2)."""
     base, trainable, _, ref, x_t, c, adv = _setup()
     ref = ref if use_ref else None  # None: the base model alone
     rng = np.random.default_rng(3)
     x_next = x_t + 0.2 * rng.standard_normal(x_t.shape).astype(np.float32)
     old = np.asarray(_score(trainable, base, x_t, x_next, c)[2]) - 0.01
     beta = 0.3
-    loss_fn = _loss("grpo", _config("grpo", kl_beta=beta, kl_type=kl_type))
+    loss_fn = _loss("grpo", _config("grpo", kl_beta=beta, kl_type=kl_type, kl_form=kl_form))
     loss, m = jax.jit(loss_fn)(
         trainable, Frozen(base=base, ref=ref), _batch(x_t, x_next, old, c, adv), None
     )
@@ -207,8 +220,14 @@ def test_kl_matches_numpy(kl_type, use_ref):
     v, v_ref = np_policy(tt, bb, x, s, cc), np_policy(rr, bb, x, s, cc)
     mean, std = np_flow_sde(x, v, s, sn, ETA)
     mean_ref, _ = np_flow_sde(x, v_ref, s, sn, ETA)
-    if kl_type == "x-based":
-        kl = np.mean(((mean - mean_ref) ** 2 / (2 * std**2)).mean(axis=(1, 2)))
+    sq = ((mean - mean_ref) ** 2).mean(axis=(1, 2))
+    std_row = np.broadcast_to(std, mean.shape).reshape(len(mean), -1)[:, 0]
+    if kl_type == "x-based" and kl_form == "flow_factory":
+        kl = np.mean(sq)
+    elif kl_type == "x-based" and kl_form == "flow_grpo":
+        kl = np.mean(sq / (2 * std_row**2 / (s - sn)))
+    elif kl_type == "x-based":
+        kl = np.mean(sq / (2 * std_row**2))
     else:
         kl = np.mean(((v - v_ref) ** 2).mean(axis=(1, 2)))
     ratio = np.exp(np_log_prob(x_next.astype(np.float64), mean, std) - old)
