@@ -6,12 +6,12 @@
     python -m ffjax.train ... --dry_run --dry_run_devices 8 --config.mesh.fsdp=8
     python -m ffjax.train ... --dry_run --dry_run_topology v5p:2x2x2 --config.mesh.fsdp=8
 
-Everything is built abstractly from the model's config.json files (the adapter's
-`abstract_load`; no weight is read or allocated, so FLUX.1-dev 12B dry-runs on a
-laptop): weights, LoRA adapters and the TrainState are `jax.ShapeDtypeStruct`s carrying
-the shardings the trainer gives them (`trainer._state_shardings`,
-`ffjax.parallel.sharding`). Three programs are lowered and compiled for the mesh, as
-the trainer calls them: one rollout call (`sampling.batch_size` samples, or the whole
+The run is the trainer's, built by the same builder abstractly from the model's
+config.json files (`ffjax.run.build(abstract=True)`, the adapter's `abstract_load`; no
+weight is read or allocated, so FLUX.1-dev 12B dry-runs on a laptop): weights, LoRA
+adapters and the TrainState are `jax.ShapeDtypeStruct`s carrying the shardings the
+trainer gives them. Three of the run's own jitted functions are lowered and compiled
+for the mesh, as the trainer calls them: one rollout call (`sampling.batch_size` samples, or the whole
 epoch), the VAE decode of the epoch, and one train step of `train.micro_batch_size`
 rows; XLA's `memory_analysis()` gives their per-device argument, output, alias and
 temporary bytes. `--dry_run_devices N` compiles for N CPU devices (real or fake)
@@ -42,13 +42,11 @@ with `--dry_run_topology` for TPU's.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import sys
 import time
-import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,14 +54,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffjax import configs, optim, registry, trainer
+from ffjax import configs
+from ffjax import run as run_lib
 from ffjax.algorithms.spec import Frozen
 from ffjax.flow import rollout as rollout_lib
 from ffjax.parallel import offload
-from ffjax.parallel import rows as rows_lib
 from ffjax.parallel import sharding as sharding_lib
-from ffjax.parallel.mesh import make_mesh
-from ffjax.state import TrainState, init_state
+from ffjax.stages import optimize
 
 GIB = 2**30
 # XLA's CPU backend has no bfloat16 dot: it computes them in float32, and its
@@ -323,13 +320,6 @@ def _key() -> jax.ShapeDtypeStruct:
     return jax.eval_shape(lambda: jax.random.key(0))
 
 
-def _with(tree: Any, shardings: Any) -> Any:
-    """ShapeDtypeStructs of `tree`'s leaves carrying `shardings` (same structure)."""
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
-    )
-
-
 def _rows_over_mesh(tree: Any, mesh, axis: int = 0) -> Any:
     """`tree` with axis `axis` of every leaf over the batch mesh axes (data, fsdp)."""
     spec = jax.sharding.PartitionSpec(*([None] * axis), sharding_lib.BATCH_AXES)
@@ -348,111 +338,6 @@ def _memory(compiled) -> dict[str, int | None]:
     return {k: int(getattr(m, f"{k}_size_in_bytes")) for k in names}
 
 
-def _compile(name: str, what: str, options, mesh, jitted, *args, **kwargs) -> Program:
-    t0 = time.perf_counter()
-    # Under the mesh where the trainer calls it so (rollout, train step): the models'
-    # activation constraints (`axes.constrain`, e.g. mesh.sequence) then apply.
-    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        compiled = jitted.lower(*args, **kwargs).compile(options)
-    return Program(name, what, **_memory(compiled), compile_s=time.perf_counter() - t0)
-
-
-@dataclasses.dataclass
-class _Setup:
-    """What `trainer.setup` builds, with ShapeDtypeStructs (carrying shardings) as leaves."""
-
-    config: configs.ConfigDict
-    spec: Any
-    adapter: Any
-    mesh: jax.sharding.Mesh
-    weights: dict[str, Any]
-    text: dict[str, Any] | None  # text encoder params (device 0), None if not reported
-    lora: bool
-    base: Any
-    ref: Any
-    state: TrainState
-    state_shardings: TrainState
-    optimizer: Any
-    rows: int
-
-
-def abstract_setup(config: configs.ConfigDict, devices: Sequence[Any] | None = None) -> _Setup:
-    """`trainer.setup` without loading or allocating: the same checks (ConfigErrors for
-    batch sizes, mesh sizes, algorithm needs), shardings and TrainState, from the model's
-    config.json files (the adapter's `abstract_load`)."""
-    c, t = config, config.train
-    spec = registry.ALGORITHMS.get(c.algorithm.name)
-    trainer._check_algorithm_needs(c, spec)
-    rows = trainer._check_run_shapes(c, spec, 1)  # one process holds the whole epoch
-    if spec.record == "sde_steps" and c.sampling.noise_level == 0:
-        raise configs.ConfigError(
-            f"{spec.name} trains on stochastic steps; config.sampling.noise_level=0 makes"
-            " every step deterministic (set it > 0)"
-        )
-    adapter_cls = registry.MODELS.get(c.model.name)
-    if not hasattr(adapter_cls, "abstract_load"):
-        raise configs.ConfigError(
-            f"model {c.model.name!r} cannot be dry-run: its adapter has no"
-            " abstract_load(config) (see Flux1Adapter.abstract_load)"
-        )
-    text_fn = getattr(adapter_cls, "abstract_text_encoders", None)
-    try:
-        adapter, weights = adapter_cls.abstract_load(c)
-        text = text_fn(c) if text_fn is not None else None
-    except configs.ConfigError:
-        raise
-    except (ValueError, OSError) as e:  # a missing or wrong config.json
-        raise configs.ConfigError(f"config.model.path={c.model.path}: {e}") from None
-    mesh = make_mesh(c.mesh, devices)
-    text_specs = getattr(adapter_cls, "text_encoder_specs", None)
-    if text is not None and text_specs is not None:  # as trainer.setup's place_encoders
-        ts, local = text_specs(c), rows_lib.local_mesh(mesh)
-        text = {
-            k: _with(w, sharding_lib.logical_shardings(w, ts.get(k), local))
-            for k, w in text.items()
-        }
-    specs = adapter.logical_specs() if hasattr(adapter, "logical_specs") else {}
-    weights = {
-        k: _with(w, sharding_lib.logical_shardings(w, specs.get(k), mesh))
-        for k, w in weights.items()
-    }
-    denoiser = weights[adapter.denoiser]
-    trainable_specs = specs.get(adapter.denoiser)
-    lora = t.lora_rank > 0
-    if lora:
-        from ffjax.models.lora import init_lora, lora_partition_specs
-
-        targets = tuple(t.lora_targets) or tuple(adapter.lora_targets)
-        trainable, lora_scale = jax.eval_shape(
-            lambda k: init_lora(denoiser, rank=t.lora_rank, alpha=t.lora_alpha,
-                                targets=targets, init=t.lora_init, key=k),
-            _key(),
-        )  # fmt: skip
-        scale_specs = None
-        if trainable_specs is not None:
-            trainable_specs, scale_specs = lora_partition_specs(trainable_specs, trainable)
-        scale_shardings = sharding_lib.logical_shardings(lora_scale, scale_specs, mesh)
-        base, ref = {"params": denoiser, "lora_scale": _with(lora_scale, scale_shardings)}, None
-    else:
-        trainable, base = denoiser, {}
-        ref = None
-        if trainer._has_ref_copy(c):  # setup copies it
-            shardings = jax.tree.map(lambda a: a.sharding, denoiser)
-            ref = _with(denoiser, trainer.ref_shardings(c, shardings))
-    steps_per_epoch = t.inner_epochs * rows // t.micro_batch_size
-    total_steps = max(1, t.num_epochs * steps_per_epoch // t.grad_accum_steps)
-    optimizer = optim.make_optimizer(t, total_steps)
-    ema = c.ema.decay > 0
-    state = jax.eval_shape(lambda tr: init_state(tr, optimizer, ema=ema), trainable)
-    trainer.check_offload(c, mesh)
-    state_shardings = trainer._state_shardings(
-        state, trainable_specs, optimizer, mesh, ema_offload=c.ema.offload
-    )
-    state = _with(state, state_shardings)
-    return _Setup(c, spec, adapter, mesh, weights, text, lora, base, ref, state,
-                  state_shardings, optimizer, rows)  # fmt: skip
-
-
 def _dtypes(tree: Any) -> str:
     return ", ".join(sorted({jnp.dtype(a.dtype).name for a in jax.tree.leaves(tree)}))
 
@@ -464,48 +349,49 @@ def _host_note(b: Bytes, key: str) -> str:
     return f"; {key}: in pinned host memory, {amount} per device shard"
 
 
-def _resident(su: _Setup) -> tuple[dict[str, tuple[Bytes, str]], list[str]]:
+def _resident(run: run_lib.Run) -> tuple[dict[str, tuple[Bytes, str]], list[str]]:
     """Rows for what the trainer keeps alive for the whole run, and notes."""
-    c, t = su.config, su.config.train
-    what = su.adapter.denoiser
+    c, t = run.config, run.config.train
+    what = run.adapter.denoiser
     out: dict[str, tuple[Bytes, str]] = {}
     notes = []
-    if su.lora:
-        out[f"{what} (frozen)"] = (tree_bytes(su.base), _dtypes(su.weights[what]) + " + lora_scale")
+    if run.lora:
+        out[f"{what} (frozen)"] = (tree_bytes(run.base),
+                                   _dtypes(run.weights[what]) + " + lora_scale")  # fmt: skip
     elif jnp.dtype(c.model.param_dtype) != jnp.float32:
         notes.append(
             f"full fine-tune: the loaded {c.model.param_dtype} {what} lives only while"
-            " trainer.setup makes the float32 trainable copy (not counted in the peak)"
+            " the run builder makes the float32 trainable copy (not counted in the peak)"
         )
-    for k, w in su.weights.items():
+    for k, w in run.weights.items():
         if k != what:
             out[k] = (tree_bytes(w), _dtypes(w))
-    if su.text is None:
+    if run.text is None:
         notes.append(f"text encoders of {c.model.name!r}: not reported by its adapter")
-    for k, w in (su.text or {}).items():
+    for k, w in (run.text or {}).items():
         b = tree_bytes(w)
         where = "replicated" if b.per_device == b.replicated else "sharded like the weights"
         out[k] = (b, f"{_dtypes(w)}, {where}")
-    kind = f"LoRA r={t.lora_rank}" if su.lora else "full"
-    st = su.state
+    kind = f"LoRA r={t.lora_rank}" if run.lora else "full"
+    st = run.initial
     out[f"trainable ({kind})"] = (tree_bytes(st.trainable), _dtypes(st.trainable))
     accum = f", MultiSteps x{t.grad_accum_steps} grads" if t.grad_accum_steps > 1 else ""
     out["optimizer state"] = (tree_bytes(st.opt_state), "AdamW mu, nu" + accum)
     if st.ema is not None:
         ema = tree_bytes(st.ema)
         out["EMA"] = (ema, f"decay {c.ema.decay:g}" + _host_note(ema, "ema.offload"))
-    if su.ref is not None:
-        ref = tree_bytes(su.ref)
+    if run.ref is not None:
+        ref = tree_bytes(run.ref)
         out["reference copy"] = (
-            ref, f"kl_beta > 0, {_dtypes(su.ref)}" + _host_note(ref, "train.offload_ref")
+            ref, f"kl_beta > 0, {_dtypes(run.ref)}" + _host_note(ref, "train.offload_ref")
         )  # fmt: skip
-    if su.spec.wants("needs_snapshot", c.algorithm):
+    if run.spec.wants("needs_snapshot", c.algorithm):
         out["old-policy snapshot"] = (tree_bytes(st.trainable), "copied every epoch")
     return out, notes
 
 
 @dataclasses.dataclass
-class _Epoch:
+class Epoch:
     """One epoch's abstract arrays, as `trainer.run_epoch` makes them (epoch 0)."""
 
     samples: int
@@ -520,96 +406,93 @@ class _Epoch:
     variables: Any  # the rollout's model variables
 
 
-def _epoch(su: _Setup) -> _Epoch:
-    c, m, s = su.config, su.config.model, su.config.sampling
+def abstract_epoch(run: run_lib.Run) -> Epoch:
+    """Epoch 0's arrays of `run` (abstract, with the shardings the trainer's have): the
+    conditioning and noise, the rollout's outputs and the training rows built from them
+    by the trainer's own functions."""
+    c, m, s = run.config, run.config.model, run.config.sampling
     n, h, w = c.data.prompts_per_epoch * c.data.group_size, m.height, m.width
-    cond = _rows_over_mesh(su.adapter.abstract_cond(n, h, w), su.mesh)
-    noise = jax.eval_shape(lambda k: su.adapter.init_noise(k, n, h, w), _key())
-    noise = _rows_over_mesh(noise, su.mesh)
-    sigmas = np.asarray(su.adapter.sigmas(s.num_steps, h, w), np.float32)
+    cond = _rows_over_mesh(run.adapter.abstract_cond(n, h, w), run.mesh)
+    noise = jax.eval_shape(lambda k: run.adapter.init_noise(k, n, h, w), _key())
+    noise = _rows_over_mesh(noise, run.mesh)
+    sigmas = np.asarray(run.adapter.sigmas(s.num_steps, h, w), np.float32)
     window = rollout_lib.sde_window(
-        c.seed, 0, trainer._sde_candidates(c), trainer._sde_count(c),
+        c.seed, 0, run_lib.sde_candidates(c), run_lib.sde_count(c),
         contiguous=s.sde_window == "contiguous",
     )  # fmt: skip
     levels = np.asarray(rollout_lib.noise_levels_for(s.num_steps, window, s.noise_level))
-    record = np.asarray(window, np.int32) if su.spec.record == "sde_steps" else None
-    if su.lora:
-        variables = {"params": su.base["params"], "lora": su.state.trainable,
-                     "lora_scale": su.base["lora_scale"]}  # fmt: skip
-    else:
-        variables = {"params": su.state.trainable}
-    final, traj = jax.eval_shape(
-        lambda cond, noise: rollout_lib._rollout_jit(
-            su.adapter.velocity, variables, cond, noise, sigmas, levels, jax.random.key(0),
-            record, dynamics=s.dynamics, storage_dtype=jnp.dtype(s.storage_dtype),
-            prepare_fn=getattr(su.adapter, "prepare_cond", None),
-        ), cond, noise,
-    )  # fmt: skip
-    final = _rows_over_mesh(final, su.mesh)
+    record = np.asarray(window, np.int32) if run.spec.record == "sde_steps" else None
+    variables = run.gen.variables(run.initial.trainable)
+    final, traj = run.rollout.eval_shape(variables, cond, noise, sigmas, levels, _key(), record)
+    final = _rows_over_mesh(final, run.mesh)
     if traj is not None:  # [k, B, ...]: the samples are axis 1
-        traj = traj.replace(**{f: _rows_over_mesh(getattr(traj, f), su.mesh, axis=1)
+        traj = traj.replace(**{f: _rows_over_mesh(getattr(traj, f), run.mesh, axis=1)
                                for f in ("x_t", "x_next", "log_prob")})  # fmt: skip
     # The training rows as the trainer builds them from the trajectory, with the
     # shardings XLA propagates to them (its reshapes of the sharded trajectory replicate).
-    fake_run = types.SimpleNamespace(spec=su.spec, config=c,
-                                     train_timesteps=trainer._train_timesteps(c))  # fmt: skip
     rng = np.random.default_rng(0)
     make_rows = jax.jit(
-        lambda tr: trainer._make_rows(fake_run, tr, np.zeros(n), levels, rng, sigmas)
+        lambda tr: optimize.make_rows(run.spec.record, tr, np.zeros(n), levels, rng, sigmas,
+                                      c.algorithm, run.train_timesteps)
+    )  # fmt: skip
+    rows = run_lib.with_shardings(
+        jax.eval_shape(make_rows, traj), make_rows.lower(traj).compile().output_shardings
     )
-    rows = _with(jax.eval_shape(make_rows, traj), make_rows.lower(traj).compile().output_shardings)
-    return _Epoch(n, cond, noise, final, traj, rows, sigmas, levels, record, variables)
+    return Epoch(n, cond, noise, final, traj, rows, sigmas, levels, record, variables)
 
 
 PROGRAMS = ("rollout", "decode", "train")  # what `plan` compiles, by key
 
 
-def _programs(su: _Setup, ep: _Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, Program]:
-    """Rollout call, epoch decode and train step (those in `which`), lowered and compiled
-    for the mesh."""
-    c, m, s, t = su.config, su.config.model, su.config.sampling, su.config.train
-    options = CPU_COMPILER_OPTIONS if su.mesh.devices.flat[0].platform == "cpu" else None
+def lower(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, tuple]:
+    """{key: (name, what, jax.stages.Lowered)} of the programs in `which`: one rollout
+    call, one decode call (both of `sampling.batch_size` samples, or the epoch) and one
+    train step, lowered from the run's own jitted functions (`run.rollout`,
+    `run.decode`, `run.train_step`) for the mesh."""
+    c, m, s, t = run.config, run.config.model, run.config.sampling, run.config.train
     chunk = s.batch_size or ep.samples
     take = lambda tree: _rows_over_mesh(jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct((chunk, *a.shape[1:]), a.dtype), tree), su.mesh)  # fmt: skip
+        lambda a: jax.ShapeDtypeStruct((chunk, *a.shape[1:]), a.dtype), tree), run.mesh)  # fmt: skip
     out = {}
     if "rollout" in which:
-        out["rollout"] = _compile(
-            "rollout", f"{chunk} samples x {s.num_steps} steps", options, su.mesh,
-            rollout_lib._rollout_jit,
-            su.adapter.velocity, ep.variables, take(ep.cond), take(ep.noise), ep.sigmas, ep.levels,
-            _key(), ep.record, dynamics=s.dynamics, storage_dtype=jnp.dtype(s.storage_dtype),
-            prepare_fn=getattr(su.adapter, "prepare_cond", None),
-        )  # fmt: skip
-    decode = jax.jit(su.adapter.decode, static_argnums=(2, 3))  # as trainer.setup
-    # The trainer decodes in chunks of sampling.batch_size, like the rollout.
-    final = jax.ShapeDtypeStruct((chunk, *ep.final.shape[1:]), ep.final.dtype)
-    size = f"{m.height}x{m.width}"
-    what = f"{chunk} videos {m.num_frames}x{size}" if m.num_frames > 1 else f"{chunk} images {size}"
+        out["rollout"] = ("rollout", f"{chunk} samples x {s.num_steps} steps", run.rollout.lower(
+            ep.variables, take(ep.cond), take(ep.noise), ep.sigmas, ep.levels, _key(), ep.record,
+        ))  # fmt: skip
     if "decode" in which:
-        out["decode"] = _compile(
-            "decode", what, options, None, decode, su.weights["vae"], final, m.height, m.width,
-        )  # fmt: skip
-    policy = trainer.make_policy(su.adapter, su.lora, trainer.cfg_in_train(c))
-    loss_fn = su.spec.make_loss(c.algorithm, policy, dynamics=s.dynamics)
-    ref_shardings = None if su.ref is None else jax.tree.map(lambda a: a.sharding, su.ref)
-    step = trainer._make_train_step(
-        loss_fn, su.optimizer, su.spec.record, su.mesh, su.state_shardings, ref_shardings,
-        with_expert=getattr(su.adapter, "with_expert", None),
-    )  # fmt: skip
-    # Two experts (WAN A14B): the trainer's micro-batches are one expert's rows, but for
-    # the leftovers; compile that common case.
-    experts_of = getattr(su.adapter, "experts_of", None)
-    expert = 0 if experts_of is not None and experts_of(np.ones(1)) is not None else None
-    snapshot = su.state.trainable if su.spec.wants("needs_snapshot", c.algorithm) else None
-    frozen = Frozen(base=su.base, ref=su.ref, ema=None, snapshot=snapshot)
-    samples = {"cond": ep.cond, "x0": ep.final}
-    idx = jax.ShapeDtypeStruct((t.micro_batch_size,), jnp.int32)
+        # The trainer decodes in chunks of sampling.batch_size, like the rollout.
+        final = jax.ShapeDtypeStruct((chunk, *ep.final.shape[1:]), ep.final.dtype)
+        size = f"{m.height}x{m.width}"
+        what = (f"{chunk} videos {m.num_frames}x{size}" if m.num_frames > 1
+                else f"{chunk} images {size}")  # fmt: skip
+        out["decode"] = ("decode", what,
+                         run.decode.lower(run.weights["vae"], final, m.height, m.width))  # fmt: skip
     if "train" in which:
-        out["train"] = _compile(
-            "train step", f"{t.micro_batch_size} rows", options, su.mesh, step,
-            su.state, frozen, samples, ep.rows, idx, _key(), _key(), expert=expert,
-        )  # fmt: skip
+        # Two experts (WAN A14B): the trainer's micro-batches are one expert's rows, but
+        # for the leftovers; compile that common case.
+        experts_of = getattr(run.adapter, "experts_of", None)
+        expert = 0 if experts_of is not None and experts_of(np.ones(1)) is not None else None
+        st = run.initial
+        snapshot = st.trainable if run.spec.wants("needs_snapshot", c.algorithm) else None
+        frozen = Frozen(base=run.base, ref=run.ref, ema=None, snapshot=snapshot)
+        samples = {"cond": ep.cond, "x0": ep.final}
+        idx = jax.ShapeDtypeStruct((t.micro_batch_size,), jnp.int32)
+        out["train"] = ("train step", f"{t.micro_batch_size} rows", run.train_step.lower(
+            st, frozen, samples, ep.rows, idx, _key(), _key(), expert=expert,
+        ))  # fmt: skip
+    return out
+
+
+def _programs(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, Program]:
+    """The programs of `lower`, compiled; XLA's memory analysis of each."""
+    options = CPU_COMPILER_OPTIONS if run.mesh.devices.flat[0].platform == "cpu" else None
+    out = {}
+    for key in PROGRAMS:
+        if key not in which:
+            continue
+        t0 = time.perf_counter()
+        ((name, what, lowered),) = lower(run, ep, (key,)).values()
+        compiled = lowered.compile(options)
+        out[key] = Program(name, what, **_memory(compiled), compile_s=time.perf_counter() - t0)
     return out
 
 
@@ -622,29 +505,30 @@ def plan(
 ) -> Report:
     """The dry run of `config` on `devices` (default: every visible device).
 
-    Mirrors `trainer.setup` and one `trainer.run_epoch` with abstract values. With
+    The run is the trainer's, built abstractly (`ffjax.run.build(abstract=True)`); the
+    programs are its own jitted functions, lowered for one epoch's abstract arrays. With
     `compile=False` only the resident and epoch bytes are computed; `programs` (keys of
     `PROGRAMS`) chooses which programs are compiled.
     """
     unknown = sorted(set(programs) - set(PROGRAMS))
     if unknown:
         raise ValueError(f"unknown programs {unknown}; choose from {PROGRAMS}")
-    su = abstract_setup(config, devices)
-    resident, notes = _resident(su)
-    ep = _epoch(su)
+    run = run_lib.build(config, devices, abstract=True)
+    resident, notes = _resident(run)
+    ep = abstract_epoch(run)
     storage = jnp.dtype(config.sampling.storage_dtype).name
     epoch = {
         "inputs": (tree_bytes((ep.cond, ep.noise)), f"{ep.samples} samples: conditioning + noise"),
         "outputs": (tree_bytes((ep.final, ep.traj)), "final latents + recorded trajectory"),
-        "training rows": (tree_bytes(ep.rows), f"{su.rows} rows, {storage} latents"),
+        "training rows": (tree_bytes(ep.rows), f"{run.rows_per_epoch} rows, {storage} latents"),
     }
-    programs = _programs(su, ep, programs) if compile else {}
+    programs = _programs(run, ep, programs) if compile else {}
     m = config.model
-    platform = su.mesh.devices.flat[0].platform
-    kind = f"LoRA r={config.train.lora_rank}" if su.lora else "full fine-tune"
-    report = Report(f"{m.name} {m.path}, {kind}, {su.spec.name}, {m.height}x{m.width},"
-                    f" param_dtype={m.param_dtype}", dict(su.mesh.shape), platform,
-                    su.mesh.devices.size, resident, epoch, programs, notes)  # fmt: skip
+    platform = run.mesh.devices.flat[0].platform
+    kind = f"LoRA r={config.train.lora_rank}" if run.lora else "full fine-tune"
+    report = Report(f"{m.name} {m.path}, {kind}, {run.spec.name}, {m.height}x{m.width},"
+                    f" param_dtype={m.param_dtype}", dict(run.mesh.shape), platform,
+                    run.mesh.devices.size, resident, epoch, programs, notes)  # fmt: skip
     notes.append(
         f"compiled for {platform}, attention={m.attention}, remat={m.remat}, dtype={m.dtype};"
         " another backend fuses and picks kernels differently"

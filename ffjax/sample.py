@@ -38,23 +38,17 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from absl import app, flags, logging
 
-from ffjax import configs
+from ffjax import configs, run_folder
 from ffjax import train as train_cli
+from ffjax.run_folder import WEIGHTS
+from ffjax.run_folder import RunFolderError as SampleError  # what the CLI reports, exit 2
 
-WEIGHTS = ("ema", "current", "base")
 GRID_MAX_IMAGES = 64  # grid.png shows at most this many images (the first ones)
-# Config keys that shape the restored weights; named when a checkpoint does not fit.
-_MODEL_KEYS = ("model.", "train.lora_", "ema.decay")
 
 _FLAGS: dict[str, flags.FlagHolder] = {}
-
-
-class SampleError(RuntimeError):
-    """A bad argument or an unusable checkpoint; the message is the whole story."""
 
 
 def _define_flags() -> None:
@@ -102,165 +96,6 @@ def load_sample_prompts(spec: str):
         return load_prompts(spec, "train")
 
 
-def locate_checkpoint(path: str | os.PathLike) -> tuple[Path, int | None]:
-    """(run workdir, epoch or None for the latest) of a `--checkpoint` argument."""
-    p = Path(path).expanduser().resolve()
-    if not p.is_dir():
-        raise SampleError(f"checkpoint folder {p} does not exist")
-    if p.name.isdigit() and p.parent.name == "checkpoints":
-        return p.parent.parent, int(p.name)
-    if p.name == "checkpoints":
-        return p.parent, None
-    if not (p / "checkpoints").is_dir():
-        raise SampleError(
-            f"no checkpoint in {p}: expected a run's workdir (holding checkpoints/),"
-            " WORKDIR/checkpoints or WORKDIR/checkpoints/<epoch>"
-        )
-    return p, None
-
-
-def _read_config_text(path: str) -> dict[str, str]:
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return dict(line.split(" = ", 1) for line in f.read().splitlines() if " = " in line)
-
-
-def _model_differences(config: configs.ConfigDict, config_file: str) -> list[str]:
-    """'key: checkpoint value -> this config's value' for the keys that shape the weights."""
-    old = _read_config_text(config_file)
-    if not old:
-        return []
-    new = dict(line.split(" = ", 1) for line in configs.to_text(config).splitlines())
-    keys = sorted(k for k in set(old) | set(new) if k.startswith(_MODEL_KEYS))
-    return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k)]
-
-
-def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """'trainable.fc1.a' -> shape for every leaf (the names Orbax gives saved leaves)."""
-    import jax
-
-    def name(path) -> str:
-        keys = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
-        return ".".join(map(str, keys))
-
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {name(path): tuple(leaf.shape) for path, leaf in flat}
-
-
-def _saved_shapes(directory: str, epoch: int) -> dict[str, tuple[int, ...]]:
-    """Leaf shapes of checkpoint `epoch` from its metadata, reading no array."""
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(
-        directory,
-        item_handlers=ocp.StandardCheckpointHandler(),
-        options=ocp.CheckpointManagerOptions(create=False),
-    )
-    try:
-        return _leaf_shapes(manager.item_metadata(epoch))
-    finally:
-        manager.close()
-
-
-def _shape_mismatch(saved: dict, model: dict) -> str:
-    """The first leaves whose presence or shape differs (EMA leaves aside)."""
-    names = sorted(
-        (k for k in set(saved) | set(model) if not k.startswith("ema.")),
-        key=lambda k: (not k.startswith("trainable."), k),  # the weights first
-    )
-    bad = [k for k in names if saved.get(k) != model.get(k)]
-    shown = [f"{k} is {saved.get(k, 'absent')} in the checkpoint, {model.get(k, 'absent')}"
-             f" in the model" for k in bad[:2]]  # fmt: skip
-    more = f" (+{len(bad) - 2} more)" if len(bad) > 2 else ""
-    return "; ".join(shown) + more
-
-
-def restore(run, path: str | os.PathLike) -> tuple[Any, str]:
-    """(TrainState, checkpoint folder) of `--checkpoint` for the model of `run`.
-
-    The state is restored like `run.initial`; a checkpoint written with the EMA on
-    while this config has it off (or the reverse) is restored with its own layout.
-    Leaf names and shapes are compared from the metadata first, so a checkpoint of
-    another model is refused before any array is read.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from ffjax.checkpoint import Checkpointer
-
-    workdir, epoch = locate_checkpoint(path)
-    ckpt = Checkpointer(workdir, every=0, keep=1)  # never saves, so never deletes
-    try:
-        epoch = ckpt.latest() if epoch is None else epoch
-        if epoch is None:
-            raise SampleError(f"no checkpoint in {ckpt.directory} (no finished epoch saved)")
-        folder = os.path.join(ckpt.directory, str(epoch))
-        try:
-            saved = _saved_shapes(ckpt.directory, epoch)
-        except Exception as e:  # Orbax raises many kinds; the reason is in the message
-            raise SampleError(f"cannot read checkpoint {folder}: {_first_line(e)}") from None
-        diffs = _model_differences(run.config, os.path.join(ckpt.directory, "config.txt"))
-        detail = f"; differences (checkpoint -> config): {', '.join(diffs[:6])}" if diffs else ""
-        like = run.initial
-        other = like.replace(
-            ema=None if like.ema is not None else jax.tree.map(jnp.copy, like.trainable)
-        )
-        for target in (like, other):
-            if _leaf_shapes(target) == saved:
-                if diffs:  # it fits, but e.g. another lora_alpha changes what it means
-                    logging.warning("--config differs from the checkpoint's run%s", detail)
-                return ckpt.restore(epoch, target), folder
-        c = run.config
-        raise SampleError(
-            f"checkpoint {folder} does not fit model {c.model.name!r} (model.path="
-            f"{c.model.path!r}, train.lora_rank={c.train.lora_rank}) of --config: "
-            f"{_shape_mismatch(saved, _leaf_shapes(like))}{detail}"
-        )
-    finally:
-        ckpt.close()
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else repr(e)
-
-
-def pick_weights(run, state, which: str | None) -> tuple[Any, str]:
-    """(trainable weights to sample with, their name) for `--weights`."""
-    import jax
-    import jax.numpy as jnp
-
-    from ffjax import trainer
-
-    if which == "base" or state is None:
-        # LoRA: zero adapters give exactly the frozen model (x W + 0); full: pretrained.
-        if run.lora:
-            return jax.tree.map(jnp.zeros_like, run.initial.trainable), "base"
-        return run.initial.trainable, "base"
-    if which == "ema" and state.ema is None:
-        raise SampleError(
-            "the checkpoint has no EMA weights (trained with ema.decay=0); use --weights current"
-        )
-    if which == "current" or state.ema is None:
-        return state.trainable, "current"
-    return trainer.device_copy(state.ema), "ema"  # an offloaded EMA comes to the devices
-
-
-def image_noise(adapter, seed: int, index, k, height: int, width: int):
-    """Initial noise of images (index[j], k[j]): one key per image (module docstring)."""
-    import jax
-    import jax.numpy as jnp
-
-    root = jax.random.key(seed)
-
-    def one(i, j):
-        key = jax.random.fold_in(jax.random.fold_in(root, i), j)
-        return adapter.init_noise(key, 1, height, width)[0]
-
-    return jax.vmap(one)(jnp.asarray(index, jnp.uint32), jnp.asarray(k, jnp.uint32))
-
-
 # --------------------------------------------------------------------------- sampling
 
 
@@ -273,10 +108,7 @@ def _inputs(checkpoint: str | None, prompts: str, out: Path, weights: str | None
     if checkpoint is None and weights != "base":
         raise SampleError("--checkpoint is required (except with --weights base)")
     if checkpoint is not None and weights != "base":
-        workdir, epoch = locate_checkpoint(checkpoint)  # fail before loading the model
-        folder = workdir / "checkpoints"  # Orbax names a finished epoch's folder its number
-        if epoch is None and not any(p.name.isdigit() for p in folder.iterdir()):
-            raise SampleError(f"no checkpoint in {folder} (no finished epoch saved)")
+        run_folder.check_has_checkpoint(checkpoint)  # fail before loading the model
     try:
         prompt_set = load_sample_prompts(prompts)
     except (FileNotFoundError, ValueError) as e:
@@ -293,22 +125,14 @@ def _agreed(fn, *args):
     """`fn(*args)` on every process, which then all raise if it raised on any: its own
     error where it did, SampleError naming the first failed process and its message
     elsewhere, so that none goes on into a collective that a process which quit will
-    never join. A collective (one all-gather); `fn` must contain none."""
+    never join (`rows.on_every_process`); `fn` must contain no collective."""
     from ffjax.parallel import rows as rows_lib
 
-    result, error, mine = None, None, ""
-    try:
-        result = fn(*args)
-    except Exception as e:  # any kind: the others must hear of it, then it is re-raised
-        error, mine = e, _first_line(e) if isinstance(e, SampleError) else repr(e)
-    messages = rows_lib.process_messages(mine)
-    if error is not None:
-        raise error
-    failed = [(p, m) for p, m in enumerate(messages) if m]
-    if failed:
-        p, message = failed[0]
-        raise SampleError(f"process {p}: {message}")
-    return result
+    return rows_lib.on_every_process(
+        lambda: fn(*args),
+        lambda p, message: SampleError(f"process {p}: {message}"),
+        lambda e: run_folder.first_line(e) if isinstance(e, SampleError) else repr(e),
+    )
 
 
 def _call_rows(n: int, batch_size: int, mesh) -> int:
@@ -342,17 +166,22 @@ def sample(
     process 0 gathers the images and alone writes the files, the same files as one
     process on the same mesh.
 
+    The run is inference-only (`ffjax.run.build(training=False)`): no optimizer, no
+    training prompts, no reward (a remote reward's server need not be up), and only the
+    checkpoint's weights (not its optimizer state) are read.
+
     Raises SampleError for unusable arguments, prompts or checkpoints (ConfigError /
-    FileNotFoundError from `trainer.setup` for an unusable config).
+    FileNotFoundError from `ffjax.run.build` for an unusable config).
     """
     import jax
     import numpy as np
     from tqdm.auto import tqdm
 
-    from ffjax import trainer
+    from ffjax import run as run_lib
     from ffjax.logging import image_grid, save_grid
     from ffjax.parallel import rows as rows_lib
     from ffjax.parallel.mesh import maybe_initialize_distributed
+    from ffjax.stages import generate
 
     t0 = time.perf_counter()
     maybe_initialize_distributed()  # a no-op unless this is one process of a multi-host job
@@ -360,14 +189,14 @@ def sample(
     prompt_set = _agreed(_inputs, checkpoint, prompts, out, weights)
     writer = jax.process_index() == 0
     # The run samples each call whole (`_call_rows` makes the calls); sampling.batch_size
-    # of a training epoch, checked by `setup`, has no meaning here.
+    # of a training epoch has no meaning here.
     run_config = config.copy_and_resolve_references()
     run_config.sampling.batch_size = 0
-    run = trainer.setup(run_config, training=False)
+    run = run_lib.build(run_config, training=False)  # inference only: no optimizer, rewards
     state, source = None, "the pretrained model"
     if weights != "base":
-        state, source = restore(run, checkpoint)
-    params, used = pick_weights(run, state, weights)
+        state, source = run_folder.restore_weights(run, checkpoint)
+    params, used = run_folder.pick_weights(run, state, weights)
 
     c, m = run.config, run.config.model
     seed = c.seed if seed is None else seed
@@ -388,16 +217,13 @@ def sample(
         # Pad the last batch to the batch size: one compiled shape for every batch.
         padded = chunk + [chunk[-1]] * (batch - len(chunk))
         index, k = np.asarray(padded[blocks.local]).T  # this process's rows
-        cond = trainer.encode_prompts(
-            run.adapter, [prompt_set.prompts[i] for i in index], m.height, m.width,
-            [prompt_set.metadata[i] for i in index],
+        noise = generate.image_noise(run.adapter, seed, index, k, m.height, m.width)
+        noise = rows_lib.put_rows(noise, run.mesh, blocks)
+        made = generate.generate(
+            run.gen, params, [prompt_set.prompts[i] for i in index],
+            [prompt_set.metadata[i] for i in index], noise, sigmas, levels, jax.random.key(seed),
         )  # fmt: skip
-        noise = image_noise(run.adapter, seed, index, k, m.height, m.width)
-        cond, noise = rows_lib.put_rows((cond, noise), run.mesh, blocks)
-        final, _ = trainer._sample(
-            run, params, cond, noise, sigmas, levels, jax.random.key(seed), None
-        )
-        images = rows_lib.gather_rows(trainer._decode(run, final), blocks, len(chunk))
+        images = rows_lib.gather_rows(made.images, blocks, len(chunk))
         if not writer:
             continue
         for (i, j), image in zip(chunk, images, strict=True):

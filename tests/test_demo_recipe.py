@@ -8,6 +8,7 @@ import pytest
 
 from configs import demo
 from ffjax import configs, registry, trainer
+from ffjax import run as run_lib
 from ffjax.logging import read_metrics
 
 
@@ -15,7 +16,7 @@ from ffjax.logging import read_metrics
 def test_every_variant_validates_and_divides_into_steps(variant):
     c = configs.validate(demo.get_config(variant))
     spec = registry.ALGORITHMS.get(c.algorithm.name)
-    assert trainer._check_run_shapes(c, spec, 1) % c.train.micro_batch_size == 0
+    assert run_lib.check_run_shapes(c, spec, 1) % c.train.micro_batch_size == 0
 
 
 # The default recipe (GRPO) only: the NFT and AWM trainers run on the same FLUX adapter in

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from ffjax import configs, dry_run, trainer
+from ffjax import run as run_lib
 from tests import flux_dev_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,37 @@ def test_demo_bytes_equal_the_loaded_model_and_state(full):
     assert b.count - lora_scale // 4 == sum(a.size for a in loaded)
 
 
+def test_the_dry_run_lowers_the_programs_the_trainer_runs():
+    """The dry run lowers the trainer's own rollout and train step (one builder, no second
+    copy): their program text for the abstract run equals that of the trainer's first
+    call of each in a real epoch."""
+    config = _demo()
+    run = run_lib.build(config)
+    seen = {}
+
+    class Seen(Exception):  # the first train step is lowered: the epoch need not go on
+        pass
+
+    def spy(name, fn):
+        def call(*args, **kwargs):
+            seen.setdefault(name, fn.lower(*args, **kwargs).as_text())
+            if name == "train":
+                raise Seen
+            return fn(*args, **kwargs)
+
+        return call
+
+    run.gen = dataclasses.replace(run.gen, rollout=spy("rollout", run.gen.rollout))
+    run.train_step = spy("train", run.train_step)
+    with pytest.raises(Seen):
+        trainer.run_epoch(run, run.initial)
+    plan = run_lib.build(config, abstract=True)
+    lowered = dry_run.lower(plan, dry_run.abstract_epoch(plan), ("rollout", "train"))
+    assert set(seen) == set(lowered) == {"rollout", "train"}
+    for name, (_, _, program) in lowered.items():
+        assert program.as_text() == seen[name], name
+
+
 def test_demo_compiles_and_reports():
     config = _demo()
     report = dry_run.plan(config)
@@ -129,7 +161,9 @@ _EIGHT = textwrap.dedent(
     import jax.numpy as jnp
     import numpy as np
     from ffjax import dry_run, trainer
+    from ffjax import run as run_lib
     from ffjax.flow import rollout
+    from ffjax.stages import generate, optimize
     from ffjax.parallel import sharding
     from tests.test_dry_run import _demo, device0_bytes
 
@@ -157,11 +191,12 @@ _EIGHT = textwrap.dedent(
     noise = run.adapter.init_noise(jax.random.key(0), n, m.height, m.width)
     cond, noise = jax.device_put((cond, noise), sharding.batch_shardings((cond, noise), run.mesh))
     sigmas = run.adapter.sigmas(c.sampling.num_steps, m.height, m.width)
-    window = rollout.sde_window(c.seed, 0, trainer._sde_candidates(c), trainer._sde_count(c))
+    window = rollout.sde_window(c.seed, 0, run_lib.sde_candidates(c), run_lib.sde_count(c))
     levels = rollout.noise_levels_for(c.sampling.num_steps, window, c.sampling.noise_level)
-    final, traj = trainer._sample(run, run.initial.trainable, cond, noise, sigmas, levels,
-                                  jax.random.key(1), window)
-    rows = trainer._make_rows(run, traj, np.zeros(n), levels, np.random.default_rng(0), sigmas)
+    final, traj, _ = generate.rollout_and_decode(run.gen, run.initial.trainable, cond, noise,
+                                                 sigmas, levels, jax.random.key(1), window)
+    rows = optimize.make_rows(run.spec.record, traj, np.zeros(n), levels,
+                              np.random.default_rng(0), sigmas, c.algorithm, run.train_timesteps)
     out["real_epoch"] = {"inputs": device0_bytes((cond, noise)),
                          "outputs": device0_bytes((final, traj)),
                          "training rows": device0_bytes(rows)}

@@ -8,8 +8,8 @@ steps, checkpoints and resume, and show in the dry run as host bytes, not device
 import jax
 import pytest
 
-from ffjax import configs, dry_run, trainer
-from ffjax import sample as sample_lib
+from ffjax import configs, dry_run, run_folder, trainer
+from ffjax import run as run_lib
 from ffjax.parallel import offload
 from tests.test_dry_run import _demo
 from tests.toy_model import toy_config
@@ -66,8 +66,8 @@ def test_offloaded_weights_stay_in_host_memory(tmp_path):
     assert _kinds(ema) == {offload.HOST}
     state, _, _ = trainer.run_epoch(run, state)
     assert _kinds(state.ema) == {offload.HOST} and _kinds(run.ref) == {offload.HOST}
-    assert _kinds(trainer.device_copy(state.ema)) == {"device"}
-    weights, name = sample_lib.pick_weights(run, state, "ema")  # ffjax.sample --weights ema
+    assert _kinds(run_lib.device_copy(state.ema)) == {"device"}
+    weights, name = run_folder.pick_weights(run, state, "ema")  # ffjax.sample --weights ema
     assert name == "ema" and _kinds(weights) == {"device"}
 
 

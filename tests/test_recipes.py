@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ffjax import configs, ema, registry, trainer
+from ffjax import configs, ema, registry
+from ffjax import run as run_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 # recipe -> (algorithm, optimizer steps per epoch in its references)
@@ -63,8 +64,8 @@ def test_validates_once_paths_are_set(name, variant):
 def test_epoch_divides_into_reference_optimizer_steps(name, variant):
     config = _with_paths(MODULES[name].get_config(variant))
     spec = registry.ALGORITHMS.get(config.algorithm.name)
-    rows = trainer._check_run_shapes(config, spec, 1)  # raises when the sizes do not divide
-    trainer._check_algorithm_needs(config, spec)  # e.g. NFT's EMA old policy is on
+    rows = run_lib.check_run_shapes(config, spec, 1)  # raises when the sizes do not divide
+    run_lib.check_algorithm_needs(config, spec)  # e.g. NFT's EMA old policy is on
     t = config.train
     assert rows // (t.micro_batch_size * t.grad_accum_steps) == RECIPES[name][1]
     assert config.sampling.noise_level > 0 or spec.record != "sde_steps"

@@ -1,5 +1,6 @@
 """`python -m ffjax.sample` on checkpoints of the toy model: outputs, weights, errors."""
 
+import dataclasses
 import json
 import runpy
 import subprocess
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ffjax import configs, trainer
 from ffjax import sample as sample_lib
-from ffjax import trainer
 from ffjax.checkpoint import Checkpointer
+from ffjax.stages import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,8 +93,10 @@ def test_samples_files_and_in_process_equality(runs):
     cond = run.adapter.encode_prompts(prompts, m.height, m.width)
     sigmas = run.adapter.sigmas(config.sampling.eval_num_steps, m.height, m.width)
     levels = np.zeros(config.sampling.eval_num_steps, np.float32)
-    final, _ = trainer._sample(run, state.ema, cond, noise, sigmas, levels, jax.random.key(5), None)
-    np.testing.assert_array_equal(_images(out, 4, 2), trainer._decode(run, final))
+    gen = dataclasses.replace(run.gen, batch_size=0)
+    _, _, images = generate.rollout_and_decode(gen, state.ema, cond, noise, sigmas, levels,
+                                               jax.random.key(5))  # fmt: skip
+    np.testing.assert_array_equal(_images(out, 4, 2), images)
     # Sampling deletes no checkpoint (its Checkpointer never saves).
     assert sorted(p.name for p in (root / "run" / "checkpoints").iterdir())[:2] == ["1", "2"]
 
@@ -157,3 +161,22 @@ def test_errors_exit_2_with_one_line(runs):
     # An EMA config on a checkpoint without EMA restores it and samples the current weights.
     summary = sample_lib.sample(config, checkpoint=str(root / "noema"), **kw)
     assert "with the current weights of" in summary and "noema/checkpoints/1" in summary
+
+
+def test_sampling_needs_no_reward(runs, tmp_path):
+    """An inference-only run: a recipe whose remote reward server is down (a closed
+    port) samples all the same, and reads no training prompt."""
+    root, _, get_config = runs
+    config = get_config()
+    config.rewards = configs.ConfigDict()
+    down = dict(name="remote", url="http://127.0.0.1:9", retries=0)
+    configs.add_reward(config, "srv", **down)
+    configs.add_reward(config, "srv", section="eval_rewards", **down)
+    configs.validate(config)
+    with pytest.raises(trainer.TrainingError, match=r"^reward 'srv': "):  # training needs it
+        trainer.setup(config)
+    config.data.path = str(tmp_path / "no_such_prompts")  # training prompts are not read
+    summary = sample_lib.sample(config, checkpoint=str(root / "run"),
+                                prompts=str(root / "prompts"), out=tmp_path / "out",
+                                progress=False)  # fmt: skip
+    assert "wrote 4 images (4 prompts x 1) with the ema weights of" in summary

@@ -3,12 +3,14 @@
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 
 from ffjax import configs, trainer
 from ffjax.algorithms.spec import REQUIRED_METRICS
 from ffjax.logging import read_metrics
+from ffjax.stages import generate
 from tests.toy_model import toy_config
 
 EPOCH_KEYS = (
@@ -209,10 +211,15 @@ def test_decode_runs_in_chunks_of_the_rollout_batch(tmp_path):
         calls.append(x.shape[0])
         return run.decode(vae, x, h, w)
 
-    latents = jnp.linspace(-1, 1, 10 * 16, dtype=jnp.float32).reshape(10, 16)
-    images = trainer._decode(dataclasses.replace(run, decode=spy), latents)
+    noise = jnp.linspace(-1, 1, 10 * 16, dtype=jnp.float32).reshape(10, 16)
+    cond = run.adapter.encode_prompts([f"p{i}" for i in range(10)], 8, 8)
+    sigmas = run.adapter.sigmas(2, 8, 8)
+    final, _, images = generate.rollout_and_decode(
+        dataclasses.replace(run.gen, decode=spy), run.initial.trainable, cond, noise, sigmas,
+        np.zeros(2, np.float32), jax.random.key(0),
+    )  # fmt: skip
     assert calls == [4, 4, 2]
-    np.testing.assert_array_equal(images, np.asarray(run.decode(run.weights["vae"], latents, 8, 8)))
+    np.testing.assert_array_equal(images, np.asarray(run.decode(run.weights["vae"], final, 8, 8)))
 
 
 def test_stage_progress_bars_change_nothing(tmp_path, capsys):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ffjax import configs, dry_run, registry, trainer
+from ffjax import run as run_lib
 from tests.tiny_qwen_image_pipeline import build_qwen_image_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -45,7 +46,7 @@ def test_variants_validate_and_divide_into_two_optimizer_steps(variant):
     c.model.path, c.data.path = "/data/Qwen-Image", "/data/pickscore"
     configs.validate(c)
     spec = registry.ALGORITHMS.get(c.algorithm.name)
-    rows = trainer._check_run_shapes(c, spec, 1)
+    rows = run_lib.check_run_shapes(c, spec, 1)
     assert rows // (c.train.micro_batch_size * c.train.grad_accum_steps) == 2
     assert c.model.name == "qwen-image" and c.sampling.guidance_scale > 1
     assert c.algorithm.cfg_in_train  # the training forward guides like the rollout
@@ -91,16 +92,16 @@ def test_cfg_in_train_false_trains_the_conditional_pass_alone(monkeypatch):
     v = {}
     for cfg in (True, False):
         calls.clear()
-        v[cfg] = trainer.make_policy(adapter, False, cfg)(params, {}, x, sigma, guided)
+        v[cfg] = run_lib.make_policy(adapter, False, cfg)(params, {}, x, sigma, guided)
         assert len(calls) == (2 if cfg else 1)
     np.testing.assert_array_equal(v[False], adapter.velocity({"params": params}, x, sigma, plain))
     assert np.abs(v[True] - v[False]).max() > 0.1 * np.abs(v[True]).max()  # CFG matters here
 
     grpo = _recipe().get_config("tiny")
-    assert trainer.cfg_in_train(grpo)
+    assert run_lib.cfg_in_train(grpo)
     grpo.algorithm.cfg_in_train = False
-    assert not trainer.cfg_in_train(grpo)
-    assert trainer.cfg_in_train(_recipe("awm").get_config("tiny"))  # AWM has no such key
+    assert not run_lib.cfg_in_train(grpo)
+    assert run_lib.cfg_in_train(_recipe("awm").get_config("tiny"))  # AWM has no such key
 
 
 def test_cfg_in_train_false_starts_with_the_ratio_off_one(tmp_path):

@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from ffjax import configs, dry_run, registry, sample, trainer
+from ffjax import run as run_lib
+from ffjax.stages import optimize
 from tests.tiny_wan_pipeline import build_wan_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -55,7 +57,7 @@ def test_variants_validate_and_divide_into_optimizer_steps(algorithm, variant, s
     c.model.path, c.data.path = "/data/Wan2.1-T2V-14B-Diffusers", "/data/pickscore"
     configs.validate(c)
     spec = registry.ALGORITHMS.get(c.algorithm.name)
-    rows = trainer._check_run_shapes(c, spec, 1)
+    rows = run_lib.check_run_shapes(c, spec, 1)
     assert rows // (c.train.micro_batch_size * c.train.grad_accum_steps) == steps
     assert c.model.name == "wan2-t2v" and (c.model.num_frames - 1) % 4 == 0
 
@@ -131,7 +133,7 @@ def test_micro_batches_of_one_expert():
     rng = np.random.default_rng(0)
     order = rng.permutation(20).astype(np.int32)
     row_expert = (np.arange(20) % 3 == 0).astype(np.int32)  # 7 rows of expert 1, 13 of 0
-    batches = trainer._micro_batches(order, 4, row_expert, np.random.default_rng(1))
+    batches = optimize.micro_batches(order, 4, row_expert, np.random.default_rng(1))
     assert sorted(np.concatenate([b for b, _ in batches]).tolist()) == list(range(20))
     assert all(len(b) == 4 for b, _ in batches)
     kinds = sorted(str(e) for _, e in batches)
@@ -139,7 +141,7 @@ def test_micro_batches_of_one_expert():
     for part, e in batches:
         if e is not None:
             assert set(row_expert[part]) == {e}
-    plain = trainer._micro_batches(order, 4, None, rng)
+    plain = optimize.micro_batches(order, 4, None, rng)
     assert [e for _, e in plain] == [None] * 5 and np.array_equal(plain[1][0], order[4:8])
 
 

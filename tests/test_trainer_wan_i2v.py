@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from ffjax import configs, trainer
+from ffjax.stages import generate
 from tests.tiny_wan_i2v_pipeline import build_wan_i2v_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -55,8 +56,8 @@ def test_encode_prompts_passes_metadata_only_when_wanted():
         def encode_prompts(self, prompts, height, width, metadata=None):
             calls.append(("wants", prompts, metadata))
 
-    trainer.encode_prompts(Plain(), ["a"], 8, 8, [{"image": "x"}])
-    trainer.encode_prompts(Wants(), ["a"], 8, 8, [{"image": "x"}])
+    generate.encode_prompts(Plain(), ["a"], 8, 8, [{"image": "x"}])
+    generate.encode_prompts(Wants(), ["a"], 8, 8, [{"image": "x"}])
     assert calls == [("plain", ["a"]), ("wants", ["a"], [{"image": "x"}])]
 
 

@@ -45,10 +45,11 @@ class Latency:
 def run(async_rewards, epochs, batch_size, workers, workdir, latency_ms=0.0):
     from configs import demo
     from ffjax import configs, trainer
+    from ffjax.stages import score
 
     if latency_ms:
-        build = trainer._build_rewards
-        trainer._build_rewards = lambda section: {
+        build = score.build_rewards
+        score.build_rewards = lambda section: {
             a: (Latency(r, latency_ms / 1e3), w) for a, (r, w) in build(section).items()
         }
 
@@ -66,7 +67,7 @@ def run(async_rewards, epochs, batch_size, workers, workdir, latency_ms=0.0):
         return trainer.train(c, os.path.join(workdir, f"async_{async_rewards}"), progress=False)
     finally:
         if latency_ms:
-            trainer._build_rewards = build
+            score.build_rewards = build
 
 
 def main(argv=None) -> None:

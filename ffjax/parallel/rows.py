@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -247,3 +247,33 @@ def process_messages(message: str, size: int = 4096) -> list[str]:
     lengths = everyone[:, :4].copy().view(np.uint32)[:, 0]
     texts = (row[4 : 4 + n].tobytes() for row, n in zip(everyone, lengths, strict=True))
     return [t.decode(errors="replace") for t in texts]
+
+
+def on_every_process(
+    fn: Callable[[], Any],
+    elsewhere: Callable[[int, str], Exception],
+    describe: Callable[[Exception], str] = lambda e: f"{type(e).__name__}: {e}",
+) -> Any:
+    """fn(); if it raises on any process, every process raises, instead of the others
+    waiting in the next collective until jax.distributed's heartbeat timeout kills them.
+
+    After fn, one exchange of error texts (`process_messages`, `describe(error)` or "").
+    The failing process re-raises its own exception; the others raise
+    `elsewhere(index, text)` of the first failed process. `fn` must not itself run
+    collectives before it can fail (they would wait for the failed process). One
+    process: just fn().
+    """
+    if jax.process_count() == 1:
+        return fn()
+    error, result = None, None
+    try:
+        result = fn()
+    except Exception as e:  # any kind: the others must hear of it, then it is re-raised
+        error = e
+    messages = process_messages("" if error is None else describe(error))
+    if error is not None:
+        raise error
+    failed = [(i, m) for i, m in enumerate(messages) if m]
+    if failed:
+        raise elsewhere(*failed[0])
+    return result

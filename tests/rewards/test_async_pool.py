@@ -117,12 +117,13 @@ def test_errors_surface_in_the_main_thread_naming_the_reward():
 
 def test_trainer_score_fn_turns_errors_into_training_errors():
     from ffjax import trainer
+    from ffjax.stages import score
 
-    with AsyncScorer({"srv": Failing(RewardError("down"))}, 1, trainer._score_one) as s:
+    with AsyncScorer({"srv": Failing(RewardError("down"))}, 1, score.score_one) as s:
         s.submit(_chunk(0))
         with pytest.raises(trainer.TrainingError, match="reward 'srv': down; stopping"):
             s.finish()
-    with AsyncScorer({"bad": WrongShape()}, 1, trainer._score_one) as s:
+    with AsyncScorer({"bad": WrongShape()}, 1, score.score_one) as s:
         s.submit(_chunk(0))
         with pytest.raises(trainer.TrainingError, match="reward 'bad' returned shape"):
             s.finish()
@@ -155,11 +156,12 @@ def test_workers_must_be_positive():
 def test_async_rewards_train_like_the_serial_run(tmp_path, monkeypatch):
     """train.async_rewards changes when rewards are computed, never what they are."""
     from ffjax import configs, trainer
+    from ffjax.stages import score
     from tests.toy_model import toy_config
 
     pooled = []
-    real = trainer._sample_and_score
-    monkeypatch.setattr(trainer, "_sample_and_score", lambda *a: pooled.append(1) or real(*a))
+    real = score.generate_and_score
+    monkeypatch.setattr(score, "generate_and_score", lambda *a: pooled.append(1) or real(*a))
     runs = {}
     for flag in (False, True):
         c = toy_config(tmp_path)
