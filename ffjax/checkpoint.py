@@ -7,10 +7,11 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from ffjax import errors
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written; the message names the folder and says which
-    complete checkpoint is still there."""
+# A checkpoint could not be written (the message names the folder and says which complete
+# checkpoint is still there) or read: one class for both, exit 1.
+CheckpointError = errors.CheckpointError
 
 
 class Checkpointer:

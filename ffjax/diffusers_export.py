@@ -56,7 +56,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from ffjax import registry, sample
+from ffjax import registry, run_folder
 from ffjax.errors import CheckpointError, ModelFolderError, UsageError
 from ffjax.models.lora import lora_paths
 from ffjax.models.weights import (
@@ -240,7 +240,7 @@ def export_full(
 def _run_config(run_dir: Path) -> dict[str, Any]:
     """{key: value} of `_RUN_KEYS` from the run's resolved config (`key = repr(value)` lines)."""
     for path in (run_dir / "checkpoints" / "config.txt", run_dir / "config.txt"):
-        text = sample._read_config_text(str(path))
+        text = run_folder.read_config_text(path)
         if text:
             missing = [k for k in _RUN_KEYS if k not in text]
             if missing:
@@ -253,7 +253,7 @@ def restore_weights(run_dir: Path, epoch: int | None, which: str | None):
     """(nested NumPy weights, "ema" | "current", checkpoint folder) of a run.
 
     Only that subtree of the TrainState is read; the choice (`--weights`, default the EMA
-    when the checkpoint has one) is `ffjax.sample.pick_weights`'.
+    when the checkpoint has one) is `ffjax.run_folder.pick_weights`'.
     """
     directory = run_dir / "checkpoints"
     manager = ocp.CheckpointManager(
@@ -273,12 +273,12 @@ def restore_weights(run_dir: Path, epoch: int | None, which: str | None):
             meta = dict(manager.item_metadata(epoch))
         except Exception as e:  # Orbax raises many kinds; the reason is in the message
             raise CheckpointError(
-                f"cannot read checkpoint {folder}: {sample._first_line(e)}"
+                f"cannot read checkpoint {folder}: {run_folder.first_line(e)}"
             ) from None
         saved = types.SimpleNamespace(trainable=meta["trainable"], ema=meta.get("ema") or None)
         try:
-            tree, used = sample.pick_weights(None, saved, which)
-        except sample.SampleError as e:
+            tree, used = run_folder.pick_weights(None, saved, which)
+        except run_folder.RunFolderError as e:
             raise ExportError(str(e)) from None
         key = "ema" if used == "ema" else "trainable"
         item = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)}
@@ -349,8 +349,8 @@ def export_run(
     if not run_dir.is_dir():
         raise ExportError(f"run workdir {run_dir} does not exist")
     try:
-        run_dir, located = sample.locate_checkpoint(run_dir)
-    except sample.SampleError as e:
+        run_dir, located = run_folder.locate_checkpoint(run_dir)
+    except run_folder.RunFolderError as e:
         raise ExportError(str(e)) from None
     c = _run_config(run_dir)
     family = FAMILIES.get(c["model.name"])

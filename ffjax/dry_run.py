@@ -469,8 +469,7 @@ def lower(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[
     if "train" in which:
         # Two experts (WAN A14B): the trainer's micro-batches are one expert's rows, but
         # for the leftovers; compile that common case.
-        experts_of = getattr(run.adapter, "experts_of", None)
-        expert = 0 if experts_of is not None and experts_of(np.ones(1)) is not None else None
+        expert = None if run.adapter.experts_of(np.ones(1)) is None else 0
         st = run.initial
         snapshot = st.trainable if run.spec.wants("needs_snapshot", c.algorithm) else None
         frozen = Frozen(base=run.base, ref=run.ref, ema=None, snapshot=snapshot)

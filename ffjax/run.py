@@ -13,19 +13,9 @@ abstract run stops before the last step). The run holds the jitted functions eve
 caller uses, made once here: the rollout (`stages.generate.Rollout`), the decode, the
 train step and the EMA step (`stages.optimize`); the dry run lowers these very objects.
 
-Model adapters are used through a small protocol (see `ffjax.models.flux.adapter`):
-`load(config) -> (adapter, weights)`, `denoiser` (the key of the trained weights),
-`lora_targets`, `encode_prompts(prompts, height, width)` (cond pytree, batch axis
-first), `init_noise(key, batch, height, width)`, `sigmas(num_steps, height, width)`,
-`velocity(variables, x, sigma, cond)`, `decode(vae_weights, x, height, width)` ->
-uint8 images. `weights["vae"]` is passed to `decode`. Optional: `logical_specs()` ->
-{weights key: logical PartitionSpec tree}; weights without specs are replicated;
-`supports_cfg` with `conditional_only(cond)`, the cond whose velocity is the
-conditional pass alone (the training forward of `algorithm.cfg_in_train=False`);
-`wants_metadata` (`encode_prompts` then also gets `metadata=`, one dict per prompt);
-`finish_latents(final, cond)` (applied to every rollout chunk's final latents);
-`abstract_load(config)`, `abstract_text_encoders(config)`, `text_encoder_specs(config)`
-and `abstract_cond(batch, height, width)` for the abstract run.
+Model adapters are used through `ffjax.models.adapter.ModelAdapter` (the required
+members) and `AdapterBase` (the optional capabilities with their defaults), so the
+builder and the stages call every member without probing.
 
 Sharding: the mesh of `config.mesh`; weights, the TrainState (trainable, optimizer
 state, EMA) and the frozen variables on the shardings of their logical axes; the train
@@ -46,6 +36,7 @@ from absl import logging
 from ffjax import configs, optim, registry
 from ffjax.algorithms.spec import AlgorithmSpec
 from ffjax.data.prompts import GroupSampler, PromptSet, load_prompts
+from ffjax.models import adapter as adapter_lib
 from ffjax.parallel import offload
 from ffjax.parallel import rows as rows_lib
 from ffjax.parallel import sharding as sharding_lib
@@ -235,7 +226,7 @@ def make_policy(adapter, lora: bool, cfg: bool = True) -> Callable:
     the reference's too, drops the guidance (`adapter.conditional_only(cond)`, the
     conditional pass alone); the rollout, which does not go through here, still guides.
     """
-    strip = None if cfg or not getattr(adapter, "supports_cfg", False) else adapter.conditional_only
+    strip = None if cfg or not adapter.supports_cfg else adapter.conditional_only
 
     def policy(weights, base, x, sigma, cond):
         if strip is not None:
@@ -298,23 +289,17 @@ def _read_inputs(config, training: bool, rewards: bool) -> tuple:
             score.build_rewards(config.eval_rewards) if config.eval_rewards
             else train_rewards or score.build_rewards(config.rewards)
         )  # fmt: skip
-    adapter, weights = registry.MODELS.get(config.model.name).load(config)
+    adapter, weights = adapter_lib.adapter_class(config.model.name).load(config)
     return prompts, eval_prompts, train_rewards, eval_rewards, adapter, weights
 
 
 def _abstract_model(config) -> tuple[Any, dict, dict | None]:
     """(adapter, abstract weights, abstract text encoder weights or None) from the
     model's config.json files (the adapter's `abstract_load`)."""
-    adapter_cls = registry.MODELS.get(config.model.name)
-    if not hasattr(adapter_cls, "abstract_load"):
-        raise configs.ConfigError(
-            f"model {config.model.name!r} cannot be dry-run: its adapter has no"
-            " abstract_load(config) (see Flux1Adapter.abstract_load)"
-        )
-    text_fn = getattr(adapter_cls, "abstract_text_encoders", None)
-    try:
+    adapter_cls = adapter_lib.adapter_class(config.model.name)
+    try:  # the base's abstract_load raises the ConfigError "cannot be dry-run"
         adapter, weights = adapter_cls.abstract_load(config)
-        text = text_fn(config) if text_fn is not None else None
+        text = adapter_cls.abstract_text_encoders(config)
     except configs.ConfigError:
         raise
     except (ValueError, OSError) as e:  # a missing or wrong config.json
@@ -372,7 +357,7 @@ def build(
                                config.data.group_size, config.seed,
                                shuffle=config.data.shuffle)  # fmt: skip
     if training and config.algorithm.get("cfg_in_train", False):
-        if not getattr(adapter, "supports_cfg", False):
+        if not adapter.supports_cfg:
             raise configs.ConfigError(
                 f"config.algorithm.cfg_in_train=True, but model {config.model.name!r} has no"
                 " classifier-free guidance (FLUX.1 embeds guidance instead); set it to False"
@@ -383,18 +368,19 @@ def build(
     check_offload(config, mesh)
     place = with_shardings if abstract else jax.device_put
     if abstract:
-        text_specs = getattr(type(adapter), "text_encoder_specs", None)
-        if text is not None and text_specs is not None:  # as place_encoders shards them
-            ts, local = text_specs(config), rows_lib.local_mesh(mesh)
+        ts = type(adapter).text_encoder_specs(config) if text is not None else None
+        if ts is not None:  # as place_encoders shards them
+            local = rows_lib.local_mesh(mesh)
             text = {k: place(w, sharding_lib.logical_shardings(w, ts.get(k), local))
                     for k, w in text.items()}  # fmt: skip
     else:
         for reward, _ in [*train_rewards.values(), *eval_rewards.values()]:
             if hasattr(reward, "place"):  # reward models run on the mesh beside the generator,
                 reward.place(rows_lib.local_mesh(mesh))  # this process's part: its rows
-        if hasattr(adapter, "place_encoders"):  # text encoders sharded beside the generator,
-            adapter.place_encoders(rows_lib.local_mesh(mesh))  # each process its prompts
-    specs = adapter.logical_specs() if hasattr(adapter, "logical_specs") else {}
+        # Text encoders sharded beside the generator, each process its prompts (no-op for
+        # adapters that keep them replicated).
+        adapter.place_encoders(rows_lib.local_mesh(mesh))
+    specs = adapter.logical_specs()
     weights = {
         k: place(w, sharding_lib.logical_shardings(w, specs.get(k), mesh))
         for k, w in weights.items()
@@ -474,7 +460,7 @@ def build(
     s, m = config.sampling, config.model
     rollout = generate.Rollout(
         adapter.velocity, mesh, s.dynamics, jnp.dtype(s.storage_dtype),
-        getattr(adapter, "prepare_cond", None),
+        adapter.prepare_cond,  # None unless the family precomputes per rollout
     )  # fmt: skip
     gen = generate.Generator(
         adapter=adapter, mesh=mesh, rollout=rollout,
@@ -489,7 +475,7 @@ def build(
         train_step = optimize.make_train_step(
             loss_fn, optimizer, spec.record, mesh, shardings,
             ref_shardings=None if ref is None else jax.tree.map(lambda a: a.sharding, ref),
-            with_expert=getattr(adapter, "with_expert", None),
+            with_expert=adapter.with_expert,
         )  # fmt: skip
         ema_step = optimize.make_ema_step(shardings.ema)
     return Run(

@@ -20,6 +20,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from ffjax import configs
+from ffjax.errors import UsageError
 
 # Keys that may change when a run is resumed (length, logging and checkpoint cadence).
 RESUMABLE_CHANGES = ("train.num_epochs", "train.eval_every", "checkpoint.", "logging.")
@@ -28,8 +29,10 @@ MODEL_KEYS = ("model.", "train.lora_", "ema.decay")
 WEIGHTS = ("ema", "current", "base")
 
 
-class RunFolderError(RuntimeError):
-    """A run folder or checkpoint that cannot be used; the message is the whole story."""
+class RunFolderError(UsageError, RuntimeError):
+    """A run folder or checkpoint named on the command line that cannot be used (none
+    there, no finished epoch, another model's weights); the message is the whole story.
+    Exit 2, like any argument that does not fit."""
 
 
 def first_line(e: Exception) -> str:

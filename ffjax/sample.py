@@ -35,51 +35,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
-
 from ffjax import configs, run_folder
-from ffjax import train as train_cli
-from ffjax.run_folder import WEIGHTS
-from ffjax.run_folder import RunFolderError as SampleError  # what the CLI reports, exit 2
+from ffjax.run_folder import RunFolderError as SampleError  # a UsageError: exit 2
 
 GRID_MAX_IMAGES = 64  # grid.png shows at most this many images (the first ones)
-
-_FLAGS: dict[str, flags.FlagHolder] = {}
-
-
-def _define_flags() -> None:
-    """Defines the sampling flags once (--config comes from ffjax.train)."""
-    if _FLAGS:
-        return
-    _FLAGS["checkpoint"] = flags.DEFINE_string(
-        "checkpoint",
-        None,
-        "Run workdir (latest checkpoint), WORKDIR/checkpoints, or WORKDIR/checkpoints/<epoch>.",
-    )
-    _FLAGS["prompts"] = flags.DEFINE_string(
-        "prompts",
-        None,
-        "Prompt file (.txt/.jsonl), dataset folder (split 'test', else 'train') or tfds: spec.",
-    )
-    _FLAGS["out"] = flags.DEFINE_string("out", None, "Output folder for the images.")
-    _FLAGS["weights"] = flags.DEFINE_enum(
-        "weights",
-        None,
-        list(WEIGHTS),
-        "Which weights: ema (default if the checkpoint has one), current, or base (pretrained).",
-    )
-    _FLAGS["num_per_prompt"] = flags.DEFINE_integer(
-        "num_per_prompt", 1, "Images per prompt.", lower_bound=1
-    )
-    _FLAGS["seed"] = flags.DEFINE_integer(
-        "seed", None, "Noise seed (default: config.seed).", lower_bound=0
-    )
-    flags.mark_flags_as_required(["prompts", "out"])
-
 
 # --------------------------------------------------------------------------- inputs
 
@@ -256,59 +218,7 @@ def sample(
     )
 
 
-# --------------------------------------------------------------------------- CLI
+if __name__ == "__main__":  # `python -m ffjax.sample`: the command line is ffjax.cli.sample
+    from ffjax.cli.sample import run
 
-
-def _fail(message: str, code: int = 2) -> None:
-    sys.stderr.write(f"ffjax.sample: {message}\n")
-    sys.exit(code)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        config, remaining = train_cli.load_config(argv, _parse_flags.overrides)
-    except configs.ConfigError as e:
-        _fail(str(e))
-    except flags.Error as e:
-        _fail(f"{e}\nPass --helpfull to see the flags.")
-    _parse_flags.config = config
-    return remaining
-
-
-_parse_flags.overrides = []
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:  # Orbax logs every restore at INFO
-        logging.set_verbosity(logging.WARNING)
-    try:
-        summary = sample(
-            _parse_flags.config,
-            checkpoint=_FLAGS["checkpoint"].value,
-            prompts=_FLAGS["prompts"].value,
-            out=_FLAGS["out"].value,
-            weights=_FLAGS["weights"].value,
-            num_per_prompt=_FLAGS["num_per_prompt"].value,
-            seed=_FLAGS["seed"].value,
-        )
-    except (SampleError, configs.ConfigError, FileNotFoundError) as e:
-        _fail(str(e))
-    print(summary)
-
-
-def run() -> None:
-    """Console-script entry point."""
-    # config_flags reads `--config.*` from sys.argv itself; ffjax applies them instead.
-    try:
-        sys.argv, _parse_flags.overrides = train_cli.split_overrides(list(sys.argv))
-    except configs.ConfigError as e:
-        _fail(str(e))
-    _define_flags()
-    train_cli._define_flags()
-    app.run(main, flags_parser=_parse_flags)
-
-
-if __name__ == "__main__":
     run()

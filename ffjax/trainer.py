@@ -37,6 +37,7 @@ from ffjax import configs, run_folder
 from ffjax import ema as ema_lib
 from ffjax.algorithms.spec import REQUIRED_METRICS, Frozen
 from ffjax.checkpoint import Checkpointer
+from ffjax.errors import FfjaxError
 from ffjax.flow import rollout as rollout_lib
 from ffjax.logging import MetricsWriter, image_grid, save_grid
 from ffjax.parallel import rows as rows_lib
@@ -56,8 +57,11 @@ EVAL_GRID_IMAGES = 64  # images of an eval grid (the first repeat of each prompt
 setup = build  # the training run (`ffjax.run.build`), under its historical name
 
 
-class Interrupted(RuntimeError):
-    """SIGTERM / SIGINT arrived; the epoch in flight was finished and checkpointed."""
+class Interrupted(FfjaxError, RuntimeError):
+    """SIGTERM / SIGINT arrived; the epoch in flight was finished and checkpointed.
+    Exit 143, as a process killed by SIGTERM."""
+
+    exit_code = 143
 
 
 class _StopSignals:
@@ -162,7 +166,8 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     raw = {a: rows_lib.gather_rows(v, blocks) for a, v in raw.items()}
     weights = score.weights_of(run.rewards)
     combined = score.combine(raw, weights)
-    adv = score.advantages(raw, weights, group_ids, k, t.advantage_method, t.advantage_std, epoch)
+    adv = score.advantages(raw, weights, group_ids, k, t.advantage_method, t.advantage_std, epoch,
+                           eps=t.advantage_eps, gdpo_std=t.gdpo_std)  # fmt: skip
 
     # Optimize.
     t2 = time.perf_counter()
@@ -171,13 +176,12 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
                               rng, sigmas, c.algorithm, run.train_timesteps)  # fmt: skip
     rows = optimize.commit_rows(rows, run.mesh)
     valid_rows = np.nonzero(np.asarray(adv.valid)[np.asarray(rows["sample"])])[0]
-    experts_of = getattr(run.adapter, "experts_of", None)  # two-expert models (WAN A14B)
     state, step_metrics = optimize.optimize(
         run.train_step, state, Frozen(base=run.base, ref=run.ref, ema=None, snapshot=snapshot),
         {"cond": out.cond, "x0": out.final}, rows, valid_rows,
         micro_batch_size=t.micro_batch_size, grad_accum_steps=t.grad_accum_steps,
         inner_epochs=t.inner_epochs,
-        row_expert=None if experts_of is None else experts_of(np.asarray(rows["sigma"])),
+        row_expert=run.adapter.experts_of(np.asarray(rows["sigma"])),  # None: one expert
         key=key, rng=rng, epoch=epoch, progress=c.logging.step_progress,
     )  # fmt: skip
     if state.ema is not None:

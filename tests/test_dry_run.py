@@ -316,6 +316,7 @@ def _flux_dev_recipe(folder, **overrides):
     spec.loader.exec_module(module)
     c = module.get_config("flow_factory")
     c.model.path = c.data.path = str(folder)
+    c.rewards.pickscore_rank.args.path = str(folder)  # not read: the dry run scores nothing
     c.model.param_dtype = "bfloat16"
     c.model.remat = "full"
     c.data.prompts_per_epoch, c.data.group_size = 1, 2  # 2 samples, 2 rows per epoch

@@ -42,6 +42,11 @@ def _with_paths(config):
         config.model.path = "/data/FLUX.1-dev"
     if config.data.path is None:
         config.data.path = "/data/pickscore"
+    for section in ("rewards", "eval_rewards"):  # reward weights (PickScore's folder)
+        for entry in config[section].values():
+            for key, value in (entry.get("args") or {}).items():
+                if value is None:
+                    entry.args[key] = "/data/PickScore_v1"
     return config
 
 

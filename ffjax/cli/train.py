@@ -152,13 +152,12 @@ def main(argv: list[str]) -> None:
         print("config is valid (--check_config: not training).")
         return
     from ffjax import trainer
-    from ffjax.checkpoint import CheckpointError
 
     try:
         history = trainer.train(config, workdir, resume=_FLAGS["resume"].value)
     except trainer.Interrupted as e:
-        fail(str(e), 143)
-    except (FfjaxError, trainer.TrainingError, CheckpointError, FileNotFoundError) as e:
+        fail(str(e), e.exit_code)
+    except (FfjaxError, FileNotFoundError) as e:
         # Exit 1, a ConfigError included: one found while building the run (batch sizes
         # against the mesh, the model's needs), after the config itself validated.
         fail(str(e), 1)

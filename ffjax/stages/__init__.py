@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ffjax.errors import FfjaxError
 from ffjax.parallel import rows as rows_lib
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. every reward is NaN); finished epochs are kept."""
+class TrainingError(FfjaxError, RuntimeError):
+    """The run cannot go on (e.g. every reward is NaN, a reward server died, a non-finite
+    loss); finished epochs, metrics and checkpoints are kept. Exit 1."""
 
 
 def on_every_process(what: str, fn: Callable[[], Any]) -> Any:

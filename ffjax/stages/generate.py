@@ -110,7 +110,7 @@ def variables(lora: bool, base: Any, weights: Any) -> dict:
 def encode_prompts(adapter, prompts: list[str], height: int, width: int, metadata: list) -> Any:
     """`adapter.encode_prompts`, given the prompts' metadata too when the adapter declares
     `wants_metadata` (wan2-i2v reads each prompt's conditioning image from it)."""
-    if getattr(adapter, "wants_metadata", False):
+    if adapter.wants_metadata:
         return adapter.encode_prompts(prompts, height, width, metadata=metadata)
     return adapter.encode_prompts(prompts, height, width)
 
@@ -185,7 +185,6 @@ def rollout_and_decode(
     blocks = rows_lib.row_blocks(gen.mesh, noise.shape[0])
     chunk = gen.batch_size or blocks.size
     model_vars = gen.variables(weights)
-    finish = getattr(gen.adapter, "finish_latents", None)  # e.g. TI2V pins frame 0
     finals, trajs, parts, pending = [], [], [], []
 
     def hand_over() -> None:
@@ -200,8 +199,7 @@ def rollout_and_decode(
         chunk_cond, chunk_noise = rows_lib.chunk((cond, noise), start, chunk, blocks, gen.mesh)
         final, traj = gen.rollout(model_vars, chunk_cond, chunk_noise, sigmas, noise_levels,
                                   jax.random.fold_in(key, start), record)  # fmt: skip
-        if finish is not None:
-            final = finish(final, chunk_cond)
+        final = gen.adapter.finish_latents(final, chunk_cond)  # e.g. TI2V pins frame 0
         finals.append(final)
         trajs.append(traj)
         pending.append(gen.decode(gen.vae, final, gen.height, gen.width))

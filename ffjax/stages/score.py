@@ -110,12 +110,17 @@ def advantages(
     method: str,
     std: str,
     epoch: int,
+    *,
+    eps: str = "flow_grpo",
+    gdpo_std: str = "advantage_std",
 ) -> Advantages:
-    """`compute_advantages` of every row's scores; TrainingError when none is usable."""
+    """`compute_advantages` of every row's scores (`eps`, `gdpo_std`: the references'
+    choices, `train.advantage_eps` / `train.gdpo_std`); TrainingError when none is usable."""
     try:
         return compute_advantages(
-            raw, weights, group_ids, group_size=group_size, method=method, std=std
-        )
+            raw, weights, group_ids, group_size=group_size, method=method, std=std,
+            eps=eps, gdpo_std=gdpo_std,
+        )  # fmt: skip
     except ValueError as e:
         bad = [a for a in raw if not np.isfinite(raw[a]).any()]
         raise TrainingError(

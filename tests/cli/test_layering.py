@@ -9,11 +9,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # The `python -m ffjax.<command>` modules that hold nothing but the call of their CLI.
 SHIMS = {"ffjax/train.py", "ffjax/export.py", "ffjax/convert.py"}
 CLI_MODULES = ("ffjax.cli", *(s.removesuffix(".py").replace("/", ".") for s in SHIMS))
-# Library modules that still import a CLI, each with the change that ends it; the test
-# fails once one no longer does, so that the entry is removed.
-PENDING = {
-    "ffjax/sample.py": "parses its flags through ffjax.train until its CLI moves to ffjax.cli",
-}
 
 
 def _is_main_guard(node: ast.AST) -> bool:
@@ -62,18 +57,15 @@ def test_the_checker_sees_imports_at_any_depth_but_not_under_the_main_guard():
 
 
 def test_library_modules_never_import_a_cli():
-    bad, pending = {}, set()
+    bad = {}
     for path in sorted((ROOT / "ffjax").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
         if rel.startswith("ffjax/cli/") or rel in SHIMS:
             continue
         found = cli_imports(path.read_text())
-        if found and rel in PENDING:
-            pending.add(rel)
-        elif found:
+        if found:
             bad[rel] = found
     assert not bad, f"library modules import a CLI: {bad}"
-    assert pending == set(PENDING), f"remove from PENDING: {set(PENDING) - pending}"
 
 
 def test_shims_hold_only_the_call_of_their_cli():
