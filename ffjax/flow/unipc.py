@@ -137,7 +137,8 @@ def unipc_coefficients(
             h_phi_1, b_h, b = _bh_terms(h, q, solver_type)
             rho = _rho_corrector(rks, b, dtype)
             alpha_t = 1 - t
-            # x_i^c = t/s0 xc_{i-1} - alpha h_phi_1 m0 - alpha B (sum_k rho_k D_k + rho_q (m_i - m0)),
+            # x_i^c = t/s0 xc_{i-1} - alpha h_phi_1 m0
+            #         - alpha B (sum_k rho_k D_k + rho_q (m_i - m0)),
             # D_k = (m_{i-1-k} - m0) / r_k, m0 = x0_hat_{i-1}.
             cm[0] = -alpha_t * b_h * rho[-1]
             cm[1] = -alpha_t * h_phi_1 + alpha_t * b_h * rho[-1]
