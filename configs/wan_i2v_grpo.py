@@ -19,6 +19,8 @@ Variants:
 Sources, cited by tag in the comments below:
   [FF] X-GenGroup/Flow-Factory a0b2bc5 examples/grpo/lora/wan21/i2v.yaml
   [FD] X-GenGroup/Flow-Factory a0b2bc5 README "Image-to-Image & Image-to-Video" (dataset rows)
+  [FW] X-GenGroup/Flow-Factory a0b2bc5 src/flow_factory/models/wan/wan2_i2v.py
+  [FS] X-GenGroup/Flow-Factory a0b2bc5 src/flow_factory/scheduler/unipc_multistep.py
 
 Data: a jsonl folder (train.jsonl / test.jsonl) whose rows carry the conditioning image
 in an "image" field [FD]; relative paths are looked up in `data.image_dir` (default
@@ -60,6 +62,10 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 512  # Wan 2.1 I2V takes exactly 512 text tokens
     c.sampling.num_steps = 10  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 28  # [FF] eval.num_inference_steps
+    # [FW] rolls out on its UniPC scheduler's timesteps / 1000 (0.999, 0.964, ... at 10
+    # steps) and evaluates with UniPC multistep ([FS] eval mode): sampling.eval_solver
+    # "unipc" once the generate stage takes it.
+    c.sampling.sigma_grid = "unipc_flow"
     c.sampling.guidance_scale = 5.0  # [FF] guidance_scale
     c.sampling.dynamics = "flow_sde"  # [FF] dynamics_type Flow-SDE
     c.sampling.noise_level = 0.9  # [FF] noise_level
@@ -95,6 +101,7 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.model.num_frames = 5
     c.sampling.num_steps = 4
     c.sampling.eval_num_steps = 4
+    c.sampling.sigma_grid = "flow_match_euler"  # the grid the tiny results were recorded on
     c.sampling.sde_candidates = (1, 2)
     c.sampling.batch_size = 0  # the whole epoch in one rollout call
     c.data.group_size = 4

@@ -25,12 +25,14 @@ Sources, cited by tag in the comments below:
   [FF2] X-GenGroup/Flow-Factory a0b2bc5 examples/grpo/full/wan22/t2v.yaml (a full fine-tune
         there; LoRA here like [FF], everything else as [FF2])
   [FW] X-GenGroup/Flow-Factory a0b2bc5 src/flow_factory/models/wan/wan2_t2v.py
+  [FS] X-GenGroup/Flow-Factory a0b2bc5 src/flow_factory/scheduler/unipc_multistep.py
 
 Videos: [FF] trains on 5-frame clips at 256 px; rewards see every frame (the CLIP-family
 rewards average their per-frame scores). Guidance: classifier-free, scale 5, in the
 rollout and in the training forward as [FW]'s forward does (`algorithm.cfg_in_train`).
-The schedule is the flow-matching one with [FF]'s flow_shift 3.0, stepped by ffjax's
-Flow-SDE / ODE steps (Flow-Factory's current WAN scheduler is an SDE UniPC variant).
+The rollout grid is [FW]'s: its UniPC scheduler's integer timesteps / 1000 with [FF]'s
+flow_shift 3.0 (sampling.sigma_grid "unipc_flow"), stepped by ffjax's Flow-SDE / ODE
+steps as [FS]'s SDE step does.
 
 Batch sizes as in configs/flux_grpo.py: global rows, one per (sample, SDE step);
 micro_batch_size is [FF]'s per-device batch times its 8 GPUs and an epoch takes its 2
@@ -70,6 +72,10 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.sampling.num_steps = 10  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 28  # [FF] eval.num_inference_steps
     c.sampling.guidance_scale = 5.0  # [FF] guidance_scale
+    # [FW] rolls out on its UniPC scheduler's timesteps / 1000 (0.999, 0.964, ... at 10
+    # steps) and evaluates with UniPC multistep ([FS] eval mode): sampling.eval_solver
+    # "unipc" once the generate stage takes it.
+    c.sampling.sigma_grid = "unipc_flow"
     c.sampling.dynamics = "flow_sde"  # [FF] dynamics_type Flow-SDE
     c.sampling.noise_level = 0.9  # [FF] noise_level
     c.sampling.sde_candidates = (1, 2, 3)  # [FF] sde_steps
@@ -114,6 +120,7 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 32
     c.sampling.num_steps = 4
     c.sampling.eval_num_steps = 4
+    c.sampling.sigma_grid = "flow_match_euler"  # the grid the tiny results were recorded on
     c.sampling.sde_candidates = (1, 2)
     c.sampling.batch_size = 0  # the whole epoch in one rollout call
     c.data.group_size = 4

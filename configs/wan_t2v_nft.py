@@ -17,6 +17,8 @@ Variants:
 Sources, cited by tag in the comments below:
   [FF] X-GenGroup/Flow-Factory b30dc00 examples/nft/lora/wan21/t2v.yaml (guidance_scale
        5.0 at a0b2bc5, train and eval; 1.0 at b30dc00, followed here)
+  [FW] X-GenGroup/Flow-Factory a0b2bc5 src/flow_factory/models/wan/wan2_t2v.py
+  [FS] X-GenGroup/Flow-Factory a0b2bc5 src/flow_factory/scheduler/unipc_multistep.py
 
 [FF] trains on single frames (num_frames 1: WAN as an image model, 480 x 832) without
 guidance (scale 1.0), with ODE rollouts as DiffusionNFT does; its evaluation uses 41
@@ -56,6 +58,10 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.sampling.num_steps = 12  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 20  # [FF] eval.num_inference_steps
     c.sampling.guidance_scale = 1.0  # [FF] guidance_scale: no CFG (a0b2bc5: 5.0)
+    # [FW] rolls out on its UniPC scheduler's timesteps / 1000 (0.999, 0.964, ... at 10
+    # steps) and evaluates with UniPC multistep ([FS] eval mode): sampling.eval_solver
+    # "unipc" once the generate stage takes it.
+    c.sampling.sigma_grid = "unipc_flow"
     c.sampling.dynamics = "ode"  # [FF] dynamics_type ODE
     c.sampling.batch_size = 8  # [FF] per_device_batch_size 1 x 8 GPUs per rollout call
     c.data.group_size = 16  # [FF] group_size
@@ -84,6 +90,7 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 32
     c.sampling.num_steps = 6
     c.sampling.eval_num_steps = 6
+    c.sampling.sigma_grid = "flow_match_euler"  # the grid the tiny results were recorded on
     c.sampling.batch_size = 0  # the whole epoch in one rollout call
     c.data.group_size = 4
     c.data.prompts_per_epoch = 2

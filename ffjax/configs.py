@@ -81,6 +81,17 @@ def base_config() -> ConfigDict:
     s.sde_window = "random"  # how they are drawn: random (Flow-GRPO-Fast) | contiguous (MixGRPO)
     s.storage_dtype = "float32"  # dtype of stored trajectory latents: float32 | bfloat16
     s.batch_size = 0  # samples per rollout call (memory); 0 = the whole epoch at once
+    # WAN's rollout sigma grid (ffjax.flow.schedule.SIGMA_GRIDS). pipeline: the grid of
+    # the pipeline folder's scheduler class, as Flow-Factory picks its scheduler from it
+    # (released WAN folders ship UniPCMultistepScheduler, hence unipc_flow) | unipc_flow:
+    # Flow-Factory's WAN rollout grid, UniPC timesteps / 1000 (10 steps, shift 3: 0.999,
+    # 0.964, 0.923, ...) | flow_match_euler: FlowMatchEulerDiscreteScheduler's (1, 0.960,
+    # 0.913, ...). FLUX.1 and Qwen-Image always walk their FlowMatchEuler schedule.
+    s.sigma_grid = "pipeline"
+    # Evaluation sampler. euler: ODE Euler steps on the rollout grid | unipc: the pipeline's
+    # UniPC multistep solver on its UniPC flow grid (ffjax.flow.unipc; WAN models), as
+    # WanPipeline samples and Flow-Factory evaluates WAN.
+    s.eval_solver = "euler"
 
     c.algorithm = a = ConfigDict()
     a.name = "grpo"  # registered algorithm (ffjax.registry.ALGORITHMS) or "pkg.mod:Name"
@@ -194,6 +205,8 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
     "sampling.dynamics": steps.DYNAMICS,
     "sampling.sde_window": ("random", "contiguous"),
     "sampling.storage_dtype": ("float32", "bfloat16"),
+    "sampling.sigma_grid": ("pipeline", "flow_match_euler", "unipc_flow"),
+    "sampling.eval_solver": ("euler", "unipc"),
     "train.lora_init": ("gaussian", "kaiming"),
     "logging.wandb_mode": ("online", "offline", "disabled"),
     "train.advantage_method": ("sum", "gdpo"),
@@ -394,6 +407,7 @@ def _cross_key_problems(config: ConfigDict) -> list[str]:
         except ValueError as e:
             out.append(str(e))
     out += _clip_pair_problems(config)
+    out += _wan_only_problems(config)
     n = _get(config, "sampling.num_steps")
     cand = _get(config, "sampling.sde_candidates")
     if isinstance(n, int) and cand:
@@ -406,6 +420,32 @@ def _cross_key_problems(config: ConfigDict) -> list[str]:
             f"config.sampling.sde_num_steps={k} exceeds the number of candidate steps "
             f"({len(cand) if cand else max(n - 1, 1)})"
         )
+    return out
+
+
+# Values only WAN adapters implement (ffjax.models.wan.adapter: `sigmas`, `unipc_sigmas`).
+_WAN_ONLY = {"sampling.sigma_grid": ("unipc_flow",), "sampling.eval_solver": ("unipc",)}
+
+
+def _wan_only_problems(config: ConfigDict) -> list[str]:
+    """The UniPC grid and solver need a WAN model (a "pkg.mod:Class" model is not checked)."""
+    name = _get(config, "model.name")
+    if not isinstance(name, str) or ":" in name:
+        return []
+    try:
+        family = registry.family_of(name).name
+    except registry.RegistryError:
+        return []  # reported by the model.name choice
+    wan = registry.FAMILIES.get("wan")
+    out = []
+    for path, values in _WAN_ONLY.items():
+        value = _get(config, path)
+        if value in values and family != wan.name:
+            out.append(
+                f"config.{path}={value!r} needs a WAN model"
+                f" ({', '.join(m.name for m in wan.models)}), got model.name={name!r}: the UniPC"
+                " grid and solver are those of WAN pipelines' UniPCMultistepScheduler"
+            )
     return out
 
 

@@ -183,6 +183,76 @@ def fixed_shift_sigmas(num_steps: int, shift: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+# UniPC flow sigmas: the grid of Diffusers' `UniPCMultistepScheduler(use_flow_sigmas=True)`,
+# the scheduler WanPipeline releases ship. Its N start points are shift(linspace(1, 1/T,
+# N + 1)[:-1]) (T = num_train_timesteps), where FlowMatchEuler's are shift(linspace(1,
+# shift^-1(1/T), N)): N = 10, shift 3 gives 0.964, 0.923, ... here, 0.960, 0.913, ...
+# there.
+
+# Rollout grids a config may name (`config.sampling.sigma_grid`, WAN adapters):
+#   pipeline          the grid of the pipeline folder's scheduler class, as Flow-Factory
+#                     picks its SDE scheduler from it (UniPCMultistepScheduler: unipc_flow;
+#                     FlowMatchEulerDiscreteScheduler: flow_match_euler).
+#   flow_match_euler  `fixed_shift_sigmas` (FlowMatchEulerDiscreteScheduler.set_timesteps).
+#   unipc_flow        `unipc_flow_rollout_sigmas`: Flow-Factory's WAN rollout grid.
+SIGMA_GRIDS = ("pipeline", "flow_match_euler", "unipc_flow")
+
+# UniPCMultistepScheduler moves a first sigma of 1 down by this much: at sigma = 1 its
+# log-SNR lambda = log(1 - sigma) - log(sigma) would be -inf.
+_UNIPC_FIRST_SIGMA_EPS = 1e-6
+
+
+def _unipc_flow_start_points(
+    num_steps: int, shift: float, num_train_timesteps: int = 1000
+) -> np.ndarray:
+    """float64[N]: the N shifted sigmas the steps start from, before any float32 cast."""
+    if int(num_steps) < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if not shift > 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    base = np.linspace(1.0, 1.0 / num_train_timesteps, int(num_steps) + 1)[:-1]
+    s = shift_sigmas(base, float(shift))
+    if abs(s[0] - 1.0) < _UNIPC_FIRST_SIGMA_EPS:
+        s[0] -= _UNIPC_FIRST_SIGMA_EPS
+    return s
+
+
+def unipc_flow_sigmas(num_steps: int, shift: float, num_train_timesteps: int = 1000) -> np.ndarray:
+    """The sigmas UniPC multistep solves on: `UniPCMultistepScheduler(use_flow_sigmas=True,
+    flow_shift=shift, final_sigmas_type="zero").set_timesteps(N).sigmas`, value for value.
+
+    Returns float32[N + 1]: shift(linspace(1, 1/T, N + 1)[:-1]) (SD3's shift, eq. 23 of
+    Esser et al. 2024) with the first entry 1 - 1e-6, then 0.
+    """
+    s = _unipc_flow_start_points(num_steps, shift, num_train_timesteps)
+    return np.concatenate([s, [0.0]]).astype(np.float32)
+
+
+def unipc_flow_timesteps(
+    num_steps: int, shift: float, num_train_timesteps: int = 1000
+) -> np.ndarray:
+    """int64[N]: the scheduler's `timesteps`, T * sigma truncated to integers (the values
+    WanPipeline feeds its transformer while the solver uses `unipc_flow_sigmas`)."""
+    s = _unipc_flow_start_points(num_steps, shift, num_train_timesteps)
+    return (s * num_train_timesteps).astype(np.int64)
+
+
+def unipc_flow_rollout_sigmas(
+    num_steps: int, shift: float, num_train_timesteps: int = 1000
+) -> np.ndarray:
+    """Flow-Factory's WAN rollout grid: `unipc_flow_timesteps / T` in float32, then 0.
+
+    Flow-Factory's WAN adapter steps its UniPC scheduler's integer timesteps t with
+    sigma = t / 1000 (and feeds t to the transformer), so its rollouts walk 0.999, 0.964,
+    0.923, ... (N = 10, shift 3) rather than the solver's 0.999999, 0.96432, 0.92317.
+    Returns float32[N + 1].
+    """
+    t = unipc_flow_timesteps(num_steps, shift, num_train_timesteps).astype(np.float32)
+    s = t / np.float32(num_train_timesteps)
+    return np.concatenate([s, np.zeros(1, np.float32)])
+
+
+# ---------------------------------------------------------------------------------------
 # Training-time samplers for decoupled algorithms (DiffusionNFT, AWM): which sigmas to
 # train on this epoch. `sigma_range=(lo, hi)` is a fraction along the denoising axis
 # (0 = pure noise, 1 = clean): sigma = 1 - frac, so (0, 0.9) keeps sigma in [0.1, 1].

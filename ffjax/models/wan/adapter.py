@@ -7,10 +7,16 @@ channel, which is where `WanPipeline` draws its noise. `decode` undoes that befo
 VAE and returns uint8 videos (B, num_frames, H, W, 3).
 
 Time: samplers use sigma in [0, 1]; WAN's transformer takes the scheduler's timestep
-sigma * 1000, which `velocity` passes. The schedule is the flow-matching Euler one with
-the pipeline's fixed shift (`flow_shift` of its UniPC scheduler, `shift` of a
-FlowMatchEulerDiscreteScheduler, or `config.model.flow_shift`): RL rollouts step it
-with ffjax's ODE / SDE steps rather than WAN's multistep UniPC solver.
+sigma * 1000, which `velocity` passes. The rollout grid (`sigmas`) has the pipeline's
+fixed shift (`flow_shift` of its UniPC scheduler, `shift` of a
+FlowMatchEulerDiscreteScheduler, or `config.model.flow_shift`) and is one of
+`ffjax.flow.schedule.SIGMA_GRIDS` (`config.sampling.sigma_grid`): "unipc_flow", the
+grid Flow-Factory's WAN adapter rolls out on (its UniPC scheduler's integer timesteps /
+1000: 0.999, 0.964, 0.923, ... for 10 steps at shift 3), or "flow_match_euler", the
+FlowMatchEulerDiscreteScheduler grid (1, 0.960, 0.913, ...); "pipeline" (the default)
+takes the one of the folder's scheduler class, as Flow-Factory picks its scheduler. RL
+rollouts step the grid with ffjax's ODE / SDE steps; `unipc_sigmas` gives what
+WanPipeline's own UniPC multistep solver uses (`ffjax.flow.unipc`), for evaluation.
 
 Guidance: classifier-free, v = v_neg + s (v_pos - v_neg), on when s > 1, as
 `WanPipeline` does; the negative prompt is `config.model.negative_prompt` (WAN's
@@ -42,7 +48,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ffjax.flow.schedule import fixed_shift_sigmas
+from ffjax.flow.schedule import (
+    SIGMA_GRIDS,
+    fixed_shift_sigmas,
+    unipc_flow_rollout_sigmas,
+    unipc_flow_sigmas,
+)
 from ffjax.models import weights as weights_lib
 from ffjax.models.adapter import AdapterBase
 from ffjax.models.wan.config import WanTransformerConfig, WanVAEConfig, read_config
@@ -123,6 +134,39 @@ def _pipeline_shift(path: str) -> float:
     return float(sc.get("flow_shift", sc.get("shift", WAN_SHIFT)))
 
 
+# Scheduler classes of WAN pipeline folders -> the rollout grid Flow-Factory walks with
+# them (its scheduler registry maps the pipeline's scheduler class to its SDE scheduler).
+_SCHEDULER_GRIDS = {
+    "UniPCMultistepScheduler": "unipc_flow",
+    "FlowMatchEulerDiscreteScheduler": "flow_match_euler",
+}
+
+
+def resolve_sigma_grid(grid: str, path: str) -> str:
+    """`grid` ("pipeline" | "flow_match_euler" | "unipc_flow") with "pipeline" replaced by
+    the grid of the folder's scheduler class (no scheduler folder: "unipc_flow", the
+    UniPCMultistepScheduler released WAN pipelines ship). ValueError for anything else."""
+    if grid not in SIGMA_GRIDS:
+        raise ValueError(f"sigma_grid {grid!r}; allowed: {', '.join(SIGMA_GRIDS)}")
+    if grid != "pipeline":
+        return grid
+    f = os.path.join(path, "scheduler", "scheduler_config.json")
+    if not os.path.exists(f):
+        return "unipc_flow"
+    sc = read_config(f)
+    name = sc.get("_class_name")
+    if name not in _SCHEDULER_GRIDS:
+        raise ValueError(
+            f"{f}: scheduler {name!r} has no ffjax sigma grid; set config.sampling.sigma_grid"
+            f" to one of {', '.join(g for g in SIGMA_GRIDS if g != 'pipeline')}"
+        )
+    if name == "UniPCMultistepScheduler" and not sc.get("use_flow_sigmas"):
+        raise ValueError(
+            f"{f}: a UniPCMultistepScheduler without use_flow_sigmas is not a flow grid"
+        )
+    return _SCHEDULER_GRIDS[name]
+
+
 def _check_folder(path: str, pipelines: tuple[str, ...]) -> dict[str, Any]:
     """The folder's model_index.json; clear errors for a non-folder, another family or
     a lone component folder."""
@@ -170,6 +214,8 @@ class WanT2VAdapter(AdapterBase):
       guidance_scale_2: the low-noise expert's scale (A14B; None: guidance_scale).
       negative_prompt: prompt of the unconditional pass.
       shift: the schedule's fixed shift.
+      sigma_grid: the rollout grid, "flow_match_euler" or "unipc_flow" (module
+        docstring; `resolve_sigma_grid` turns a config's "pipeline" into one of them).
       boundary_ratio: A14B switch point (None: one expert); `transformer_2` is then
         the low-noise expert's module.
       expand_timesteps: Wan 2.2 TI2V-5B passes one timestep per latent token.
@@ -193,6 +239,7 @@ class WanT2VAdapter(AdapterBase):
         guidance_scale_2: float | None = None,
         negative_prompt: str = "",
         shift: float = WAN_SHIFT,
+        sigma_grid: str = "flow_match_euler",
         boundary_ratio: float | None = None,
         transformer_2: WanTransformer | None = None,
         expand_timesteps: bool = False,
@@ -213,6 +260,12 @@ class WanT2VAdapter(AdapterBase):
         )
         self.negative_prompt = negative_prompt
         self.shift = float(shift)
+        if sigma_grid not in SIGMA_GRIDS or sigma_grid == "pipeline":
+            raise ValueError(
+                f"sigma_grid {sigma_grid!r}; allowed: 'flow_match_euler', 'unipc_flow'"
+                " (resolve 'pipeline' with resolve_sigma_grid)"
+            )
+        self.sigma_grid = sigma_grid
         if (boundary_ratio is None) != (transformer_2 is None):
             raise ValueError("boundary_ratio and transformer_2 go together (Wan 2.2 A14B)")
         if boundary_ratio is not None and not 0 < boundary_ratio < 1:
@@ -265,15 +318,17 @@ class WanT2VAdapter(AdapterBase):
         `config.model.path` is a Diffusers WanPipeline folder (anything else is an error
         naming what was found); `config.model.num_frames` the frames (4k + 1);
         `config.sampling.guidance_scale` the CFG scale; `config.model.flow_shift` (> 0)
-        overrides the folder's schedule shift. Returns (adapter, {"transformer": params,
-        "vae": params}); for A14B the transformer params are {"transformer": high,
-        "transformer_2": low}. Weights are stored in `config.model.param_dtype`,
+        overrides the folder's schedule shift; `config.sampling.sigma_grid` picks the
+        rollout grid ("pipeline": the folder's scheduler class). Returns (adapter,
+        {"transformer": params, "vae": params}); for A14B the transformer params are
+        {"transformer": high, "transformer_2": low}. Weights are stored in `config.model.param_dtype`,
         activations run in `config.model.dtype`.
         """
         m = config.model
         adapter, weights = cls.from_pretrained(
             m.path, dtype=m.param_dtype, attention=m.attention, remat=m.remat,
-            shift=m.get("flow_shift", 0.0) or None, pipelines=pipelines, **cls._runtime(config),
+            shift=m.get("flow_shift", 0.0) or None, pipelines=pipelines,
+            sigma_grid=config.sampling.get("sigma_grid", "pipeline"), **cls._runtime(config),
         )  # fmt: skip
         from ffjax.models.text.encode import load_wan_text
 
@@ -306,6 +361,7 @@ class WanT2VAdapter(AdapterBase):
         dtype: Any = "float32",
         *,
         shift: float | None = None,
+        sigma_grid: str = "pipeline",
         attention: str = "auto",
         remat: str = "none",
         pipelines: tuple[str, ...] = _PIPELINES,
@@ -314,7 +370,8 @@ class WanT2VAdapter(AdapterBase):
         """From a WanPipeline folder, without the text encoder (see `load`).
 
         kwargs: the constructor's num_frames, guidance_scale, guidance_scale_2,
-        negative_prompt. `pipelines`: the model_index.json classes accepted (the
+        negative_prompt. `sigma_grid`: one of SIGMA_GRIDS ("pipeline": the folder's
+        scheduler class decides). `pipelines`: the model_index.json classes accepted (the
         `wan2-i2v` adapter builds its core from WanImageToVideoPipeline folders).
         Returns (adapter, {"transformer": params, "vae": params}).
         """
@@ -334,7 +391,8 @@ class WanT2VAdapter(AdapterBase):
         adapter = cls(
             experts["transformer"], vae, vae.config,
             shift=_pipeline_shift(path) if shift is None else shift,
-            boundary_ratio=boundary, transformer_2=experts.get("transformer_2"),
+            sigma_grid=resolve_sigma_grid(sigma_grid, path), boundary_ratio=boundary,
+            transformer_2=experts.get("transformer_2"),
             expand_timesteps=bool(index.get("expand_timesteps", False)), **kwargs,
         )  # fmt: skip
         tp = params if adapter.two_experts else params["transformer"]
@@ -361,6 +419,7 @@ class WanT2VAdapter(AdapterBase):
         adapter = cls(
             WanTransformer(configs["transformer"]), WanVAE(vc), vc,
             shift=m.get("flow_shift", 0.0) or _pipeline_shift(m.path),
+            sigma_grid=resolve_sigma_grid(config.sampling.get("sigma_grid", "pipeline"), m.path),
             boundary_ratio=index.get("boundary_ratio") if two else None,
             transformer_2=WanTransformer(configs["transformer_2"]) if two else None,
             expand_timesteps=bool(index.get("expand_timesteps", False)), **cls._runtime(config),
@@ -447,8 +506,22 @@ class WanT2VAdapter(AdapterBase):
         return jax.random.normal(key, self.latent_shape(batch, height, width), jnp.float32)
 
     def sigmas(self, num_steps: int, height: int, width: int) -> np.ndarray:
-        """The shifted flow schedule float32[num_steps + 1] (resolution-independent)."""
+        """The rollout grid float32[num_steps + 1] (`sigma_grid`; resolution-independent)."""
+        if self.sigma_grid == "unipc_flow":
+            return unipc_flow_rollout_sigmas(num_steps, self.shift)
         return fixed_shift_sigmas(num_steps, self.shift)
+
+    def unipc_sigmas(
+        self, num_steps: int, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What WanPipeline's UniPCMultistepScheduler (use_flow_sigmas, flow_shift = shift)
+        solves on, whatever the rollout grid: (solver sigmas float32[N + 1], the sigmas
+        its transformer is evaluated at float32[N] = integer timesteps / 1000), the
+        `sigmas` / `model_sigmas` of `ffjax.flow.unipc.unipc_sample`."""
+        return (
+            unipc_flow_sigmas(num_steps, self.shift),
+            unipc_flow_rollout_sigmas(num_steps, self.shift)[:-1],
+        )
 
     def boundary_timestep(self) -> float | None:
         """A14B: timesteps >= this go to `transformer` (Diffusers' boundary_ratio * 1000)."""

@@ -223,6 +223,12 @@ class WanI2VAdapter(AdapterBase):
     def sigmas(self, num_steps: int, height: int, width: int) -> np.ndarray:
         return self.core.sigmas(num_steps, height, width)
 
+    def unipc_sigmas(
+        self, num_steps: int, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """WanImageToVideoPipeline's UniPC solver sigmas and model sigmas (the core's)."""
+        return self.core.unipc_sigmas(num_steps, height, width)
+
     def decode_latents(self, vae_params, x, height: int, width: int) -> jax.Array:
         return self.core.decode_latents(vae_params, x, height, width)
 
