@@ -73,9 +73,9 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.sampling.eval_num_steps = 28  # [FF] eval.num_inference_steps
     c.sampling.guidance_scale = 5.0  # [FF] guidance_scale
     # [FW] rolls out on its UniPC scheduler's timesteps / 1000 (0.999, 0.964, ... at 10
-    # steps) and evaluates with UniPC multistep ([FS] eval mode): sampling.eval_solver
-    # "unipc" once the generate stage takes it.
+    # steps) and evaluates with UniPC multistep ([FS] eval mode).
     c.sampling.sigma_grid = "unipc_flow"
+    c.sampling.eval_solver = "unipc"
     c.sampling.dynamics = "flow_sde"  # [FF] dynamics_type Flow-SDE
     c.sampling.noise_level = 0.9  # [FF] noise_level
     c.sampling.sde_candidates = (1, 2, 3)  # [FF] sde_steps
@@ -121,6 +121,7 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.sampling.num_steps = 4
     c.sampling.eval_num_steps = 4
     c.sampling.sigma_grid = "flow_match_euler"  # the grid the tiny results were recorded on
+    c.sampling.eval_solver = "euler"  # as when the tiny results were recorded
     c.sampling.sde_candidates = (1, 2)
     c.sampling.batch_size = 0  # the whole epoch in one rollout call
     c.data.group_size = 4

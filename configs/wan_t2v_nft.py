@@ -59,9 +59,9 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.sampling.eval_num_steps = 20  # [FF] eval.num_inference_steps
     c.sampling.guidance_scale = 1.0  # [FF] guidance_scale: no CFG (a0b2bc5: 5.0)
     # [FW] rolls out on its UniPC scheduler's timesteps / 1000 (0.999, 0.964, ... at 10
-    # steps) and evaluates with UniPC multistep ([FS] eval mode): sampling.eval_solver
-    # "unipc" once the generate stage takes it.
+    # steps) and evaluates with UniPC multistep ([FS] eval mode).
     c.sampling.sigma_grid = "unipc_flow"
+    c.sampling.eval_solver = "unipc"
     c.sampling.dynamics = "ode"  # [FF] dynamics_type ODE
     c.sampling.batch_size = 8  # [FF] per_device_batch_size 1 x 8 GPUs per rollout call
     c.data.group_size = 16  # [FF] group_size
@@ -91,6 +91,7 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.sampling.num_steps = 6
     c.sampling.eval_num_steps = 6
     c.sampling.sigma_grid = "flow_match_euler"  # the grid the tiny results were recorded on
+    c.sampling.eval_solver = "euler"  # as when the tiny results were recorded
     c.sampling.batch_size = 0  # the whole epoch in one rollout call
     c.data.group_size = 4
     c.data.prompts_per_epoch = 2

@@ -10,9 +10,9 @@ without the trained weights (no checkpoint needed). `--config` must be the recip
 run was trained with (and its `--config.*` overrides), since it builds the model the
 checkpoint is restored into.
 
-Sampling is the deterministic ODE (noise level 0) with `sampling.eval_num_steps`
-steps, in batches of `sampling.batch_size` images (0: all at once), rounded up to a
-multiple of the devices over the mesh axes (data, fsdp). Image k of prompt
+Sampling is deterministic (`sampling.eval_solver`: Euler ODE steps, or UniPC for WAN)
+with `sampling.eval_num_steps` steps, in batches of `sampling.batch_size` images (0: all
+at once), rounded up to a multiple of the devices over the mesh axes (data, fsdp). Image k of prompt
 `index` starts from `adapter.init_noise(fold_in(fold_in(key(seed), index), k), 1, ...)`,
 so it depends on the seed, the weights and its own prompt only: not on the batch size
 or the other prompts in the file.
@@ -168,8 +168,9 @@ def sample(
         blocks = rows_lib.row_blocks(run.mesh, batch)
     except ValueError as e:
         raise SampleError(f"config.mesh: {e}") from None
-    sigmas = run.adapter.sigmas(c.sampling.eval_num_steps, m.height, m.width)
-    levels = np.zeros(c.sampling.eval_num_steps, np.float32)  # ODE
+    solver = c.sampling.eval_solver  # deterministic: Euler ODE steps or UniPC (WAN)
+    sigmas, levels = generate.ode_grid(run.adapter, solver, c.sampling.eval_num_steps,
+                                       m.height, m.width)  # fmt: skip
     rows, grid_images, captions = [], [], []
     for start in tqdm(
         range(0, len(items), batch), desc="sampling", unit="batch",
@@ -184,6 +185,7 @@ def sample(
         made = generate.generate(
             run.gen, params, [prompt_set.prompts[i] for i in index],
             [prompt_set.metadata[i] for i in index], noise, sigmas, levels, jax.random.key(seed),
+            solver=solver,
         )  # fmt: skip
         images = rows_lib.gather_rows(made.images, blocks, len(chunk))
         if not writer:

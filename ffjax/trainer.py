@@ -230,10 +230,12 @@ def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray,
     metadata = run.eval_prompts.metadata[mine]
     key = jax.random.key(c.seed + EVAL_SEED_OFFSET)
     noise = generate.init_noise(run.adapter, key, len(prompts), m.height, m.width, run.mesh)
-    sigmas = run.adapter.sigmas(c.sampling.eval_num_steps, m.height, m.width)
-    levels = np.zeros(c.sampling.eval_num_steps, np.float32)
+    solver = c.sampling.eval_solver
+    sigmas, levels = generate.ode_grid(run.adapter, solver, c.sampling.eval_num_steps,
+                                       m.height, m.width)  # fmt: skip
     weights = device_copy(state.ema) if state.ema is not None else state.trainable
-    out = generate.generate(run.gen, weights, prompts[mine], metadata, noise, sigmas, levels, key)
+    out = generate.generate(run.gen, weights, prompts[mine], metadata, noise, sigmas, levels, key,
+                            solver=solver)  # fmt: skip
     raw = on_every_process(
         "eval rewards",
         lambda: score.score(run.eval_rewards, Samples.of(prompts[mine], out.images,

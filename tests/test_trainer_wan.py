@@ -217,3 +217,34 @@ def test_tiny_grpo_learning_raises_brightness(folders, tmp_path):
     last = np.mean([r["reward_mean"] for r in history[-2:]])
     print(f"wan2-t2v grpo: brightness {first:.4f} -> {last:.4f}")
     assert last - first > LEARNING_MARGIN, (first, last)
+
+
+def test_unipc_evaluation_is_the_unipc_solve_of_the_adapter(folders):
+    """`sampling.eval_solver="unipc"`: the generate stage's deterministic run (evaluation,
+    `ffjax.sample`) is `flow.unipc.unipc_sample` of the adapter's velocity on the UniPC
+    grid, through the chunking, the variables and `finish_latents` (tests/models/wan/
+    test_unipc.py holds that solve equal to WanPipeline's UniPCMultistepScheduler)."""
+    from ffjax.flow import unipc
+    from ffjax.stages import generate
+
+    c = _tiny(folders)
+    c.sampling.eval_solver = "unipc"
+    c.sampling.batch_size = 2  # two calls of 2 rows: the chunks are stitched back in order
+    run = run_lib.build(configs.validate(c), training=False)
+    m, n = c.model, c.sampling.eval_num_steps
+    sigmas, levels = generate.ode_grid(run.adapter, "unipc", n, m.height, m.width)
+    assert levels is None and len(sigmas[0]) == n + 1 and len(sigmas[1]) == n
+    prompts = PROMPTS.split("\n")[:4]
+    noise = generate.init_noise(run.adapter, jax.random.key(3), 4, m.height, m.width, run.mesh)
+    out = generate.generate(run.gen, None, prompts, [{}] * 4, noise, sigmas, levels,
+                            jax.random.key(0), solver="unipc")  # fmt: skip
+    cond = run.adapter.encode_prompts(prompts, m.height, m.width)
+    direct = unipc.unipc_sample(run.adapter.velocity, run.gen.variables(None), cond, noise,
+                                sigmas[0], model_sigmas=sigmas[1],
+                                prepare_fn=run.adapter.prepare_cond)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(out.final), np.asarray(direct), rtol=1e-5, atol=1e-5)
+    assert out.traj is None and out.images.shape[0] == 4
+    euler = generate.generate(run.gen, None, prompts, [{}] * 4, noise,
+                              *generate.ode_grid(run.adapter, "euler", n, m.height, m.width),
+                              jax.random.key(0))  # fmt: skip
+    assert float(np.abs(np.asarray(euler.final) - np.asarray(direct)).max()) > 1e-3

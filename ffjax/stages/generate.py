@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ffjax.flow import rollout as rollout_lib
+from ffjax.flow import unipc as unipc_lib
 from ffjax.parallel import rows as rows_lib
 from ffjax.parallel import sharding as sharding_lib
 
@@ -149,6 +150,16 @@ def image_noise(adapter, seed: int, index, k, height: int, width: int) -> jax.Ar
     return jax.vmap(one)(jnp.asarray(index, jnp.uint32), jnp.asarray(k, jnp.uint32))
 
 
+def ode_grid(adapter, solver: str, num_steps: int, height: int, width: int) -> tuple:
+    """(sigmas, noise levels) of a deterministic sampling run (evaluation, `ffjax.sample`)
+    with `solver` (`sampling.eval_solver`): "euler" steps the adapter's rollout grid with
+    noise level 0; "unipc" (WAN) gives the UniPC solver's (sigmas, model sigmas) pair
+    (`adapter.unipc_sigmas`) and no noise levels."""
+    if solver == "unipc":
+        return adapter.unipc_sigmas(num_steps, height, width), None
+    return adapter.sigmas(num_steps, height, width), np.zeros(num_steps, np.float32)
+
+
 def stage_bar(progress: bool, total: int, desc: str, unit: str):
     """A progress bar with ETA for one stage of an epoch (`logging.step_progress`)."""
     return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not progress)
@@ -173,8 +184,12 @@ def rollout_and_decode(
     key: jax.Array,
     record: np.ndarray | None = None,
     on_images: Callable[[np.ndarray, int], None] | None = None,
+    solver: str = "euler",
 ) -> tuple[jax.Array, Any, np.ndarray]:
     """(final latents, trajectory or None, uint8 images of this process's rows).
+
+    `solver` "unipc" (`ode_grid`): `sigmas` is the (solver sigmas, model sigmas) pair and
+    each call is the deterministic UniPC multistep solve (`flow.unipc`; no trajectory).
 
     Rollout in calls of `gen.batch_size` rows of every process, trajectories
     concatenated on the batch axis; each call's final latents are decoded in the same
@@ -197,8 +212,15 @@ def rollout_and_decode(
     bar = stage_bar(gen.progress, -(-blocks.size // chunk), "rollout", "chunk")
     for start in range(0, blocks.size, chunk):
         chunk_cond, chunk_noise = rows_lib.chunk((cond, noise), start, chunk, blocks, gen.mesh)
-        final, traj = gen.rollout(model_vars, chunk_cond, chunk_noise, sigmas, noise_levels,
-                                  jax.random.fold_in(key, start), record)  # fmt: skip
+        if solver == "unipc":
+            with jax.set_mesh(gen.mesh):  # the models' activation constraints read it
+                final, traj = unipc_lib.unipc_sample(
+                    gen.adapter.velocity, model_vars, chunk_cond, chunk_noise, sigmas[0],
+                    model_sigmas=sigmas[1], prepare_fn=gen.adapter.prepare_cond,
+                ), None  # fmt: skip
+        else:
+            final, traj = gen.rollout(model_vars, chunk_cond, chunk_noise, sigmas, noise_levels,
+                                      jax.random.fold_in(key, start), record)  # fmt: skip
         final = gen.adapter.finish_latents(final, chunk_cond)  # e.g. TI2V pins frame 0
         finals.append(final)
         trajs.append(traj)
@@ -246,12 +268,14 @@ def generate(
     *,
     group_size: int = 1,
     on_images: Callable[[np.ndarray, int], None] | None = None,
+    solver: str = "euler",
 ) -> Generated:
     """encode -> rollout -> decode of this process's rows: `prompts` / `metadata` are
-    its rows (groups of `group_size` equal prompts), `noise` the global initial latents."""
+    its rows (groups of `group_size` equal prompts), `noise` the global initial latents.
+    `solver`: see `rollout_and_decode` (sigmas / noise levels from `ode_grid`)."""
     blocks = rows_lib.row_blocks(gen.mesh, noise.shape[0])
     cond = encode(gen, prompts, metadata, blocks, group_size)
     final, traj, images = rollout_and_decode(
-        gen, weights, cond, noise, sigmas, noise_levels, key, record, on_images
+        gen, weights, cond, noise, sigmas, noise_levels, key, record, on_images, solver
     )
     return Generated(cond, final, traj, images)

@@ -161,3 +161,7 @@ def test_wan_recipes_grid(recipe):
     mod = importlib.import_module(f"configs.{recipe}")
     assert mod.get_config("").sampling.sigma_grid == "unipc_flow"
     assert mod.get_config("tiny").sampling.sigma_grid == "flow_match_euler"
+    # Flow-Factory a0b2bc5 trainers/grpo.py evaluate() puts the scheduler in eval mode:
+    # UniPC multistep (scheduler/unipc_multistep.py); the tiny variants keep Euler.
+    assert mod.get_config("").sampling.eval_solver == "unipc"
+    assert mod.get_config("tiny").sampling.eval_solver == "euler"
