@@ -27,6 +27,17 @@ RESUMABLE_CHANGES = ("train.num_epochs", "train.eval_every", "checkpoint.", "log
 # Config keys that shape the restored weights; named when a checkpoint does not fit.
 MODEL_KEYS = ("model.", "train.lora_", "ema.decay")
 WEIGHTS = ("ema", "current", "base")
+# Keys added after run folders were written, each with the value that reproduces such a
+# run (what ffjax did before the key existed). A config.txt without one of them resumes
+# and samples with that value (`with_legacy_values`). A new key whose default already
+# does what ffjax did before needs no entry; one whose default differs must have one.
+LEGACY_VALUES = {
+    "algorithm.kl_form": "gaussian",  # 2026-12-07: default flow_factory
+    "train.advantage_eps": "flow_grpo",  # 2026-12-07: default flow_factory
+    "train.gdpo_std": "advantage_std",  # 2026-12-07: default flow_factory
+    "sampling.sigma_grid": "flow_match_euler",  # 2026-12-07: default pipeline (UniPC for WAN)
+    "sampling.eval_solver": "euler",
+}
 
 
 class RunFolderError(UsageError, RuntimeError):
@@ -68,15 +79,36 @@ def write_config(checkpoint_dir: str | os.PathLike, config: configs.ConfigDict) 
         f.write(configs.to_text(config) + "\n")
 
 
+def with_legacy_values(config: configs.ConfigDict, path: str | os.PathLike) -> list[str]:
+    """Sets, in `config`, the `LEGACY_VALUES` of keys the run's config.txt at `path` lacks
+    (a run made before they existed); returns 'key = value' of those set."""
+    old = read_config_text(path)
+    if not old:
+        return []
+    applied = []
+    for key, value in LEGACY_VALUES.items():
+        section, name = key.split(".")
+        if key not in old and name in config.get(section, {}):
+            config[section][name] = value
+            applied.append(f"{key} = {value!r}")
+    return applied
+
+
 def check_resumable(path: str | os.PathLike, config: configs.ConfigDict) -> None:
     """ConfigError naming the keys whose values differ from the checkpointed run's
     (config.txt at `path`), except those in RESUMABLE_CHANGES."""
     old = read_config_text(path)
     new = parse_config_text(configs.to_text(config))
+    # A key the old run did not have yet matches if it does what ffjax did then: its
+    # legacy value (`with_legacy_values`), else its default.
+    default = configs.base_config()
+    configs.set_algorithm(default, config.algorithm.name)
+    then = parse_config_text(configs.to_text(default))
+    then.update({k: repr(v) for k, v in LEGACY_VALUES.items()})
     changed = sorted(
         k
         for k in set(old) | set(new)
-        if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
+        if old.get(k, then.get(k)) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
     )
     if changed:
         detail = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed[:8])

@@ -153,6 +153,9 @@ def sample(
     # The run samples each call whole (`_call_rows` makes the calls); sampling.batch_size
     # of a training epoch has no meaning here.
     run_config = config.copy_and_resolve_references()
+    if checkpoint is not None and weights != "base":  # a run made before some keys existed
+        run_dir, _ = run_folder.locate_checkpoint(checkpoint)  # samples as it was trained
+        run_folder.with_legacy_values(run_config, run_folder.config_file(run_dir / "checkpoints"))
     run_config.sampling.batch_size = 0
     run = run_lib.build(run_config, training=False)  # inference only: no optimizer, rewards
     state, source = None, "the pretrained model"

@@ -272,15 +272,20 @@ def train(
     maybe_initialize_distributed()  # a no-op unless this is one process of a multi-host job
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    ckpt = Checkpointer(workdir, config.checkpoint.every_epochs, config.checkpoint.keep)
+    config_file = run_folder.config_file(ckpt.directory)
+    latest = ckpt.latest() if resume else None
+    if latest is not None and os.path.exists(config_file):
+        # A run made before some keys existed resumes with what ffjax did then; any other
+        # difference stops here, before anything is loaded.
+        config = config.copy_and_resolve_references()
+        for line in run_folder.with_legacy_values(config, config_file):
+            logging.info("resuming a run made before %s existed", line)
+        run_folder.check_resumable(config_file, config)
     run = build(config)
     c = run.config
-    ckpt = Checkpointer(workdir, c.checkpoint.every_epochs, c.checkpoint.keep)
-    config_file = run_folder.config_file(ckpt.directory)
     state = run.initial
-    latest = ckpt.latest() if resume else None
     if latest is not None:
-        if os.path.exists(config_file):
-            run_folder.check_resumable(config_file, c)
         state = ckpt.restore(latest, run.initial)
         if jax.process_index() == 0:  # the only writer of metrics.jsonl
             run_folder.drop_rows_after(os.path.join(workdir, "metrics.jsonl"), latest)
