@@ -66,6 +66,7 @@ def _run_pipeline(pipe, noise, scale):
     return out.images, final["latents"], steps, pipe.scheduler.sigmas.numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [1.0, 4.0], ids=["no_cfg", "true_cfg"])
 def test_pipeline_parity(qwen_pipeline, scale):
     pipe, path = qwen_pipeline

@@ -86,6 +86,7 @@ def _to_ours(a):  # (B, C, F, H, W) -> (B, F, H, W, C)
 
 
 # Without CFG once (t2v); the CFG runs cover both passes for every layout.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant,scale", [("t2v", 1.0), ("t2v", 4.0), ("a14b", 4.0), ("ti2v", 4.0)],
     ids=["t2v-no_cfg", "t2v-cfg", "a14b-cfg", "ti2v-cfg"],

@@ -165,6 +165,7 @@ def _run_pipeline(pipe, noise, scale, h, w, text_len, images):
                 sigmas=pipe.scheduler.sigmas.numpy())  # fmt: skip
 
 
+@pytest.mark.slow
 def test_pipeline_parity(pipeline):
     """With CFG (scale 4): per-step guided predictions, prepared K/V, final latents and
     video; without (`conditional_only`): the pipeline's conditional pass at each step."""
@@ -305,6 +306,7 @@ def test_abstract_load_matches_load(i2v):
     assert shape_of(enc["image_encoder (CLIP vision)"]) == shape_of(adapter.image_encoder[1])
 
 
+@pytest.mark.slow
 def test_image_conditions_are_batched_and_cached(i2v, monkeypatch):
     """Images missing from the adapter's cache are encoded in one batched call, equal to
     encoding them one at a time; a later epoch's images are not encoded again."""
