@@ -69,6 +69,7 @@ def tiny_pipeline(tmp_path_factory):
     return FluxPipeline.from_pretrained(path), path
 
 
+@pytest.mark.slow
 def test_pipeline_parity(tiny_pipeline):
     pipe, path = tiny_pipeline
     adapter, params = Flux1Adapter.from_pretrained(path, guidance_scale=GUIDANCE)

@@ -16,8 +16,6 @@ from ffjax import configs, registry
 from ffjax.models.qwen_image import QwenImageAdapter
 from ffjax.models.weights import CheckpointFormatError
 from tests.models.flux.tiny import rel_err
-from tests.tiny_flux_pipeline import build_flux_pipeline
-from tests.tiny_qwen_image_pipeline import build_qwen_image_pipeline
 
 HEIGHT, WIDTH, STEPS = 32, 48, 4
 PROMPTS = ["a photo of a cat", "an astronaut riding a horse on the moon"]
@@ -34,10 +32,10 @@ def _config(path, guidance_scale: float) -> configs.ConfigDict:
 
 
 @pytest.fixture(scope="module")
-def qwen_pipeline(tmp_path_factory):
+def qwen_pipeline(tiny_pipelines):
     from diffusers import QwenImagePipeline
 
-    path = build_qwen_image_pipeline(tmp_path_factory.mktemp("qwen_image_pipeline") / "pipe")
+    path = tiny_pipelines.qwen_image()
     return QwenImagePipeline.from_pretrained(path), path
 
 
@@ -68,6 +66,7 @@ def _run_pipeline(pipe, noise, scale):
     return out.images, final["latents"], steps, pipe.scheduler.sigmas.numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [1.0, 4.0], ids=["no_cfg", "true_cfg"])
 def test_pipeline_parity(qwen_pipeline, scale):
     pipe, path = qwen_pipeline
@@ -133,8 +132,8 @@ def test_image_size_not_divisible_by_packing(qwen_pipeline):
         adapter.make_cond(np.zeros((1, 3, 32), np.float32), None, 32, 44)
 
 
-def test_flux_folder_is_refused(tmp_path):
-    path = build_flux_pipeline(tmp_path / "flux")
+def test_flux_folder_is_refused(tiny_pipelines):
+    path = tiny_pipelines.flux()
     with pytest.raises(CheckpointFormatError, match="not a Qwen-Image checkpoint.*FluxPipeline"):
         QwenImageAdapter.load(_config(path, 4.0))
 

@@ -16,8 +16,7 @@ from ffjax import configs, registry
 from ffjax.models.wan.adapter import WanT2VAdapter, check_num_frames
 from ffjax.models.weights import CheckpointFormatError
 from tests.models.flux.tiny import rel_err
-from tests.tiny_flux_pipeline import build_flux_pipeline
-from tests.tiny_wan_pipeline import A14B_BOUNDARY, SIZES, build_wan_pipeline
+from tests.tiny_wan_pipeline import A14B_BOUNDARY, SIZES
 
 FRAMES, STEPS = 5, 6
 HEIGHT, WIDTH = SIZES["t2v"]
@@ -34,20 +33,15 @@ def _config(path, guidance_scale: float, size=(HEIGHT, WIDTH)) -> configs.Config
     return c
 
 
-_BUILT: dict[str, tuple] = {}  # variant -> (pipeline, folder), built once per session
-
-
-def _built(variant, tmp_path_factory):
-    if variant not in _BUILT:
-        path, pipe = build_wan_pipeline(tmp_path_factory.mktemp(f"wan_{variant}") / "pipe",
-                                        variant)  # fmt: skip
-        _BUILT[variant] = pipe, path
-    return _BUILT[variant]
+def _built(variant, tiny_pipelines):
+    """(pipeline, folder) of the session's tiny WAN `variant` (tests/tiny_pipelines.py)."""
+    path, pipe = tiny_pipelines.wan(variant)
+    return pipe, path
 
 
 @pytest.fixture(scope="module")
-def a14b_folder(tmp_path_factory):
-    return _built("a14b", tmp_path_factory)[1]
+def a14b_folder(tiny_pipelines):
+    return _built("a14b", tiny_pipelines)[1]
 
 
 def _run_pipeline(pipe, noise, scale, height, width):
@@ -92,12 +86,13 @@ def _to_ours(a):  # (B, C, F, H, W) -> (B, F, H, W, C)
 
 
 # Without CFG once (t2v); the CFG runs cover both passes for every layout.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant,scale", [("t2v", 1.0), ("t2v", 4.0), ("a14b", 4.0), ("ti2v", 4.0)],
     ids=["t2v-no_cfg", "t2v-cfg", "a14b-cfg", "ti2v-cfg"],
 )  # fmt: skip
-def test_pipeline_parity(tmp_path_factory, variant, scale):
-    pipe, path = _built(variant, tmp_path_factory)
+def test_pipeline_parity(tiny_pipelines, variant, scale):
+    pipe, path = _built(variant, tiny_pipelines)
     h, w = SIZES[variant]
     adapter, weights = registry.MODELS.get("wan2-t2v").load(_config(path, scale, (h, w)))
     assert adapter.do_cfg == (scale > 1)
@@ -192,16 +187,16 @@ def test_num_frames_and_size_validation(a14b_folder):
         adapter.latent_shape(1, 12, 32)
 
 
-def test_other_family_folder_is_refused(tmp_path):
-    path = build_flux_pipeline(tmp_path / "flux")
+def test_other_family_folder_is_refused(tiny_pipelines):
+    path = tiny_pipelines.flux()
     with pytest.raises(CheckpointFormatError, match="FluxPipeline"):
         WanT2VAdapter.load(_config(path, 4.0))
 
 
-def test_guidance_scale_2_only_for_two_experts(tmp_path_factory, a14b_folder):
+def test_guidance_scale_2_only_for_two_experts(tiny_pipelines, a14b_folder):
     """As WanPipeline: guidance_scale_2 needs a boundary_ratio pipeline, and guidance is
     on when guidance_scale > 1 (guidance_scale_2 alone does not turn it on)."""
-    _, t2v_folder = _built("t2v", tmp_path_factory)
+    _, t2v_folder = _built("t2v", tiny_pipelines)
     with pytest.raises(ValueError, match=r"guidance_scale_2=4.0 .* only for two-expert"):
         WanT2VAdapter.from_pretrained(t2v_folder, num_frames=FRAMES, guidance_scale_2=4.0)
     adapter, _ = WanT2VAdapter.from_pretrained(

@@ -23,7 +23,6 @@ from ffjax.models.wan import call_like_diffusers
 from ffjax.models.wan.adapter_i2v import IMAGE_FIELD, WanI2VAdapter, image_roots
 from ffjax.models.wan.vae import from_transformer_space
 from tests.models.flux.tiny import rel_err
-from tests.tiny_wan_i2v_pipeline import build_wan_i2v_pipeline
 
 FRAMES, STEPS = 5, 4
 SIZES = {
@@ -77,11 +76,11 @@ def _no_ftfy():
 _BUILT: dict[str, dict] = {}  # variant -> pipeline, folder, loaded adapter (once a session)
 
 
-def _built(variant, tmp_path_factory) -> dict:
+def _built(variant, tiny_pipelines) -> dict:
     """The tiny pipeline, its folder, and the adapter loaded from it (guidance 4: the
     no-CFG case uses `conditional_only`), its weights and jitted functions."""
     if variant not in _BUILT:
-        path, pipe = build_wan_i2v_pipeline(tmp_path_factory.mktemp(variant) / "p", variant)
+        path, pipe = tiny_pipelines.wan_i2v(variant)
         adapter, weights = registry.MODELS.get("wan2-i2v").load(_config(path, variant, 4.0))
         _BUILT[variant] = dict(
             pipe=pipe, path=path, adapter=adapter, weights=weights,
@@ -91,13 +90,13 @@ def _built(variant, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module", params=["i2v", "flf2v", "a14b", "ti2v"])
-def pipeline(request, tmp_path_factory):
-    return request.param, _built(request.param, tmp_path_factory)
+def pipeline(request, tiny_pipelines):
+    return request.param, _built(request.param, tiny_pipelines)
 
 
 @pytest.fixture(scope="module")
-def i2v(tmp_path_factory):
-    return _built("i2v", tmp_path_factory)
+def i2v(tiny_pipelines):
+    return _built("i2v", tiny_pipelines)
 
 
 def _to_ours(a):  # (B, C, F, H, W) -> (B, F, H, W, C)
@@ -166,6 +165,7 @@ def _run_pipeline(pipe, noise, scale, h, w, text_len, images):
                 sigmas=pipe.scheduler.sigmas.numpy())  # fmt: skip
 
 
+@pytest.mark.slow
 def test_pipeline_parity(pipeline):
     """With CFG (scale 4): per-step guided predictions, prepared K/V, final latents and
     video; without (`conditional_only`): the pipeline's conditional pass at each step."""
@@ -303,6 +303,7 @@ def test_abstract_load_matches_load(i2v):
     assert shape_of(enc["image_encoder (CLIP vision)"]) == shape_of(adapter.image_encoder[1])
 
 
+@pytest.mark.slow
 def test_image_conditions_are_batched_and_cached(i2v, monkeypatch):
     """Images missing from the adapter's cache are encoded in one batched call, equal to
     encoding them one at a time; a later epoch's images are not encoded again."""
