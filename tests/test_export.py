@@ -28,7 +28,6 @@ from ffjax.models.lora import init_lora, lora_paths
 from ffjax.models.weights import Rule, SafetensorsFile, reshape
 from tests.models.flux.tiny import image_ids, perturb, rel_err
 from tests.test_trainer_flux import _config
-from tests.tiny_flux_pipeline import build_flux_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 # Relative to the output's max |value|, float32 on both sides. What remains (up to ~4e-5
@@ -39,8 +38,8 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    return build_flux_pipeline(tmp_path_factory.mktemp("export_flux"))
+def pipeline(tiny_pipelines):
+    return tiny_pipelines.flux()  # the session's (tests/conftest.py): read-only
 
 
 def _deep_transformer(folder):

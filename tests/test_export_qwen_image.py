@@ -27,15 +27,14 @@ from ffjax.models.qwen_image.convert import load_transformer
 from tests.models.flux.tiny import rel_err
 from tests.test_export import _lora_modules, _random_b
 from tests.test_trainer_qwen_image import PROMPTS, _recipe
-from tests.tiny_qwen_image_pipeline import build_qwen_image_pipeline
 
 # Relative to the output's max |value|, float32 on both sides (as tests/test_export.py).
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    return build_qwen_image_pipeline(tmp_path_factory.mktemp("export_qwen"))
+def pipeline(tiny_pipelines):
+    return tiny_pipelines.qwen_image()  # the session's (tests/conftest.py): read-only
 
 
 def _inputs(cfg, b=2, h=3, w=5, lt=7, seed=1):
@@ -66,7 +65,7 @@ def _diffusers(transformer, kw):
         return transformer(**kw).sample.numpy()
 
 
-def test_lora_loads_in_qwen_image_pipeline_with_the_same_outputs(pipeline):
+def test_lora_loads_in_qwen_image_pipeline_with_the_same_outputs(pipeline, tmp_path):
     from diffusers import QwenImagePipeline
 
     module, params = load_transformer(Path(pipeline) / "transformer")
@@ -78,7 +77,7 @@ def test_lora_loads_in_qwen_image_pipeline_with_the_same_outputs(pipeline):
     kw = _inputs(module.config)
     ours = _ours(module, {"params": params, "lora": lora, "lora_scale": scale}, kw)
 
-    file = Path(pipeline).parent / "qwen_lora.safetensors"
+    file = tmp_path / "qwen_lora.safetensors"
     n = export.export_lora(lora, scale, file, config=module.config)
     n_modules = sum(s.size for s in jax.tree.leaves(scale))
     assert n == 2 * n_modules and n_modules == 2 * 14 + 6  # 14 Linear a block, 6 outside
@@ -144,6 +143,7 @@ def _lora_run(tmp_path, pipeline):
     return c, run, state
 
 
+@pytest.mark.slow
 def test_lora_run_exports_for_the_pipeline_and_other_families_error(pipeline, tmp_path, capsys):
     from diffusers import QwenImagePipeline
 

@@ -32,7 +32,7 @@ from ffjax.state import init_state
 from tests.models.flux.tiny import perturb, rel_err
 from tests.test_export import _lora_modules, _random_b
 from tests.test_trainer_wan import PROMPTS, _recipe
-from tests.tiny_wan_pipeline import TRANSFORMER, build_wan_pipeline
+from tests.tiny_wan_pipeline import TRANSFORMER
 
 # Relative to the output's max |value|, float32 on both sides (as tests/test_export.py).
 TOL = 1e-4
@@ -43,9 +43,9 @@ EXPERTS = ("transformer", "transformer_2")
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def folders(tmp_path_factory, tiny_pipelines):
     tmp = tmp_path_factory.mktemp("export_wan")
-    out = {v: build_wan_pipeline(tmp / v, v)[0] for v in ("t2v", "a14b")}
+    out = {v: tiny_pipelines.wan(v)[0] for v in ("t2v", "a14b")}  # the session's: read-only
     (tmp / "prompts").mkdir()
     (tmp / "prompts" / "train.txt").write_text(PROMPTS)
     out["prompts"] = str(tmp / "prompts")
@@ -98,6 +98,7 @@ def _every_linear_lora(params, seed=0):
     return _random_b(lora, seed=seed), scale
 
 
+@pytest.mark.slow
 def test_lora_loads_in_wan_pipeline_with_the_same_outputs(folders, tmp_path):
     from diffusers import WanPipeline
 
@@ -125,6 +126,7 @@ def test_lora_loads_in_wan_pipeline_with_the_same_outputs(folders, tmp_path):
                    plain) < TOL  # fmt: skip
 
 
+@pytest.mark.slow
 def test_i2v_lora_with_image_attention_loads_in_the_i2v_pipeline(tmp_path):
     from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
 
@@ -187,6 +189,7 @@ def _expert_outputs(run, tree, kw, experts=EXPERTS):
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a14b_lora_run_exports_one_file_per_adapted_expert(folders, tmp_path, capsys):
     from diffusers import WanPipeline
 
@@ -235,6 +238,7 @@ def test_a14b_lora_run_exports_one_file_per_adapted_expert(folders, tmp_path, ca
         export.export_run(tmp_path / "one", tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_a14b_full_export_loads_with_the_same_outputs(folders, tmp_path):
     from diffusers import WanTransformer3DModel
 

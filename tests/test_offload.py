@@ -37,6 +37,7 @@ def _awm_full_ft_with_both_kls(tmp_path):
     return c
 
 
+@pytest.mark.slow
 def test_offloaded_ema_and_reference_train_and_resume_as_on_device(tmp_path):
     c = _awm_full_ft_with_both_kls(tmp_path)
     c.train.num_epochs = 3
@@ -55,6 +56,7 @@ def test_offloaded_ema_and_reference_train_and_resume_as_on_device(tmp_path):
     assert on_device[-1]["kl_ema"] > 0 and on_device[-1]["kl"] > 0  # both were read
 
 
+@pytest.mark.slow
 def test_offloaded_weights_stay_in_host_memory(tmp_path):
     c = _awm_full_ft_with_both_kls(tmp_path)
     c.ema.offload = c.train.offload_ref = True
@@ -71,6 +73,7 @@ def test_offloaded_weights_stay_in_host_memory(tmp_path):
     assert name == "ema" and _kinds(weights) == {"device"}
 
 
+@pytest.mark.slow
 def test_nft_off_policy_samples_with_the_offloaded_ema(tmp_path):
     c = toy_config(tmp_path, "nft")
     c.sampling.noise_level = 0.0

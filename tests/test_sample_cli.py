@@ -63,6 +63,7 @@ def _images(out: Path, n: int, per_prompt: int) -> np.ndarray:
     ])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_samples_files_and_in_process_equality(runs):
     root, recipe, get_config = runs
     out = root / "out_ema"
@@ -101,6 +102,7 @@ def test_samples_files_and_in_process_equality(runs):
     assert sorted(p.name for p in (root / "run" / "checkpoints").iterdir())[:2] == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_weights_batches_and_seeds(runs):
     root, recipe, get_config = runs
     common = ("--prompts", root / "prompts", "--seed", 5)
@@ -129,6 +131,7 @@ def test_weights_batches_and_seeds(runs):
     np.testing.assert_array_equal(_images(root / "seed5", 4, 2), current)
 
 
+@pytest.mark.slow
 def test_errors_exit_2_with_one_line(runs):
     root, recipe, get_config = runs
     common = ("--prompts", root / "prompts", "--out", root / "err")

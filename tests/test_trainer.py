@@ -164,6 +164,7 @@ def test_learning_raises_reward(tmp_path, algorithm):
     assert last - first > spec["margin"], (first, last)
 
 
+@pytest.mark.slow
 def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
     c = toy_config(tmp_path)
     c.train.num_epochs = 4

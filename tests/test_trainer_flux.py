@@ -6,12 +6,11 @@ import math
 import pytest
 
 from ffjax import configs, trainer
-from tests.tiny_flux_pipeline import build_flux_pipeline
 
 
 @pytest.fixture(scope="module")
-def flux_folder(tmp_path_factory):
-    return build_flux_pipeline(tmp_path_factory.mktemp("tiny_flux"))
+def flux_folder(tiny_pipelines):
+    return tiny_pipelines.flux()  # the session's (tests/conftest.py): read-only
 
 
 def _config(tmp_path, folder, algorithm):

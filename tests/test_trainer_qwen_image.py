@@ -14,7 +14,6 @@ import pytest
 
 from ffjax import configs, dry_run, registry, trainer
 from ffjax import run as run_lib
-from tests.tiny_qwen_image_pipeline import build_qwen_image_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROMPTS = "a red cat\na dog on a mat\ntwo birds\na photo of a fox\n"
@@ -28,15 +27,19 @@ def _recipe(algorithm="grpo"):
     return module
 
 
-def _tiny(tmp_path, algorithm="grpo"):
-    """The recipe's `tiny` config on a freshly built tiny pipeline and four prompts."""
-    folder = build_qwen_image_pipeline(tmp_path / "pipe")
+def _tiny(tmp_path, folder, algorithm="grpo"):
+    """The recipe's `tiny` config on the tiny pipeline `folder` and four prompts."""
     data = tmp_path / "prompts"
     data.mkdir()
     (data / "train.txt").write_text(PROMPTS)
     c = _recipe(algorithm).get_config("tiny")
     c.model.path, c.data.path = folder, str(data)
     return c
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_pipelines):
+    return tiny_pipelines.qwen_image()  # the session's (tests/conftest.py): read-only
 
 
 @pytest.mark.parametrize("variant", ["", "tiny"])
@@ -52,8 +55,9 @@ def test_variants_validate_and_divide_into_two_optimizer_steps(variant):
     assert c.algorithm.cfg_in_train  # the training forward guides like the rollout
 
 
-def test_tiny_trains_two_epochs(tmp_path):
-    c = _tiny(tmp_path)
+@pytest.mark.slow
+def test_tiny_trains_two_epochs(tmp_path, folder):
+    c = _tiny(tmp_path, folder)
     history = trainer.train(configs.validate(c), tmp_path / "run", progress=False)
     assert len(history) == 2
     for row in history:
@@ -104,13 +108,14 @@ def test_cfg_in_train_false_trains_the_conditional_pass_alone(monkeypatch):
     assert run_lib.cfg_in_train(_recipe("awm").get_config("tiny"))  # AWM has no such key
 
 
-def test_cfg_in_train_false_starts_with_the_ratio_off_one(tmp_path):
+@pytest.mark.slow
+def test_cfg_in_train_false_starts_with_the_ratio_off_one(tmp_path, folder):
     """One epoch with cfg_in_train False and a learning rate too small to move anything:
     the rollout guides (its log-probs are the old ones), the training forward does not,
     so the ratio is below 1 before any update and most rows clip at clip_range 1e-4.
     Measured: ratio 0.99883..0.99999 (mean 0.99943), clipfrac 0.75; with True the same
     run gives ratio 1 to 1.2e-7, clipfrac 0."""
-    c = _tiny(tmp_path)
+    c = _tiny(tmp_path, folder)
     c.algorithm.cfg_in_train = False
     c.train.num_epochs, c.train.eval_every, c.train.learning_rate = 1, 0, 1e-12
     (row,) = trainer.train(configs.validate(c), tmp_path / "run", progress=False)
@@ -122,9 +127,10 @@ def test_cfg_in_train_false_starts_with_the_ratio_off_one(tmp_path):
     assert row["ratio_max"] < 1 and row["ratio_min"] < 1 - 5e-4 and row["clipfrac"] > 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["nft", "awm"])
-def test_tiny_nft_and_awm_train_two_epochs(tmp_path, algorithm):
-    c = configs.validate(_tiny(tmp_path, algorithm))
+def test_tiny_nft_and_awm_train_two_epochs(tmp_path, folder, algorithm):
+    c = configs.validate(_tiny(tmp_path, folder, algorithm))
     history = trainer.train(c, tmp_path / "run", progress=False)
     assert len(history) == 2
     for row in history:
@@ -132,10 +138,11 @@ def test_tiny_nft_and_awm_train_two_epochs(tmp_path, algorithm):
     assert math.isfinite(history[-1]["eval/reward_mean"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["nft", "awm"])
-def test_tiny_nft_and_awm_dry_run_plans_and_compiles(tmp_path, algorithm):
+def test_tiny_nft_and_awm_dry_run_plans_and_compiles(tmp_path, folder, algorithm):
     """`--dry_run` (config files only) for the tiny NFT (no true CFG) and AWM (true CFG)."""
-    report = dry_run.plan(configs.validate(_tiny(tmp_path, algorithm)))
+    report = dry_run.plan(configs.validate(_tiny(tmp_path, folder, algorithm)))
     assert "train" in report.programs and "qwen-image" in report.text(None)
 
 
@@ -158,8 +165,8 @@ LEARNING_MARGIN = 0.003
 
 
 @pytest.mark.slow
-def test_tiny_grpo_learning_raises_brightness(tmp_path):
-    c = _tiny(tmp_path)
+def test_tiny_grpo_learning_raises_brightness(tmp_path, folder):
+    c = _tiny(tmp_path, folder)
     for key, value in LEARNING_OVERRIDES.items():
         configs.apply_override(c, key, value)
     history = trainer.train(configs.validate(c), tmp_path / "run", progress=False)

@@ -16,7 +16,6 @@ from PIL import Image
 from ffjax import configs, dry_run, registry, sample, trainer
 from ffjax import run as run_lib
 from ffjax.stages import optimize
-from tests.tiny_wan_pipeline import build_wan_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROMPTS = "a red cat\na dog on a mat\ntwo birds\na photo of a fox\n"
@@ -31,10 +30,10 @@ def _recipe(algorithm="grpo"):
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    """{"t2v" | "a14b": pipeline folder, "prompts": data folder}, built once."""
+def folders(tmp_path_factory, tiny_pipelines):
+    """{"t2v" | "a14b": pipeline folder (the session's, read-only), "prompts": data folder}."""
     tmp = tmp_path_factory.mktemp("wan_trainer")
-    out = {v: build_wan_pipeline(tmp / v, v)[0] for v in ("t2v", "a14b")}
+    out = {v: tiny_pipelines.wan(v)[0] for v in ("t2v", "a14b")}
     (tmp / "prompts").mkdir()
     (tmp / "prompts" / "train.txt").write_text(PROMPTS)
     out["prompts"] = str(tmp / "prompts")
@@ -84,6 +83,7 @@ def test_a14b_recipe_adapts_the_high_noise_expert_only(folders):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_tiny_grpo_trains_two_epochs_and_writes_videos(folders, tmp_path):
     c = _tiny(folders)
     c.logging.image_grid_every = 1
@@ -110,6 +110,7 @@ def test_tiny_grpo_trains_two_epochs_and_writes_videos(folders, tmp_path):
     assert Image.open(out / "grid.gif").n_frames == 5
 
 
+@pytest.mark.slow
 def test_tiny_nft_trains_both_a14b_experts(folders):
     """NFT trains on sigmas on both sides of the 0.875 boundary, so one epoch moves the
     LoRA of each expert (B starts at zero); micro-batches of one expert's rows are
@@ -145,6 +146,7 @@ def test_micro_batches_of_one_expert():
     assert [e for _, e in plain] == [None] * 5 and np.array_equal(plain[1][0], order[4:8])
 
 
+@pytest.mark.slow
 def test_one_expert_batches_equal_the_switch_at_half_the_cost_of_mixed_ones(folders):
     """velocity with cond.expert fixed = the per-row switch on rows of that expert, with
     the same LoRA gradient; and its gradient costs about half the FLOPs of a mixed
@@ -185,6 +187,7 @@ def test_one_expert_batches_equal_the_switch_at_half_the_cost_of_mixed_ones(fold
     assert flops[0] < 0.6 * flops[1] and temp[0] < 0.8 * temp[1], (flops, temp)
 
 
+@pytest.mark.slow
 def test_tiny_dry_run_plans_and_compiles(folders):
     """`--dry_run` (config files only) for the tiny GRPO run (CFG, K/V prepared once)."""
     c = _tiny(folders)

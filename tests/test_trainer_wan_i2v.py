@@ -14,7 +14,6 @@ from PIL import Image
 
 from ffjax import configs, trainer
 from ffjax.stages import generate
-from tests.tiny_wan_i2v_pipeline import build_wan_i2v_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROMPTS = ["a red cat", "a dog on a mat", "two birds"]
@@ -63,8 +62,8 @@ def test_encode_prompts_passes_metadata_only_when_wanted():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["i2v", "ti2v"])
-def test_tiny_grpo_epoch(variant, data, tmp_path):
-    path, _ = build_wan_i2v_pipeline(tmp_path / variant, variant)
+def test_tiny_grpo_epoch(variant, data, tiny_pipelines):
+    path, _ = tiny_pipelines.wan_i2v(variant)  # the session's (tests/conftest.py): read-only
     c = _recipe().get_config("tiny")
     c.model.path, c.data.path = path, data
     if variant == "ti2v":  # Wan 2.2 VAE: 16x spatial, patch 2; no image attention

@@ -31,6 +31,7 @@ def folder(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_pickscore_on_the_mesh_equals_one_device(folder):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"

@@ -126,6 +126,7 @@ def test_batches_are_whole_rows_of_every_device_for_any_process_count():
     assert sample_lib._call_rows(10, 0, one) == 10 and sample_lib._call_rows(10, 3, one) == 3
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_files_of_one(trained):
     root, recipe = trained
     # 5 prompts x 2 = 10 images in batches of 4 (1 row per device): 3 calls, the last
@@ -147,6 +148,7 @@ def test_two_processes_write_the_files_of_one(trained):
         assert got[name] == data, name
 
 
+@pytest.mark.slow
 def test_a_bad_argument_on_one_process_ends_both(trained):
     root, recipe = trained
     common = ["--config", recipe, "--checkpoint", root / "run", "--out", root / "bad"]

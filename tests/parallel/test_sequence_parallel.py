@@ -43,6 +43,7 @@ def results():
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["even", "odd"])
 @pytest.mark.parametrize("model", MODELS)
 def test_data2_x_sequence4_equals_one_device(results, model, layout):
@@ -54,6 +55,7 @@ def test_data2_x_sequence4_equals_one_device(results, model, layout):
     assert r["max_err_grad"] <= 2e-5 * max(1.0, r["max_grad"]), r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_sequence_axis_splits_the_activations(results, model):
     """At the same per-device batch (1 sample), forward + backward on data=2 x sequence=4
@@ -64,6 +66,7 @@ def test_sequence_axis_splits_the_activations(results, model):
     assert "sequence" in r["out_spec"], r
 
 
+@pytest.mark.slow
 def test_fused_attention_wrapper_equals_the_plain_kernel(results):
     """The shard_map that runs cuDNN / splash per device (queries split over batch and
     length, keys / values whole) gives the kernel's output and gradients, masked or not."""

@@ -56,6 +56,7 @@ def report(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ENCODERS)
 def test_sharded_encoder_equals_one_device(report, name):
     for mesh, r in report["encoders"][name].items():
@@ -64,6 +65,7 @@ def test_sharded_encoder_equals_one_device(report, name):
         assert r["out_devices"] == 8, (name, mesh)  # outputs replicated on the mesh
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ENCODERS)
 def test_sharded_encoder_splits_its_parameters(report, name):
     for mesh, r in report["encoders"][name].items():
@@ -76,11 +78,13 @@ def test_sharded_encoder_splits_its_parameters(report, name):
         assert r["device0"] < 1.25 * r["total"] / fsdp, (name, mesh, r)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["umt5", "qwen2_5_vl"])
 def test_wan_and_qwen_image_prompt_encoding_on_the_mesh(report, name):
     assert report["prompts"][name] < 1e-5, report["prompts"]
 
 
+@pytest.mark.slow
 def test_flux_adapter_place_encoders(report):
     flux = report["flux"]
     assert flux.pop("ref_on_device")
@@ -93,6 +97,7 @@ def test_flux_adapter_place_encoders(report):
         assert r["clip_device0"] < 1.25 * r["clip_total"] / fsdp, (mesh, r)
 
 
+@pytest.mark.slow
 def test_sharded_encoder_never_holds_all_its_weights(report):
     # A 34 MB UMT5 on fsdp=8: the compiled call takes 1/8 of the weights per device
     # and its scratch space stays below another 1/8 (gathering every layer's weights

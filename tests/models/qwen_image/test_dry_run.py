@@ -9,7 +9,6 @@ import pytest
 
 from ffjax import dry_run
 from ffjax.models.qwen_image import QwenImageAdapter
-from tests.tiny_qwen_image_pipeline import build_qwen_image_pipeline
 
 RECIPE = Path(__file__).resolve().parents[3] / "configs" / "qwen_image_grpo.py"
 
@@ -24,18 +23,19 @@ def _tiny_config(folder, data):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_pipelines):
     root = tmp_path_factory.mktemp("qwen_dry_run")
     data = root / "prompts"
     data.mkdir()
     (data / "train.txt").write_text("a red cat\na dog on a mat\n")
-    return _tiny_config(build_qwen_image_pipeline(root / "pipe"), data)
+    return _tiny_config(tiny_pipelines.qwen_image(), data)  # the session's: read-only
 
 
 def _shapes(tree):
     return jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tree)
 
 
+@pytest.mark.slow
 def test_abstract_load_matches_load(tiny):
     adapter, weights = QwenImageAdapter.load(tiny)
     abstract, abstract_weights = QwenImageAdapter.abstract_load(tiny)
@@ -50,6 +50,7 @@ def test_abstract_load_matches_load(tiny):
     assert _shapes(abstract.abstract_cond(2, m.height, m.width)) == _shapes(cond)
 
 
+@pytest.mark.slow
 def test_dry_run_plans_and_compiles(tiny):
     report = dry_run.plan(tiny)
     assert set(report.programs) >= {"train"}
