@@ -57,7 +57,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from ffjax import registry, run_folder
-from ffjax.errors import CheckpointError, ModelFolderError, UsageError
+from ffjax.errors import ModelFolderError, UsageError
 from ffjax.models.lora import lora_paths
 from ffjax.models.weights import (
     LINEAR,
@@ -255,40 +255,22 @@ def restore_weights(run_dir: Path, epoch: int | None, which: str | None):
     Only that subtree of the TrainState is read; the choice (`--weights`, default the EMA
     when the checkpoint has one) is `ffjax.run_folder.pick_weights`'.
     """
-    directory = run_dir / "checkpoints"
-    manager = ocp.CheckpointManager(
-        directory,
-        item_handlers=ocp.PyTreeCheckpointHandler(),
-        options=ocp.CheckpointManagerOptions(create=False, read_only=True),
-    )
     try:
-        epoch = manager.latest_step() if epoch is None else epoch
-        if epoch is None:
-            raise ExportError(f"no checkpoint in {directory} (no finished epoch saved)")
-        if epoch not in manager.all_steps():
-            have = ", ".join(map(str, manager.all_steps())) or "none"
-            raise ExportError(f"no checkpoint of epoch {epoch} in {directory} (epochs: {have})")
-        folder = str(directory / str(epoch))
-        try:
-            meta = dict(manager.item_metadata(epoch))
-        except Exception as e:  # Orbax raises many kinds; the reason is in the message
-            raise CheckpointError(
-                f"cannot read checkpoint {folder}: {run_folder.first_line(e)}"
-            ) from None
-        saved = types.SimpleNamespace(trainable=meta["trainable"], ema=meta.get("ema") or None)
-        try:
+        with run_folder.open_checkpoint(run_dir / "checkpoints", epoch) as opened:
+            manager, epoch, folder, meta = opened
+            meta = dict(meta)
+            saved = types.SimpleNamespace(trainable=meta["trainable"], ema=meta.get("ema") or None)
             tree, used = run_folder.pick_weights(None, saved, which)
-        except run_folder.RunFolderError as e:
-            raise ExportError(str(e)) from None
-        key = "ema" if used == "ema" else "trainable"
-        item = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)}
-        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-        restored = manager.restore(
-            epoch, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
-        )
-        return restored[key], used, folder
-    finally:
-        manager.close()
+            key = "ema" if used == "ema" else "trainable"
+            item = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)}
+            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+            restored = manager.restore(
+                epoch,
+                args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
+            )
+            return restored[key], used, folder
+    except run_folder.RunFolderError as e:  # no such epoch, no EMA: a bad argument
+        raise ExportError(str(e)) from None
 
 
 def lora_files(out: str | os.PathLike, experts: tuple[str, ...]) -> dict[str, Path]:

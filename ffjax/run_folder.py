@@ -8,6 +8,7 @@ checkpoints (where they are, which weights to use, restoring them).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from ffjax import configs
-from ffjax.errors import UsageError
+from ffjax.errors import CheckpointError, UsageError
 
 # Keys that may change when a run is resumed (length, logging and checkpoint cadence).
 RESUMABLE_CHANGES = ("train.num_epochs", "train.eval_every", "checkpoint.", "logging.")
@@ -210,6 +211,37 @@ def _shape_mismatch(saved: dict, model: dict) -> str:
     return "; ".join(shown) + more
 
 
+@contextlib.contextmanager
+def open_checkpoint(directory: str | os.PathLike, epoch: int | None):
+    """A read-only Orbax CheckpointManager of a run's `checkpoints/` folder, for the
+    checkpoint of `epoch` (None: the latest): yields (manager, epoch, its folder, its
+    item metadata). RunFolderError when there is no such finished epoch,
+    CheckpointError when the checkpoint cannot be read."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory)
+    manager = ocp.CheckpointManager(
+        directory,
+        item_handlers=ocp.PyTreeCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+    )
+    try:
+        epoch = manager.latest_step() if epoch is None else epoch
+        if epoch is None:
+            raise RunFolderError(f"no checkpoint in {directory} (no finished epoch saved)")
+        if epoch not in manager.all_steps():
+            have = ", ".join(map(str, manager.all_steps())) or "none"
+            raise RunFolderError(f"no checkpoint of epoch {epoch} in {directory} (epochs: {have})")
+        folder = str(directory / str(epoch))
+        try:
+            metadata = manager.item_metadata(epoch)
+        except Exception as e:  # Orbax raises many kinds; the reason is in the message
+            raise CheckpointError(f"cannot read checkpoint {folder}: {first_line(e)}") from None
+        yield manager, epoch, folder, metadata
+    finally:
+        manager.close()
+
+
 def restore_weights(run, path: str | os.PathLike) -> tuple[Any, str]:
     """(TrainState without optimizer state, checkpoint folder) of `--checkpoint` for the
     model of `run` (an inference-only `ffjax.run.build`).
@@ -225,20 +257,8 @@ def restore_weights(run, path: str | os.PathLike) -> tuple[Any, str]:
 
     workdir, epoch = locate_checkpoint(path)
     directory = workdir / "checkpoints"
-    manager = ocp.CheckpointManager(
-        directory,
-        item_handlers=ocp.PyTreeCheckpointHandler(),
-        options=ocp.CheckpointManagerOptions(create=False, read_only=True),
-    )
-    try:
-        epoch = manager.latest_step() if epoch is None else epoch
-        if epoch is None:
-            raise RunFolderError(f"no checkpoint in {directory} (no finished epoch saved)")
-        folder = os.path.join(directory, str(epoch))
-        try:
-            saved = _leaf_shapes(manager.item_metadata(epoch))
-        except Exception as e:  # Orbax raises many kinds; the reason is in the message
-            raise RunFolderError(f"cannot read checkpoint {folder}: {first_line(e)}") from None
+    with open_checkpoint(directory, epoch) as (manager, epoch, folder, metadata):
+        saved = _leaf_shapes(metadata)
         saved = {k: v for k, v in saved.items() if not k.startswith("opt_state.")}
         diffs = model_differences(run.config, config_file(directory))
         detail = f"; differences (checkpoint -> config): {', '.join(diffs[:6])}" if diffs else ""
@@ -266,8 +286,6 @@ def restore_weights(run, path: str | os.PathLike) -> tuple[Any, str]:
         state = TrainState(step=got["step"], epoch=got["epoch"], trainable=got["trainable"],
                            opt_state=None, ema=got.get("ema"))  # fmt: skip
         return state, folder
-    finally:
-        manager.close()
 
 
 def pick_weights(run, state, which: str | None) -> tuple[Any, str]:

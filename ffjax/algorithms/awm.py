@@ -85,15 +85,7 @@ def make_loss(config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: 
     p = float(config.ghuber_p)
     if weighting == "ghuber" and p <= 0:
         raise ValueError(f"awm: ghuber_p must be > 0, got {p}")
-    eps = common.bounds(
-        "algorithm.clip_bounds", config.clip_range, config.get("clip_bounds", ()), ratio=True
-    )
-    adv_clip_max = common.bounds(
-        "algorithm.adv_clip_bounds",
-        config.adv_clip_max,
-        config.get("adv_clip_bounds", ()),
-        ratio=False,
-    )
+    eps, adv_clip_max = common.clip_bounds(config)
     kl_beta = float(config.kl_beta)
     ema_kl_beta = float(config.ema_kl_beta)
 

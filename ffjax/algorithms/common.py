@@ -55,6 +55,19 @@ def bounds(name: str, symmetric: float, pair: tuple | list, *, ratio: bool) -> f
     return (lo, hi)
 
 
+def clip_bounds(config) -> tuple[float | tuple, float | tuple]:
+    """(ratio clip, advantage clip) of an algorithm section: `clip_range` / `adv_clip_max`,
+    or the asymmetric `clip_bounds` / `adv_clip_bounds` pairs when set (`bounds`)."""
+    eps = bounds(
+        "algorithm.clip_bounds", config.clip_range, config.get("clip_bounds", ()), ratio=True
+    )
+    adv = bounds(
+        "algorithm.adv_clip_bounds", config.adv_clip_max, config.get("adv_clip_bounds", ()),
+        ratio=False,
+    )  # fmt: skip
+    return eps, adv
+
+
 def forward_noise(x0: jax.Array, noise: jax.Array, sigma: jax.Array) -> jax.Array:
     """The forward process x_sigma = (1 - sigma) x0 + sigma noise (DESIGN.md convention)."""
     s = per_sample(sigma, x0)

@@ -137,15 +137,7 @@ def _make(config, policy: PolicyFn, dynamics: str, *, guard: bool) -> LossFn:
     kl_form = str(config.get("kl_form", "flow_factory"))
     if kl_form not in _CHOICES["kl_form"]:
         raise ValueError(f"{name}: kl_form {kl_form!r}; allowed: {_CHOICES['kl_form']}")
-    eps = common.bounds(
-        "algorithm.clip_bounds", config.clip_range, config.get("clip_bounds", ()), ratio=True
-    )
-    adv_clip_max = common.bounds(
-        "algorithm.adv_clip_bounds",
-        config.adv_clip_max,
-        config.get("adv_clip_bounds", ()),
-        ratio=False,
-    )
+    eps, adv_clip_max = common.clip_bounds(config)
     kl_beta = float(config.kl_beta)
     reweight = guard and bool(config.grad_reweight)
 

@@ -63,15 +63,8 @@ def define_flags() -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        config, remaining = train_cli.load_config(argv, _parse_flags.overrides, __doc__)
-    except configs.ConfigError as e:
-        fail(str(e), 2)
-    except flags.Error as e:
-        fail(f"{e} (pass --helpfull to see the flags)", 2)
-    if len(remaining) > 1:
-        fail(f"unexpected arguments: {remaining[1:]}", 2)
-    _parse_flags.config = config
+    overrides = _parse_flags.overrides
+    _parse_flags.config, remaining = train_cli.parse_config_flags(argv, overrides, __doc__)
     return remaining
 
 

@@ -84,16 +84,24 @@ def load_config(
     return common.load_config(argv, overrides)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_config_flags(
+    argv: list[str], overrides: list[tuple[str, str]], doc: str | None
+) -> tuple[configs.ConfigDict, list[str]]:
+    """`load_config`, with every problem (a bad key or value, a bad flag, a stray
+    positional argument) one line and exit 2: the flags parser of train and sample."""
     try:
-        config, remaining = load_config(argv, _parse_flags.overrides, __doc__)
+        config, remaining = load_config(argv, overrides, doc)
     except configs.ConfigError as e:
         fail(str(e), 2)
     except flags.Error as e:
         fail(f"{e} (pass --helpfull to see the flags)", 2)
     if len(remaining) > 1:
         fail(f"unexpected arguments: {remaining[1:]}", 2)
-    _parse_flags.config = config
+    return config, remaining
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    _parse_flags.config, remaining = parse_config_flags(argv, _parse_flags.overrides, __doc__)
     return remaining
 
 
