@@ -16,12 +16,8 @@ cannot be used exits 1, each with one line.
 
 from __future__ import annotations
 
-import sys
+from absl import flags, logging
 
-from absl import app, flags, logging
-
-from ffjax import configs
-from ffjax.cli import common
 from ffjax.cli import train as train_cli
 from ffjax.cli.common import fail
 from ffjax.errors import FfjaxError
@@ -96,13 +92,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Console-script entry point (`ffjax-sample`, `python -m ffjax.sample`)."""
-    common.set_prog(PROG)
-    # config_flags reads `--config.*` from sys.argv itself; ffjax applies them instead.
-    try:
-        sys.argv, _parse_flags.overrides = common.split_overrides(list(sys.argv))
-    except configs.ConfigError as e:
-        fail(str(e), 2)
+    """Console-script entry point (`ffjax-sample`, `python -m ffjax.sample`); it takes
+    the train flags too (--config and its overrides, --workdir, ...)."""
     define_flags()
-    train_cli.define_flags()  # sample accepts the train flags (--config, --workdir, ...)
-    app.run(main, flags_parser=_parse_flags)
+    train_cli.run_with_config(PROG, main, _parse_flags)

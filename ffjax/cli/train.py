@@ -19,6 +19,7 @@ import logging as std_logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -196,13 +197,19 @@ def _dry_run(config: configs.ConfigDict) -> None:
         fail(str(e), 1)
 
 
-def run() -> None:
-    """Console-script entry point (`ffjax-train`, `python -m ffjax.train`)."""
-    common.set_prog(PROG)
+def run_with_config(prog: str, main: Callable, parse_flags: Callable) -> None:
+    """absl's `app.run(main)` for a command that takes the train flags (--config and its
+    `--config.*` overrides): train and sample. `parse_flags.overrides` gets the overrides."""
+    common.set_prog(prog)
     # config_flags reads `--config.*` from sys.argv itself; ffjax applies them instead.
     try:
-        sys.argv, _parse_flags.overrides = common.split_overrides(list(sys.argv))
+        sys.argv, parse_flags.overrides = common.split_overrides(list(sys.argv))
     except configs.ConfigError as e:
         fail(str(e), 2)
     define_flags()
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)
+
+
+def run() -> None:
+    """Console-script entry point (`ffjax-train`, `python -m ffjax.train`)."""
+    run_with_config(PROG, main, _parse_flags)
