@@ -176,10 +176,11 @@ def test_one_expert_batches_equal_the_switch_at_half_the_cost_of_mixed_ones(fold
             grad(lora, sigma, adapter.with_expert(cond, expert)),
         )
         np.testing.assert_allclose(fixed[0], switch[0], rtol=1e-6)
+        # Float32 programs of different shape round differently (more so compiled at O0,
+        # tests/conftest.py): 1e-6 of the largest gradient entry, at least 1e-9.
+        top = max(float(np.abs(c).max()) for c in jax.tree.leaves(switch[1]))
         for a, c in zip(jax.tree.leaves(fixed[1]), jax.tree.leaves(switch[1]), strict=True):
-            # Float32 programs of different shape round differently: 1e-6 of the leaf's
-            # largest entry (the other expert's leaves are exactly 0 in both).
-            np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6 * float(np.abs(c).max()))
+            np.testing.assert_allclose(a, c, rtol=1e-5, atol=max(1e-9, 1e-6 * top))
     sigma = np.full((b,), 0.95, np.float32)
     one = grad.lower(lora, sigma, adapter.with_expert(cond, 0)).compile()
     mixed = grad.lower(lora, sigma, cond).compile()  # traced sigma: may be mixed

@@ -43,9 +43,11 @@ def data(tmp_path_factory):
 
 
 def test_encode_prompts_passes_metadata_only_when_wanted():
+    from ffjax.models.adapter import AdapterBase
+
     calls = []
 
-    class Plain:
+    class Plain(AdapterBase):  # wants_metadata False: AdapterBase's default
         def encode_prompts(self, prompts, height, width):
             calls.append(("plain", prompts))
 

@@ -30,7 +30,7 @@ def main() -> None:
         process_id=args.process_id,
         initialization_timeout=60,
     )
-    from ffjax import sample
+    from ffjax.cli import sample
 
     rest = args.sample_args[1:] if args.sample_args[:1] == ["--"] else args.sample_args
     sys.argv = ["ffjax.sample", *rest]
