@@ -8,10 +8,13 @@ in the environment before JAX starts so that `subprocess` children inherit them:
 
 - the persistent compilation cache (every program, however small or quick to compile):
   a program compiled once is loaded, not compiled, by every later test and subprocess.
-  It lives in pytest's cache folder (`.pytest_cache/d/jax_compilation_cache`), so it also
-  survives between runs of the edit-test loop; a clean clone (CI) starts it cold. Set
-  JAX_COMPILATION_CACHE_DIR to use another folder, or run with `-p no:cacheprovider`
-  for a cache that lives only as long as the run.
+  It lives in the user's cache folder (`~/.cache/ffjax/jax_compilation_cache`, or under
+  $XDG_CACHE_HOME), like pip's, so it survives between runs and between clones of the
+  repository (CI's clean clone on the same machine too); JAX keys every entry by the
+  program, the JAX / XLA versions and the flags, and evicts the least recently used past
+  4 GiB. A machine's first run compiles everything (cold). Set JAX_COMPILATION_CACHE_DIR
+  to use another folder, or run with `-p no:cacheprovider` for a cache that lives only
+  as long as the run.
 - XLA:CPU without LLVM's backend optimisation (FFJAX_TEST_XLA_FLAGS below): the tiny programs compile several times faster and run
   a little slower, which on these sizes is a large net win. HLO optimisation is unchanged;
   every comparison in the suite (resume == uninterrupted, 1 == 8 devices, dry run ==
@@ -51,11 +54,13 @@ def _cache_dir(config) -> str:
     global _SESSION_CACHE
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return os.environ["JAX_COMPILATION_CACHE_DIR"]
-    cache = getattr(config, "cache", None)  # None under `-p no:cacheprovider`
-    if cache is not None:
-        return str(cache.mkdir("jax_compilation_cache"))
-    _SESSION_CACHE = tempfile.mkdtemp(prefix="ffjax_jax_cache_")
-    return _SESSION_CACHE
+    if getattr(config, "cache", None) is None:  # `-p no:cacheprovider`: this run only
+        _SESSION_CACHE = tempfile.mkdtemp(prefix="ffjax_jax_cache_")
+        return _SESSION_CACHE
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "ffjax", "jax_compilation_cache")
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def pytest_configure(config):
