@@ -30,8 +30,9 @@ micro_batch_size is [FF]'s per-GPU batch times its 8 GPUs and micro_batch_size x
 grad_accum_steps the rows of its one optimizer step per epoch. On fewer devices divide
 micro_batch_size and multiply grad_accum_steps by the same factor.
 
-Reward: PickScore as [FF]. [FF] clips the advantage to +-1 (adv_clip_range 1.0); [AWM]'s
-advantage_max rescales, clip(A, +-5) / 5, which this recipe does not do. [FF] evaluates
+Reward: PickScore as [FF]. [FF] clips the advantage to +-1 (adv_clip_range 1.0); [AWM]
+clips to +-5 and rescales to +-1 (train.advantage_max 1: clip(A, +-5) / 5), which this
+recipe does not do (algorithm.advantage_max=1 with adv_clip_max=5 would). [FF] evaluates
 at 1024 px; ffjax
 evaluates at model.height / width (512). Values not set here are the base or ffjax AWM
 defaults, which already match [FF] (512 px, 10 steps, guidance 3.5, no reference KL,
@@ -78,7 +79,8 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     a.weighting = "ghuber"  # [FF] awm_weighting; [AWM] train.weighting
     a.ghuber_p = 0.25  # [FF] ghuber_power; [AWM] train.ghuber_power
     a.clip_range = 1.0  # [FF] clip_range; [AWM] train.clip_range
-    a.adv_clip_max = 1.0  # [FF] adv_clip_range; [AWM] train.advantage_max
+    a.adv_clip_max = 1.0  # [FF] adv_clip_range; [AWM] 5, rescaled by advantage_max 1
+    a.advantage_max = 0.0  # [FF] no rescale (the ffjax default)
     a.ema_kl_beta = 0.1  # [FF] ema_kl_beta
     a.timestep_sampler = "discrete"  # [FF] time_sampling_strategy
     a.num_train_timesteps = 4  # [FF] num_train_timesteps

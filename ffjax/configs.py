@@ -242,6 +242,8 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "train.eval_prompts": (lambda v: v >= 0, ">= 0"),
     "train.eval_repeats": (lambda v: v >= 1, ">= 1"),
+    "algorithm.advantage_max": (lambda v: v >= 0, ">= 0 (0 = no rescale)"),
+    "algorithm.num_train_timesteps": (lambda v: v >= 0, ">= 0 (0 = int(N (hi - lo)))"),
     "ema.decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema.start_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema.ramp_epochs": (lambda v: v >= 1, ">= 1"),

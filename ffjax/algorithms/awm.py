@@ -27,6 +27,10 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.clip_range = 1e-4  # eps of the PPO clip on the surrogate ratio
     c.adv_clip_max = 5.0  # advantages are clipped to [-adv_clip_max, adv_clip_max]
+    # Where the references differ: 0 = Flow-Factory (the clipped advantage as it is) |
+    # m > 0 = scxue/advantage_weighted_matching's train.advantage_max, the clipped
+    # advantage rescaled to [-m, m]: A <- clip(A, +-adv_clip_max) / adv_clip_max * m.
+    c.advantage_max = 0.0
     # Flow-Factory's asymmetric clip pairs (as GRPO's): () = symmetric; (lo, hi) clips the
     # ratio to [1 + lo, 1 + hi] / the advantage to [lo, hi].
     c.clip_bounds = ()
@@ -56,7 +60,10 @@ def make_loss(config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: 
 
     r = exp(log pi_theta - log pi_old) with pi_old from the rollout-time weights
     `frozen.snapshot` (so r = 1 exactly before the first update), A clipped to
-    +-adv_clip_max:
+    +-adv_clip_max (a = adv_clip_max) and, with `advantage_max` m > 0, rescaled to
+    A m / a (scxue/advantage_weighted_matching be51372 scripts/train_sd3_awm.py, its
+    configs m = 1 with a = 5; X-GenGroup/Flow-Factory b30dc00
+    src/flow_factory/trainers/rl/awm.py and a0b2bc5 trainers/awm.py only clip):
 
         L = mean_i max(-A r, -A clip(r, 1 - eps, 1 + eps))
             + kl_beta mean_i mean_d (v_theta - v_ref)^2 + ema_kl_beta mean_i mean_d (v_theta - v_ema)^2.
@@ -86,6 +93,14 @@ def make_loss(config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: 
     if weighting == "ghuber" and p <= 0:
         raise ValueError(f"awm: ghuber_p must be > 0, got {p}")
     eps, adv_clip_max = common.clip_bounds(config)
+    advantage_max = float(config.get("advantage_max", 0.0))
+    if advantage_max < 0:
+        raise ValueError(f"awm: advantage_max must be >= 0 (0 = no rescale), got {advantage_max}")
+    if advantage_max > 0 and isinstance(adv_clip_max, tuple):
+        raise ValueError(
+            "awm: advantage_max rescales by the symmetric adv_clip_max (scxue's AWM);"
+            " set adv_clip_bounds=() with it"
+        )
     kl_beta = float(config.kl_beta)
     ema_kl_beta = float(config.ema_kl_beta)
 
@@ -107,6 +122,8 @@ def make_loss(config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: 
         log_ratio = _log_ratio(weighting, p, mse, mse_old, delta, sigma)
         ratio = jnp.exp(log_ratio)
         advantage = common.clip_advantages(batch["advantage"], adv_clip_max)
+        if advantage_max > 0:
+            advantage = advantage / adv_clip_max * advantage_max
         policy_loss = jnp.mean(common.ppo_clip_loss(ratio, advantage, eps))
 
         kl = jnp.zeros((), jnp.float32)
