@@ -34,6 +34,7 @@ import optax
 from absl import logging
 
 from ffjax import configs, optim, registry
+from ffjax.algorithms import common
 from ffjax.algorithms.spec import AlgorithmSpec
 from ffjax.data.prompts import GroupSampler, PromptSet, load_prompts
 from ffjax.models import adapter as adapter_lib
@@ -94,9 +95,8 @@ class Run:
 
 
 def train_timesteps(config) -> int:
-    """Training sigmas per sample of a "final" algorithm."""
-    n = config.algorithm.get("num_train_timesteps", 0)
-    return n if n > 0 else max(1, int(0.9 * config.sampling.num_steps))
+    """Training sigmas per sample of a "final" algorithm (`common.num_train_timesteps`)."""
+    return common.num_train_timesteps(config.algorithm, config.sampling.num_steps)
 
 
 def sde_candidates(config) -> list[int]:

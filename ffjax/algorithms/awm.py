@@ -42,7 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.kl_beta = 0.0  # weight of the KL to the reference policy
     c.ema_kl_beta = 0.0  # weight of the KL to the EMA policy
     c.timestep_sampler = "uniform"  # training sigmas: see ffjax.flow.schedule.TIMESTEP_SAMPLERS
-    c.num_train_timesteps = 0  # sigmas per sample and epoch; 0 = 0.9 * sampling.num_steps
+    c.num_train_timesteps = 0  # sigmas per sample; 0 = int(N (hi - lo)), N = sampling.num_steps
     c.sigma_range = (0.0, 0.99)  # fraction range along denoising (0 = noise, 1 = clean)
     c.time_shift = 1.0  # shift of the logit-normal / uniform samplers
     return c

@@ -38,7 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
     # its per-epoch decay is 0; ffjax before 2026-12-08).
     c.on_policy_old = "flow_factory"
     c.timestep_sampler = "discrete"  # training sigmas: see ffjax.flow.schedule.TIMESTEP_SAMPLERS
-    c.num_train_timesteps = 0  # sigmas per sample and epoch; 0 = 0.9 * sampling.num_steps
+    c.num_train_timesteps = 0  # sigmas per sample; 0 = int(N (hi - lo)), N = sampling.num_steps
     c.sigma_range = (0.0, 0.9)  # fraction range along denoising (0 = noise, 1 = clean)
     c.time_shift = 3.0  # shift of the logit-normal / uniform samplers
     return c
