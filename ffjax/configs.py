@@ -150,14 +150,18 @@ def base_config() -> ConfigDict:
     # Saves a param_dtype copy of the denoiser per device at the price of that transfer.
     t.offload_ref = False
 
-    # EMA of the trainable weights, stepped once per epoch after the optimizer steps;
-    # the old policy of NFT (off-policy) / AWM's EMA-KL, and the weights evaluated.
+    # EMA of the trainable weights, stepped after the optimizer steps of every
+    # update_interval-th epoch; the old policy of NFT (off-policy) / AWM's EMA-KL, and the
+    # weights evaluated.
     c.ema = e = ConfigDict()
     e.schedule = "constant"  # decay schedule: see ffjax.ema.SCHEDULES
     e.decay = 0.9  # (final) decay; 0 disables EMA (evaluation then uses current weights)
+    # Epochs between EMA steps: after epochs k-1, 2k-1, ..., with the schedule's decay at
+    # that epoch (Flow-Factory's ema_update_interval; 1 = every epoch).
+    e.update_interval = 1
     e.start_decay = 0.0  # decay at epoch 0 for ramping schedules
     e.ramp_epochs = 100  # epochs over which ramping schedules go from start_decay to decay
-    e.warmup_epochs = 0  # warmup_cosine: epochs of linear ramp 0 -> start_decay before the cosine
+    e.warmup_epochs = 0  # warmup_cosine: epochs of 0 -> start_decay; power_warmup: its W
     e.power = 0.75  # power: decay = 1 - (1 + epoch / inv_gamma) ** -power in [start_decay, decay]
     e.inv_gamma = 1.0  # power schedule: inverse multiplicative factor of the epoch
     e.boundaries = ()  # piecewise_linear: epochs of the knots (increasing)
@@ -214,7 +218,9 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
     "train.advantage_eps": ("flow_factory", "flow_grpo"),
     "train.gdpo_std": ("flow_factory", "advantage_std"),
     "train.lr_schedule": ("constant", "linear", "cosine"),
-    "ema.schedule": ("constant", "power", "linear", "piecewise_linear", "cosine", "warmup_cosine"),
+    "ema.schedule": (
+        "constant", "power", "power_warmup", "linear", "piecewise_linear", "cosine", "warmup_cosine"
+    ),  # fmt: skip
     "algorithm.name": lambda: (_registered("algorithms").names(), True),
 }
 
@@ -248,6 +254,7 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ema.start_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema.ramp_epochs": (lambda v: v >= 1, ">= 1"),
     "ema.warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "ema.update_interval": (lambda v: v >= 1, ">= 1 (1 = every epoch)"),
     "model.height": (lambda v: v >= 1, ">= 1"),
     "model.width": (lambda v: v >= 1, ">= 1"),
     "model.num_frames": (lambda v: v >= 1, ">= 1"),
@@ -578,17 +585,16 @@ def set_algorithm(config: ConfigDict, name: str) -> ConfigDict:
 def ema_every_4_epochs(config: ConfigDict) -> ConfigDict:
     """Flow-Factory's GRPO EMA: decay 0.9 every 4 epochs, warm-up min(0.9, (1+t)/(10+t)).
 
-    Flow-Factory: ema_decay 0.9, ema_update_interval 4 (epochs), the "power" warm-up
-    above with t the epoch; Flow-GRPO SD3: EMAModuleWrapper(decay=0.9,
-    update_step_interval=8), the same warm-up on the optimizer step, i.e. also every 4
-    epochs at 2 steps per epoch. ffjax steps the EMA once per epoch, so the same
-    averaging horizon per epoch, 1 - d_epoch = (1 - d) / 4, is 1 - 2.25 / (10 + t), from
-    0.775 to 0.975; the power schedule 1 - 2.25 / (2.25 + t) clipped to [0.775, 0.975]
-    follows it (0.975 from epoch ~88, the reference's 0.9 from epoch 80).
+    X-GenGroup/Flow-Factory a0b2bc5 examples/grpo/lora/*/default.yaml: ema_decay 0.9,
+    ema_update_interval 4 (epochs), ema_decay_schedule "power" = min(d, (1 + t) / (10 + t))
+    with t the epoch (ema/ema_utils.py `power_warmup_decay`, warmup_steps 10); ffjax's
+    `power_warmup` schedule with `update_interval` 4 is the same EMA. Flow-GRPO SD3:
+    EMAModuleWrapper(decay=0.9, update_step_interval=8) with the same warm-up counted in
+    optimizer steps, i.e. also every 4 epochs at 2 steps per epoch. (ffjax before
+    2026-12-08 stepped every epoch with a per-epoch "power" of the same horizon.)
     """
     e = config.ema
-    e.schedule, e.power, e.inv_gamma = "power", 1.0, 2.25
-    e.start_decay, e.decay = 0.775, 0.975
+    e.schedule, e.decay, e.warmup_epochs, e.update_interval = "power_warmup", 0.9, 10, 4
     return config
 
 

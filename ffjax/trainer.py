@@ -184,7 +184,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
         row_expert=run.adapter.experts_of(np.asarray(rows["sigma"])),  # None: one expert
         key=key, rng=rng, epoch=epoch, progress=c.logging.step_progress,
     )  # fmt: skip
-    if state.ema is not None:
+    if state.ema is not None and ema_lib.due(c.ema, epoch):  # every ema.update_interval
         decay = ema_lib.ema_decay(c.ema, epoch)
         state = state.replace(ema=run.ema_step(state.ema, state.trainable, float(decay)))
     state = state.replace(epoch=state.epoch + 1)

@@ -465,13 +465,21 @@ def test_geometry_distributed_k_repeat_when_groups_do_not_split_over_gpus():
 
 
 def _ema_keys(c) -> dict:
-    return {k: c.ema[k] for k in ("schedule", "decay", "start_decay", "power", "inv_gamma")}
+    return {k: c.ema[k] for k in ("schedule", "decay", "warmup_epochs", "update_interval")}
 
 
-def test_ema_power_every_4_epochs_is_the_recipes_translation():
+def test_ema_power_every_4_epochs_is_the_recipes():
+    # [A0] ema_utils.py power_warmup_decay: min(d, (1 + t) / (warmup_steps + t)), default
+    # warmup_steps 10; ema.py EMAModuleWrapper.step: every ema_update_interval-th epoch.
     m = ff_yaml.map_document(doc(train={"ema_decay": 0.9, "ema_update_interval": 4}))
     want = configs.ema_every_4_epochs(configs.base_config())
-    assert _ema_keys(m.config) == pytest.approx(_ema_keys(want)) or _ema_keys(m.config) == _ema_keys(want)  # fmt: skip
+    assert _ema_keys(m.config) == _ema_keys(want) == {
+        "schedule": "power_warmup", "decay": 0.9, "warmup_epochs": 10, "update_interval": 4
+    }  # fmt: skip
+    for k, sched in ((3, "linear"), (2, "piecewise_linear"), (5, "constant")):
+        train = {"ema_decay": 0.5, "ema_update_interval": k, "ema_decay_schedule": sched}
+        got = ff_yaml.map_document(doc(train=train)).config.ema
+        assert (got.schedule, got.update_interval, got.decay) == (sched, k, 0.5)
 
 
 def test_ema_piecewise_and_linear_are_the_recipes():
@@ -522,7 +530,8 @@ def test_files_in_both_schemas():
     assert (old.train.micro_batch_size, old.train.grad_accum_steps, old.data.prompts_per_epoch) == (8, 12, 12)  # fmt: skip
     assert (old.model.height, old.model.width, old.train.lora_rank, old.train.lora_alpha) == (256, 384, 16, 32.0)  # fmt: skip
     assert old.algorithm.adv_clip_bounds == (-3.0, 4.0) and old.algorithm.clip_range == 2e-4
-    assert old.train.offload_ref and old.ema.offload and old.ema.inv_gamma == 2.25
+    assert old.train.offload_ref and old.ema.offload
+    assert (old.ema.schedule, old.ema.update_interval) == ("power_warmup", 4)
     assert tuple(old.sampling.sde_candidates) == (1, 2, 3, 4) and old.sampling.sde_num_steps == 2
     assert old.rewards.rank.name == "pickscore_rank" and old.eval_rewards.pick.name == "pickscore"
     nft = ff_yaml.load(FILES / "nft_lora_flux1_new.yaml")

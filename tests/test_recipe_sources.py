@@ -134,7 +134,8 @@ def test_recipe_matches_its_source(key):
         assert c.train.learning_rate == src["lr"]
     if src["ema"] is not None:  # decay 0.9 every 4 epochs: configs.ema_every_4_epochs
         assert src["ema"] == (0.9, 4)
-        assert (c.ema.schedule, c.ema.inv_gamma, c.ema.decay) == ("power", 2.25, 0.975)
+        got = (c.ema.schedule, c.ema.warmup_epochs, c.ema.decay, c.ema.update_interval)
+        assert got == ("power_warmup", 10, 0.9, 4)  # [FF] ema_decay_schedule power
 
 
 @pytest.mark.parametrize("name", ["flux_grpo", "flux_nft", "flux_awm"])

@@ -222,7 +222,7 @@ ROWS: tuple[Row, ...] = (
     Row(
         "train.ema_update_interval",
         t.ema_checked,
-        "every k epochs: the same averaging horizon per epoch (rules.ema)",
+        "ema.update_interval: an update after every k-th epoch (rules.ema)",
         10,
     ),  # fmt: skip
     Row("train.ema_decay_schedule", t.ema_checked, "", "power"),
