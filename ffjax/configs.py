@@ -219,8 +219,14 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
     "train.gdpo_std": ("flow_factory", "advantage_std"),
     "train.lr_schedule": ("constant", "linear", "cosine"),
     "ema.schedule": (
-        "constant", "power", "power_warmup", "linear", "piecewise_linear", "cosine", "warmup_cosine"
-    ),  # fmt: skip
+        "constant",
+        "power",
+        "power_warmup",
+        "linear",
+        "piecewise_linear",
+        "cosine",
+        "warmup_cosine",
+    ),
     "algorithm.name": lambda: (_registered("algorithms").names(), True),
 }
 
