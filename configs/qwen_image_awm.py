@@ -69,6 +69,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.sampling.num_steps = 10  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 28  # [FG] eval.num_inference_steps ([FF] 20 for FLUX.1)
     c.sampling.guidance_scale = 4.0  # [FG] guidance_scale = true_cfg_scale
+    c.model.negative_prompt = ""  # Flow-Factory a0b2bc5 models/qwen_image/qwen_image.py: None -> ""
     c.sampling.dynamics = "ode"  # [FF] dynamics_type "ODE": AWM trains on x0 only
     c.sampling.batch_size = 16  # [FF] per_device_batch_size 2 x 8 GPUs per rollout call
     c.data.group_size = 16  # [FF] group_size
@@ -117,5 +118,6 @@ def _tiny(c: configs.ConfigDict) -> None:
     # Pinned to the value this variant trained with before issue 17 (its results are
     # compared across refactors): ffjax's advantage epsilon std + 1e-4.
     c.train.advantage_eps = "flow_grpo"
+    c.model.negative_prompt = " "  # and the negative prompt of its true CFG then ([FF]: "")
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "brightness")

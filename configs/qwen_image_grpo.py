@@ -58,6 +58,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.sampling.num_steps = 10  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 28  # [FF] eval.num_inference_steps
     c.sampling.guidance_scale = 4.0  # [FF] guidance_scale = true_cfg_scale [FQ]
+    c.model.negative_prompt = ""  # [FQ] encode_prompt: negative_prompt None -> ""
     c.sampling.dynamics = "flow_sde"  # [FF] dynamics_type Flow-SDE
     c.sampling.noise_level = 1.0  # [FF] noise_level
     c.sampling.sde_candidates = (1, 2, 3)  # [FF] sde_steps
@@ -107,5 +108,6 @@ def _tiny(c: configs.ConfigDict) -> None:
     # Pinned to the value this variant trained with before issue 17 (its results are
     # compared across refactors): ffjax's advantage epsilon std + 1e-4.
     c.train.advantage_eps = "flow_grpo"
+    c.model.negative_prompt = " "  # and the negative prompt of its true CFG then ([FF]: "")
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "brightness")

@@ -60,9 +60,11 @@ def base_config() -> ConfigDict:
     m.width = 512  # image width in pixels (FLUX.1: multiple of 16)
     m.num_frames = 1  # video frames (WAN: 4k + 1); 1 for image models
     m.max_sequence_length = 512  # text tokens of the prompt encoder (FLUX.1 T5: <= 512)
-    # Qwen-Image guides (true CFG, scale sampling.guidance_scale > 1) only with a negative
-    # prompt, as QwenImagePipeline does; its docs recommend " ". FLUX.1 ignores the key.
-    m.negative_prompt = " "  # negative prompt of true classifier-free guidance
+    # Negative prompt of true classifier-free guidance (Qwen-Image, WAN; FLUX.1 ignores
+    # it). "" as Flow-Factory (X-GenGroup/Flow-Factory a0b2bc5
+    # src/flow_factory/models/qwen_image/qwen_image.py: None -> "" when the scale > 1) and
+    # WanPipeline; QwenImagePipeline's docs suggest " " (ffjax's default before 2026-12-08).
+    m.negative_prompt = ""
     # WAN (wan2-t2v): the schedule's fixed shift; 0 = the pipeline folder's scheduler
     # value (WanPipeline documents 3.0 for 480p, 5.0 for 720p). Other models ignore it.
     m.flow_shift = 0.0

@@ -167,3 +167,14 @@ def test_every_recipe_docstring_cites_commits():
                 or repo.startswith("NVlabs")
                 or (repo.startswith("scxue"))
             ), (path.name, repo, commit)
+
+
+@pytest.mark.parametrize("name", ["qwen_image_grpo", "qwen_image_awm"])
+def test_qwen_image_negative_prompt_is_flow_factorys(name):
+    # X-GenGroup/Flow-Factory a0b2bc5 src/flow_factory/models/qwen_image/qwen_image.py
+    # encode_prompt: with guidance_scale > 1, negative_prompt None -> "".
+    from ffjax import configs
+
+    c = _recipe(name)
+    assert c.sampling.guidance_scale > 1 and c.model.negative_prompt == ""
+    assert configs.base_config().model.negative_prompt == ""
