@@ -133,7 +133,8 @@ def sample(
     checkpoint's weights (not its optimizer state) are read.
 
     Raises SampleError for unusable arguments, prompts or checkpoints (ConfigError /
-    FileNotFoundError from `ffjax.run.build` for an unusable config).
+    FileNotFoundError from `ffjax.run.build` for an unusable config), ModelFolderError
+    for a hub ID as model.path (`ffjax.local_paths`).
     """
     import jax
     import numpy as np
@@ -145,6 +146,9 @@ def sample(
     from ffjax.parallel.mesh import maybe_initialize_distributed
     from ffjax.stages import generate
 
+    from ffjax import local_paths
+
+    local_paths.check(config, rewards=False)  # a hub ID: one line before anything loads
     t0 = time.perf_counter()
     maybe_initialize_distributed()  # a no-op unless this is one process of a multi-host job
     out = Path(out)

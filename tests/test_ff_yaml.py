@@ -598,6 +598,28 @@ def test_cli_hub_id_fails_at_load_in_one_line(tmp_path):
     ]
 
 
+def test_sample_cli_hub_id_fails_in_one_line(tmp_path):
+    # Sampling loads no reward: only model.path is checked (the YAML's PickScore hub IDs
+    # stay as given).
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, "-m", "ffjax.sample", f"--config={FILES / 'grpo_lora_flux1_old.yaml'}",
+         "--weights=base", f"--prompts={tmp_path}", f"--out={tmp_path / 'out'}"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "ffjax.sample: config.model.path='black-forest-labs/FLUX.1-dev' is a hub ID, not a"
+        " local folder; ffjax never downloads weights: pass a local folder with"
+        " --config.model.path=/path/to/FLUX.1-dev"
+    ]
+    c = ff_yaml.load(FILES / "grpo_lora_flux1_old.yaml").config
+    c.model.path = str(tmp_path)
+    local_paths.check(c, rewards=False)  # the rewards' hub IDs are not sampling's concern
+    with pytest.raises(ModelFolderError, match="rewards"):
+        local_paths.check(c)
+
+
 @pytest.mark.parametrize(
     "edit, needle",
     [
