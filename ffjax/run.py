@@ -37,6 +37,7 @@ from ffjax import configs, optim, registry
 from ffjax.algorithms import common
 from ffjax.algorithms.spec import AlgorithmSpec
 from ffjax.data.prompts import GroupSampler, PromptSet, load_prompts
+from ffjax.flow import unipc as unipc_lib
 from ffjax.models import adapter as adapter_lib
 from ffjax.parallel import offload
 from ffjax.parallel import rows as rows_lib
@@ -467,6 +468,7 @@ def build(
         decode=jax.jit(adapter.decode, static_argnums=(2, 3)), vae=weights.get("vae"),
         base=base, lora=lora, height=m.height, width=m.width, batch_size=s.batch_size,
         progress=config.logging.step_progress,
+        unipc=unipc_lib.scheduler_options(m.path if s.eval_solver == "unipc" else None),
     )  # fmt: skip
     train_step = ema_step = None
     if training:

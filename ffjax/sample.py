@@ -140,13 +140,12 @@ def sample(
     import numpy as np
     from tqdm.auto import tqdm
 
+    from ffjax import local_paths
     from ffjax import run as run_lib
     from ffjax.logging import image_grid, save_grid
     from ffjax.parallel import rows as rows_lib
     from ffjax.parallel.mesh import maybe_initialize_distributed
     from ffjax.stages import generate
-
-    from ffjax import local_paths
 
     local_paths.check(config, rewards=False)  # a hub ID: one line before anything loads
     t0 = time.perf_counter()

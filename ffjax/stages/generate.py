@@ -88,6 +88,9 @@ class Generator:
     width: int
     batch_size: int  # rows of every process per rollout call; 0: all at once
     progress: bool = False  # a bar per stage (`logging.step_progress`)
+    # (order, solver_type) of the UniPC solver ("unipc" solver): the pipeline folder's
+    # scheduler's (`flow.unipc.scheduler_options`).
+    unipc: tuple[int, str] = unipc_lib.DEFAULT_OPTIONS
 
     def variables(self, weights: Any) -> dict:
         """The model variables of trained `weights` (LoRA adapters or the full denoiser)."""
@@ -189,7 +192,8 @@ def rollout_and_decode(
     """(final latents, trajectory or None, uint8 images of this process's rows).
 
     `solver` "unipc" (`ode_grid`): `sigmas` is the (solver sigmas, model sigmas) pair and
-    each call is the deterministic UniPC multistep solve (`flow.unipc`; no trajectory).
+    each call is the deterministic UniPC multistep solve (`flow.unipc`; no trajectory)
+    of order and solver type `gen.unipc`.
 
     Rollout in calls of `gen.batch_size` rows of every process, trajectories
     concatenated on the batch axis; each call's final latents are decoded in the same
@@ -216,7 +220,8 @@ def rollout_and_decode(
             with jax.set_mesh(gen.mesh):  # the models' activation constraints read it
                 final, traj = unipc_lib.unipc_sample(
                     gen.adapter.velocity, model_vars, chunk_cond, chunk_noise, sigmas[0],
-                    model_sigmas=sigmas[1], prepare_fn=gen.adapter.prepare_cond,
+                    model_sigmas=sigmas[1], order=gen.unipc[0], solver_type=gen.unipc[1],
+                    prepare_fn=gen.adapter.prepare_cond,
                 ), None  # fmt: skip
         else:
             final, traj = gen.rollout(model_vars, chunk_cond, chunk_noise, sigmas, noise_levels,
