@@ -96,7 +96,7 @@ MAPPED = {
     "data.audio_dir": ("grpo", None, {}),
     "data.sampler_type": ("grpo", "auto", {}),
     "model.model_name_or_path": ("grpo", "org/Model", {"model.path": "org/Model"}),
-    "model.model_type": ("grpo", "wan2_i2v", {"model.name": "wan2-i2v"}),
+    "model.model_type": ("grpo", "wan2_i2v", {"model.name": "wan2-i2v", "sampling.eval_solver": "unipc"}),  # fmt: skip
     "model.finetune_type": ("grpo", "lora", {"train.lora_rank": 8}),  # lora_rank default 8
     "model.lora_alpha": ("grpo", None, {}),  # full fine-tune (the default): no LoRA
     "model.target_modules": ("grpo", "default", {}),
@@ -522,6 +522,8 @@ def test_both_schemas_map_to_the_same_valid_config(trainer, family, finetune):
     assert (new.model.name, new.algorithm.name) == (FAMILIES[family], trainer)
     assert new.train.lora_rank == (16 if finetune == "lora" else 0)
     assert new.train.learning_rate == 2e-4
+    # Flow-Factory evaluates WAN with UniPC multistep, the image families with Euler.
+    assert new.sampling.eval_solver == ("unipc" if family.startswith("wan") else "euler")
 
 
 def test_files_in_both_schemas():

@@ -56,7 +56,12 @@ def model_type(v, ctx):
     if name not in MODEL_TYPES:
         have = ", ".join(f"{k} ({a})" for k, a in MODEL_TYPES.items())
         raise Refused(f"{v!r} is a model family ffjax does not have yet; it has: {have}")
-    return {"model.name": MODEL_TYPES[name]}
+    out = {"model.name": MODEL_TYPES[name]}
+    if name.startswith("wan"):
+        # Flow-Factory evaluates WAN with its UniPC scheduler's multistep solver (a0b2bc5
+        # src/flow_factory/models/wan/wan2_t2v.py, scheduler/unipc_multistep.py eval mode).
+        out["sampling.eval_solver"] = "unipc"
+    return out
 
 
 # ------------------------------------------------------------------ rewards [MR]
