@@ -96,7 +96,11 @@ MAPPED = {
     "data.audio_dir": ("grpo", None, {}),
     "data.sampler_type": ("grpo", "auto", {}),
     "model.model_name_or_path": ("grpo", "org/Model", {"model.path": "org/Model"}),
-    "model.model_type": ("grpo", "wan2_i2v", {"model.name": "wan2-i2v", "sampling.eval_solver": "unipc"}),  # fmt: skip
+    "model.model_type": (
+        "grpo",
+        "wan2_i2v",
+        {"model.name": "wan2-i2v", "sampling.eval_solver": "unipc"},
+    ),  # fmt: skip
     "model.finetune_type": ("grpo", "lora", {"train.lora_rank": 8}),  # lora_rank default 8
     "model.lora_alpha": ("grpo", None, {}),  # full fine-tune (the default): no LoRA
     "model.target_modules": ("grpo", "default", {}),
