@@ -71,10 +71,18 @@ def base_config() -> ConfigDict:
     # WAN 2.2 A14B: CFG scale of the low-noise expert (transformer_2); 0 = the same as
     # sampling.guidance_scale, as WanPipeline's guidance_scale_2=None.
     m.guidance_scale_2 = 0.0
+    # Evaluation (Flow-Factory's eval.resolution / height / width / num_frames /
+    # guidance_scale_2); 0 = the training value. ffjax.sample samples at the training ones.
+    m.eval_height = 0  # evaluation image height in pixels
+    m.eval_width = 0  # evaluation image width in pixels
+    m.eval_num_frames = 0  # evaluation video frames (WAN: 4k + 1)
+    m.eval_guidance_scale_2 = 0.0  # WAN 2.2 A14B: the low-noise expert's evaluation CFG scale
 
     c.sampling = s = ConfigDict()
     s.num_steps = 10  # denoising steps of a training rollout
     s.eval_num_steps = 28  # denoising steps of evaluation sampling (always ODE)
+    # Evaluation guidance / CFG scale (Flow-Factory's eval.guidance_scale); 0 = guidance_scale.
+    s.eval_guidance_scale = 0.0
     s.guidance_scale = 3.5  # FLUX.1 guidance embedding value / CFG scale for CFG models
     s.dynamics = "flow_sde"  # rollout step: ode | flow_sde | dance_sde | cps (ffjax.flow.steps)
     s.noise_level = 0.7  # eta of the SDE steps (0 makes every step an ODE step)
@@ -268,6 +276,11 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.num_frames": (lambda v: v >= 1, ">= 1"),
     "model.flow_shift": (lambda v: v >= 0, ">= 0 (0 = the pipeline's scheduler)"),
     "model.guidance_scale_2": (lambda v: v >= 0, ">= 0 (0 = sampling.guidance_scale)"),
+    "model.eval_height": (lambda v: v >= 0, ">= 0 (0 = model.height)"),
+    "model.eval_width": (lambda v: v >= 0, ">= 0 (0 = model.width)"),
+    "model.eval_num_frames": (lambda v: v >= 0, ">= 0 (0 = model.num_frames)"),
+    "model.eval_guidance_scale_2": (lambda v: v >= 0, ">= 0 (0 = the training value)"),
+    "sampling.eval_guidance_scale": (lambda v: v >= 0, ">= 0 (0 = sampling.guidance_scale)"),
     "model.max_sequence_length": (lambda v: v >= 1, ">= 1"),
     "mesh.data": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),
     "mesh.fsdp": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),

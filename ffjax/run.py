@@ -66,6 +66,9 @@ class Run:
     ref: Any  # reference weights (full fine-tune with KL) or None
     lora: bool
     gen: generate.Generator  # the rollout and decode, for the generate stage
+    # evaluation's (`generate.eval_generator`: the eval guidance / size / frames; `gen`
+    # itself when none is set)
+    eval_gen: generate.Generator
     initial: TrainState
     state_shardings: TrainState
     abstract: bool
@@ -482,7 +485,8 @@ def build(
         ema_step = optimize.make_ema_step(shardings.ema)
     return Run(
         config=config, spec=spec, adapter=adapter, mesh=mesh, weights=weights, base=base,
-        ref=ref, lora=lora, gen=gen, initial=initial, state_shardings=shardings,
+        ref=ref, lora=lora, gen=gen, eval_gen=generate.eval_generator(gen, config),
+        initial=initial, state_shardings=shardings,
         abstract=abstract, training=training, prompts=prompts, eval_prompts=eval_prompts,
         sampler=sampler, rewards=train_rewards, eval_rewards=eval_rewards,
         optimizer=optimizer, lr_fn=lr_fn, rows_per_epoch=rows,

@@ -223,18 +223,18 @@ def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray,
     (`ffjax.parallel.rows`); scores and grid images are gathered.
     """
     c = run.config
-    m = c.model
+    g = run.eval_gen  # the evaluation guidance / size / frames (run.gen when not set)
     prompts = run.eval_prompts.prompts
     blocks = rows_lib.row_blocks(run.mesh, len(prompts))
     mine = blocks.local
     metadata = run.eval_prompts.metadata[mine]
     key = jax.random.key(c.seed + EVAL_SEED_OFFSET)
-    noise = generate.init_noise(run.adapter, key, len(prompts), m.height, m.width, run.mesh)
+    noise = generate.init_noise(g.adapter, key, len(prompts), g.height, g.width, run.mesh)
     solver = c.sampling.eval_solver
-    sigmas, levels = generate.ode_grid(run.adapter, solver, c.sampling.eval_num_steps,
-                                       m.height, m.width)  # fmt: skip
+    sigmas, levels = generate.ode_grid(g.adapter, solver, c.sampling.eval_num_steps,
+                                       g.height, g.width)  # fmt: skip
     weights = device_copy(state.ema) if state.ema is not None else state.trainable
-    out = generate.generate(run.gen, weights, prompts[mine], metadata, noise, sigmas, levels, key,
+    out = generate.generate(g, weights, prompts[mine], metadata, noise, sigmas, levels, key,
                             solver=solver)  # fmt: skip
     raw = on_every_process(
         "eval rewards",

@@ -170,12 +170,12 @@ MAPPED = {
     "scheduler.flow_shift": ("grpo", 5.0, {"model.flow_shift": 5.0}),
     "eval.num_inference_steps": ("grpo", 20, {"sampling.eval_num_steps": 20}),
     "eval.eval_freq": ("grpo", 7, {"train.eval_every": 7}),
-    "eval.guidance_scale": ("grpo", 3.5, {}),
-    "eval.resolution": ("grpo", 512, {}),
+    "eval.guidance_scale": ("grpo", 5.0, {"sampling.eval_guidance_scale": 5.0}),
+    "eval.resolution": ("grpo", [768, 1024], {"model.eval_height": 768, "model.eval_width": 1024}),
     "eval.height": ("grpo", None, {}),
     "eval.width": ("grpo", None, {}),
-    "eval.num_frames": ("grpo", None, {}),
-    "eval.guidance_scale_2": ("grpo", None, {}),
+    "eval.num_frames": ("grpo", 9, {"model.eval_num_frames": 9}),
+    "eval.guidance_scale_2": ("grpo", 2.0, {"model.eval_guidance_scale_2": 2.0}),
     "rewards[].reward_model": (
         "grpo",
         "CLIP",
@@ -546,7 +546,10 @@ def test_files_in_both_schemas():
     assert (c.train.micro_batch_size, c.train.grad_accum_steps, c.data.prompts_per_epoch) == (2, 24, 6)  # fmt: skip
     assert c.sampling.dynamics == "ode" and c.algorithm.sigma_range == (0.0, 0.7)
     assert c.rewards.pickscore.args.path == "yuvalkirstain/PickScore_v1"
-    assert any("resolution" in n for n in nft.notes)
+    # eval.resolution 512, training 256: evaluation at its own size; eval guidance 3.5
+    # (Flow-Factory's default), training 1.0.
+    assert (c.model.height, c.model.eval_height, c.model.eval_width) == (256, 512, 512)
+    assert (c.sampling.guidance_scale, c.sampling.eval_guidance_scale) == (1.0, 3.5)
     awm = ff_yaml.load(FILES / "awm_full_wan_new.yaml").config
     configs.validate(awm)
     assert (awm.model.name, awm.train.lora_rank, awm.model.dtype, awm.model.remat) == ("wan2-t2v", 0, "float32", "full")  # fmt: skip
@@ -644,3 +647,17 @@ def test_cli_refusals_are_one_line_exit_2(tmp_path, edit, needle):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     (only,) = r.stderr.strip().splitlines()
     assert needle in only
+
+
+def test_eval_size_resolves_like_flow_factory():
+    # [A0] / 6c7882b EvaluationArguments: resolution default (1024, 1024), height / width
+    # override it; the same size as training maps to nothing (0: the training size).
+    def size(eval_section, train=None):
+        d = doc(train=train or {})
+        d["eval"] = eval_section
+        return line(ff_yaml.map_document(d), "eval.resolution").ffjax
+
+    assert size({}) == {"model.eval_height": 1024, "model.eval_width": 1024}
+    assert size({"resolution": 512}) == {}  # the training default 512 x 512
+    assert size({"resolution": 512, "height": 256}) == {"model.eval_height": 256, "model.eval_width": 512}  # fmt: skip
+    assert size({"width": 640}, {"resolution": [512, 640]}) == {"model.eval_height": 1024, "model.eval_width": 640}  # fmt: skip
