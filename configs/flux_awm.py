@@ -32,9 +32,8 @@ micro_batch_size and multiply grad_accum_steps by the same factor.
 
 Reward: PickScore as [FF]. [FF] clips the advantage to +-1 (adv_clip_range 1.0); [AWM]
 clips to +-5 and rescales to +-1 (train.advantage_max 1: clip(A, +-5) / 5), which this
-recipe does not do (algorithm.advantage_max=1 with adv_clip_max=5 would). [FF] evaluates
-at 1024 px; ffjax
-evaluates at model.height / width (512). Values not set here are the base or ffjax AWM
+recipe does not do (algorithm.advantage_max=1 with adv_clip_max=5 would). Evaluation at
+1024 px as [FF] (model.eval_height / width; training at 512). Values not set here are the base or ffjax AWM
 defaults, which already match [FF] (512 px, 10 steps, guidance 3.5, no reference KL,
 sum advantages, AdamW wd 1e-4, grad-norm clip 1, constant lr).
 """
@@ -63,6 +62,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.seed = 42  # [FF] seed
     c.model.dtype = "bfloat16"  # [FF] mixed_precision
     c.sampling.eval_num_steps = 20  # [FF] eval.num_inference_steps
+    c.model.eval_height = c.model.eval_width = 1024  # [FF] eval.resolution 1024
     c.sampling.dynamics = "ode"  # [FF] dynamics_type "ODE": AWM trains on x0 only
     c.sampling.batch_size = 16  # [FF] per_device_batch_size 2 x 8 GPUs per rollout call
     c.data.group_size = 16  # [FF] group_size
@@ -101,6 +101,7 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 16  # tools/make_demo_pipeline.py MAX_SEQUENCE_LENGTH
     c.sampling.num_steps = 8
     c.sampling.eval_num_steps = 8
+    c.model.eval_height = c.model.eval_width = 0  # evaluate at the tiny size
     c.sampling.batch_size = 0  # the whole epoch (16 samples) in one rollout call
     c.data.group_size = 4
     c.data.prompts_per_epoch = 4
