@@ -88,7 +88,13 @@ def base_config() -> ConfigDict:
     s.noise_level = 0.7  # eta of the SDE steps (0 makes every step an ODE step)
     s.sde_candidates = ()  # step indices that may be SDE steps; () = all but the last
     s.sde_num_steps = 0  # SDE steps per epoch drawn from the candidates; 0 = all candidates
-    s.sde_window = "random"  # how they are drawn: random (Flow-GRPO-Fast) | contiguous (MixGRPO)
+    # How they are drawn: random (Flow-Factory: any k candidates) | contiguous (k
+    # consecutive ones at a random start) | progressive (MixGRPO: k consecutive ones from
+    # the first, window_stride later every window_interval epochs; ffjax.flow.rollout).
+    s.sde_window = "random"
+    s.window_interval = 25  # progressive: epochs per window position (MixGRPO iters_per_group)
+    s.window_stride = 1  # progressive: candidates the window moves (MixGRPO prog_overlap_step)
+    s.window_roll_back = True  # progressive: back to the first start past the last (roll_back)
     s.storage_dtype = "float32"  # dtype of stored trajectory latents: float32 | bfloat16
     s.batch_size = 0  # samples per rollout call (memory); 0 = the whole epoch at once
     # WAN's rollout sigma grid (ffjax.flow.schedule.SIGMA_GRIDS). pipeline: the grid of
@@ -217,7 +223,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
     "model.attention": ("auto", "xla", "cudnn", "splash"),
     "model.remat": ("none", "full", "save_dots"),
     "sampling.dynamics": steps.DYNAMICS,
-    "sampling.sde_window": ("random", "contiguous"),
+    "sampling.sde_window": ("random", "contiguous", "progressive"),
     "sampling.storage_dtype": ("float32", "bfloat16"),
     "sampling.sigma_grid": ("pipeline", "flow_match_euler", "unipc_flow"),
     "sampling.eval_solver": ("euler", "unipc"),
@@ -251,6 +257,8 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sampling.eval_num_steps": (lambda v: v >= 1, ">= 1"),
     "sampling.noise_level": (lambda v: v >= 0, ">= 0"),
     "sampling.sde_num_steps": (lambda v: v >= 0, ">= 0 (0 = all candidates)"),
+    "sampling.window_interval": (lambda v: v >= 1, ">= 1"),
+    "sampling.window_stride": (lambda v: v >= 1, ">= 1"),
     "data.group_size": (lambda v: v >= 2, ">= 2 (advantages need a group)"),
     "data.prompts_per_epoch": (lambda v: v >= 1, ">= 1"),
     "train.num_epochs": (lambda v: v >= 0, ">= 0"),

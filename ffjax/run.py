@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import logging
 
@@ -37,6 +38,7 @@ from ffjax import configs, optim, registry
 from ffjax.algorithms import common
 from ffjax.algorithms.spec import AlgorithmSpec
 from ffjax.data.prompts import GroupSampler, PromptSet, load_prompts
+from ffjax.flow import rollout as rollout_lib
 from ffjax.flow import unipc as unipc_lib
 from ffjax.models import adapter as adapter_lib
 from ffjax.parallel import offload
@@ -107,6 +109,18 @@ def sde_candidates(config) -> list[int]:
     """Steps an SDE window may be drawn from."""
     cand = list(config.sampling.sde_candidates)
     return cand or list(range(max(config.sampling.num_steps - 1, 1)))
+
+
+def sde_window(config, epoch: int) -> np.ndarray:
+    """The epoch's SDE steps (`flow.rollout.sde_window` with `sampling.sde_window`)."""
+    s = config.sampling
+    progressive = None
+    if s.sde_window == "progressive":
+        progressive = (s.window_interval, s.window_stride, s.window_roll_back)
+    return rollout_lib.sde_window(
+        config.seed, epoch, sde_candidates(config), sde_count(config),
+        contiguous=s.sde_window == "contiguous", progressive=progressive,
+    )  # fmt: skip
 
 
 def sde_count(config) -> int:

@@ -43,7 +43,7 @@ from ffjax.logging import MetricsWriter, image_grid, save_grid
 from ffjax.parallel import rows as rows_lib
 from ffjax.parallel.mesh import maybe_initialize_distributed
 from ffjax.rewards.base import Samples
-from ffjax.run import Run, build, device_copy, sde_candidates, sde_count
+from ffjax.run import Run, build, device_copy, sde_window
 from ffjax.run_folder import params_digest
 from ffjax.stages import TrainingError, generate, on_every_process, optimize, score
 from ffjax.state import TrainState
@@ -116,10 +116,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     prompts = [run.prompts.prompts[i] for i in prompt_idx[mine]]
     metadata = [run.prompts.metadata[i] for i in prompt_idx[mine]]
     sigmas = run.adapter.sigmas(c.sampling.num_steps, m.height, m.width)
-    window = rollout_lib.sde_window(
-        c.seed, epoch, sde_candidates(c), sde_count(c),
-        contiguous=c.sampling.sde_window == "contiguous",
-    )  # fmt: skip
+    window = sde_window(c, epoch)  # random, contiguous or MixGRPO's progressive window
     noise_levels = rollout_lib.noise_levels_for(
         c.sampling.num_steps, window, c.sampling.noise_level
     )
