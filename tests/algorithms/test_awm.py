@@ -63,8 +63,9 @@ def _batch(x0, noise, c):
 
 
 def _config(**kw):
+    # The snapshot form unless a test says otherwise: it has a ratio to test.
     c = awm.default_config()
-    c.update(kw)
+    c.update({"on_policy_old": "rollout", **kw})
     return c
 
 
@@ -250,3 +251,30 @@ def test_missing_weights_rejected():
             jax.eval_shape(loss_fn, w["trainable"], frozen, batch, None)
     with pytest.raises(ValueError, match="weighting"):
         awm.make_loss(_config(weighting="t**2"), policy, dynamics="ode")
+
+
+def test_flow_factory_old_policy_is_the_current_weights():
+    """Flow-Factory's on-policy old policy: the current weights at the micro-batch, so
+    r = 1 in value and the loss equals the snapshot form with the snapshot set to the
+    current weights (value and gradient); no snapshot is needed."""
+    w, x0, noise, c = _setup(3)
+    batch = _batch(x0, noise, c)
+    kw = dict(weighting="ghuber", ghuber_p=0.25, clip_range=0.02, kl_beta=0.1, ema_kl_beta=0.05)
+
+    def run(on_policy_old, snapshot):
+        loss_fn = awm.make_loss(_config(on_policy_old=on_policy_old, **kw), policy, dynamics="ode")
+        frozen = _frozen(w).replace(snapshot=snapshot)
+        grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+        return grad_fn(w["trainable"], frozen, batch, None)
+
+    (loss, m), grads = run("flow_factory", None)
+    (want, m_want), grads_want = run("rollout", jax.tree.map(jnp.copy, w["trainable"]))
+    np.testing.assert_array_equal([m["ratio_min"], m["ratio_max"], m["clipfrac"]], [1, 1, 0])
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], grads_want[k], rtol=1e-5, atol=1e-7)
+    spec = registry.ALGORITHMS.get("awm")
+    assert not spec.wants("needs_snapshot", awm.default_config())
+    assert spec.wants("needs_snapshot", _config())
+    with pytest.raises(ValueError, match="on_policy_old"):
+        awm.make_loss(_config(on_policy_old="ema"), policy, dynamics="ode")
