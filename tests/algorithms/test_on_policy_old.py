@@ -1,5 +1,5 @@
-"""DiffusionNFT's on-policy old policy through the trainer (toy model): Flow-Factory's
-is the current weights at every micro-batch, the "rollout" form the epoch's snapshot."""
+"""The on-policy old policy of DiffusionNFT and AWM through the trainer (toy model):
+Flow-Factory's is the current weights at every micro-batch, "rollout" the epoch's snapshot."""
 
 import pytest
 
@@ -24,3 +24,17 @@ def test_old_policy_at_every_micro_batch(tmp_path, on_policy_old):
         assert deviation == [0.0, 0.0]
     else:  # the snapshot falls behind after the epoch's first optimizer step
         assert all(d > 1e-9 for d in deviation), deviation
+
+
+def test_awm_ratio_is_one_at_every_micro_batch(tmp_path):
+    # Flow-Factory's AWM old log-probs are the current weights' at each micro-batch: the
+    # ratio is exactly 1 on every step (epoch min and max over the micro-batches).
+    c = toy_config(tmp_path, "awm")
+    c.sampling.noise_level = 0.0
+    c.algorithm.num_train_timesteps = 2
+    c.train.learning_rate = 1e-2
+    configs.validate(c)
+    history = trainer.train(c, tmp_path / "run", progress=False)
+    assert [(r["ratio_min"], r["ratio_max"], r["clipfrac"]) for r in history] == [
+        (1.0, 1.0, 0.0)
+    ] * 2
