@@ -30,10 +30,10 @@ micro_batch_size is [FF]'s per-GPU batch times its 8 GPUs and micro_batch_size x
 grad_accum_steps the rows of its one optimizer step per epoch. On fewer devices divide
 micro_batch_size and multiply grad_accum_steps by the same factor.
 
-Reward: PickScore as [FF]. [FF] clips the advantage to +-1 (adv_clip_range 1.0); [AWM]'s
-advantage_max rescales, clip(A, +-5) / 5, which this recipe does not do. [FF] evaluates
-at 1024 px; ffjax
-evaluates at model.height / width (512). Values not set here are the base or ffjax AWM
+Reward: PickScore as [FF]. [FF] clips the advantage to +-1 (adv_clip_range 1.0); [AWM]
+clips to +-5 and rescales to +-1 (train.advantage_max 1: clip(A, +-5) / 5), which this
+recipe does not do (algorithm.advantage_max=1 with adv_clip_max=5 would). Evaluation at
+1024 px as [FF] (model.eval_height / width; training at 512). Values not set here are the base or ffjax AWM
 defaults, which already match [FF] (512 px, 10 steps, guidance 3.5, no reference KL,
 sum advantages, AdamW wd 1e-4, grad-norm clip 1, constant lr).
 """
@@ -62,6 +62,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.seed = 42  # [FF] seed
     c.model.dtype = "bfloat16"  # [FF] mixed_precision
     c.sampling.eval_num_steps = 20  # [FF] eval.num_inference_steps
+    c.model.eval_height = c.model.eval_width = 1024  # [FF] eval.resolution 1024
     c.sampling.dynamics = "ode"  # [FF] dynamics_type "ODE": AWM trains on x0 only
     c.sampling.batch_size = 16  # [FF] per_device_batch_size 2 x 8 GPUs per rollout call
     c.data.group_size = 16  # [FF] group_size
@@ -78,7 +79,8 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     a.weighting = "ghuber"  # [FF] awm_weighting; [AWM] train.weighting
     a.ghuber_p = 0.25  # [FF] ghuber_power; [AWM] train.ghuber_power
     a.clip_range = 1.0  # [FF] clip_range; [AWM] train.clip_range
-    a.adv_clip_max = 1.0  # [FF] adv_clip_range; [AWM] train.advantage_max
+    a.adv_clip_max = 1.0  # [FF] adv_clip_range; [AWM] 5, rescaled by advantage_max 1
+    a.advantage_max = 0.0  # [FF] no rescale (the ffjax default)
     a.ema_kl_beta = 0.1  # [FF] ema_kl_beta
     a.timestep_sampler = "discrete"  # [FF] time_sampling_strategy
     a.num_train_timesteps = 4  # [FF] num_train_timesteps
@@ -99,6 +101,7 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 16  # tools/make_demo_pipeline.py MAX_SEQUENCE_LENGTH
     c.sampling.num_steps = 8
     c.sampling.eval_num_steps = 8
+    c.model.eval_height = c.model.eval_width = 0  # evaluate at the tiny size
     c.sampling.batch_size = 0  # the whole epoch (16 samples) in one rollout call
     c.data.group_size = 4
     c.data.prompts_per_epoch = 4

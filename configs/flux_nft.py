@@ -30,8 +30,8 @@ micro_batch_size is [FF]'s per-GPU batch times its 8 GPUs and micro_batch_size x
 grad_accum_steps the rows of its one optimizer step per epoch. On fewer devices divide
 micro_batch_size and multiply grad_accum_steps by the same factor.
 
-Reward: PickScore as [FF]. Not carried over: [FF] evaluates at 1024 px; ffjax
-evaluates at model.height / width (384). Values not set here are the base or ffjax NFT
+Reward: PickScore as [FF]. Evaluation at 1024 px as [FF] (model.eval_height / width;
+training at 384). Values not set here are the base or ffjax NFT
 defaults, which already match [FF] (eval 28 steps, beta 1, off-policy EMA old policy,
 "discrete" training sigmas, time shift 3, advantage clip 5, no KL, sum advantages with
 group std, AdamW wd 1e-4, grad-norm clip 1, constant lr).
@@ -61,6 +61,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.seed = 42  # [FF] seed
     c.model.dtype = "bfloat16"  # [FF] mixed_precision
     c.model.height = c.model.width = 384  # [FF] train.resolution
+    c.model.eval_height = c.model.eval_width = 1024  # [FF] eval.resolution 1024
     c.sampling.num_steps = 8  # [FF] num_inference_steps
     c.sampling.guidance_scale = 1.0  # [FF] guidance_scale (train and eval); a0b2bc5: 3.5
     c.sampling.dynamics = "ode"  # [FF] dynamics_type "ODE": NFT trains on x0 only
@@ -97,6 +98,7 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 16  # tools/make_demo_pipeline.py MAX_SEQUENCE_LENGTH
     c.sampling.num_steps = 8  # as [FF]
     c.sampling.eval_num_steps = 8
+    c.model.eval_height = c.model.eval_width = 0  # evaluate at the tiny size
     c.sampling.batch_size = 0  # the whole epoch (16 samples) in one rollout call
     c.data.group_size = 4
     c.data.prompts_per_epoch = 4

@@ -36,7 +36,7 @@ Batch sizes as in configs/flux_awm.py: global rows, one per (sample, training si
 micro_batch_size is [FF]'s per-GPU batch times its 8 GPUs and an epoch takes its one
 optimizer step. On fewer devices divide micro_batch_size and multiply grad_accum_steps.
 
-Not carried over: [FF] evaluates at 1024 px (ffjax evaluates at the training size).
+Evaluation at 1024 px as [FG] and [FF] (model.eval_height / width).
 Values not set here are the base or ffjax AWM defaults, which already match [FF] (512
 px, 10 steps, no reference KL, sum advantages, AdamW wd 1e-4, grad-norm clip 1,
 constant lr).
@@ -68,7 +68,9 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 1024  # the Qwen-Image pipeline's default
     c.sampling.num_steps = 10  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 28  # [FG] eval.num_inference_steps ([FF] 20 for FLUX.1)
+    c.model.eval_height = c.model.eval_width = 1024  # [FG] eval.resolution 1024, as [FF]
     c.sampling.guidance_scale = 4.0  # [FG] guidance_scale = true_cfg_scale
+    c.model.negative_prompt = ""  # Flow-Factory a0b2bc5 models/qwen_image/qwen_image.py: None -> ""
     c.sampling.dynamics = "ode"  # [FF] dynamics_type "ODE": AWM trains on x0 only
     c.sampling.batch_size = 16  # [FF] per_device_batch_size 2 x 8 GPUs per rollout call
     c.data.group_size = 16  # [FF] group_size
@@ -103,6 +105,7 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 64
     c.sampling.num_steps = 4
     c.sampling.eval_num_steps = 4
+    c.model.eval_height = c.model.eval_width = 0  # evaluate at the tiny size
     c.sampling.batch_size = 0  # the whole epoch (4 samples) in one rollout call
     c.data.group_size = 2
     c.data.prompts_per_epoch = 2
@@ -117,5 +120,6 @@ def _tiny(c: configs.ConfigDict) -> None:
     # Pinned to the value this variant trained with before issue 17 (its results are
     # compared across refactors): ffjax's advantage epsilon std + 1e-4.
     c.train.advantage_eps = "flow_grpo"
+    c.model.negative_prompt = " "  # and the negative prompt of its true CFG then ([FF]: "")
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "brightness")

@@ -27,8 +27,7 @@ rescaled) is used in the rollout and in the training forward alike
 
 Batch sizes as in configs/flux_grpo.py: global rows, one per (sample, SDE step);
 micro_batch_size is [FF]'s per-device batch times its 8 GPUs and an epoch takes its 2
-optimizer steps. Not carried over: [FF] evaluates at 1024 px (ffjax evaluates at the
-training size).
+optimizer steps. Evaluation at 1024 px as [FF] (model.eval_height / width).
 """
 
 from ffjax import configs
@@ -57,7 +56,9 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 1024  # [FQ] encode_prompt / inference default
     c.sampling.num_steps = 10  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 28  # [FF] eval.num_inference_steps
+    c.model.eval_height = c.model.eval_width = 1024  # [FF] eval.resolution 1024
     c.sampling.guidance_scale = 4.0  # [FF] guidance_scale = true_cfg_scale [FQ]
+    c.model.negative_prompt = ""  # [FQ] encode_prompt: negative_prompt None -> ""
     c.sampling.dynamics = "flow_sde"  # [FF] dynamics_type Flow-SDE
     c.sampling.noise_level = 1.0  # [FF] noise_level
     c.sampling.sde_candidates = (1, 2, 3)  # [FF] sde_steps
@@ -92,6 +93,7 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 64
     c.sampling.num_steps = 4
     c.sampling.eval_num_steps = 4
+    c.model.eval_height = c.model.eval_width = 0  # evaluate at the tiny size
     c.sampling.sde_candidates = (1, 2)
     c.sampling.batch_size = 0  # the whole epoch (4 samples) in one rollout call
     c.data.group_size = 2
@@ -107,5 +109,6 @@ def _tiny(c: configs.ConfigDict) -> None:
     # Pinned to the value this variant trained with before issue 17 (its results are
     # compared across refactors): ffjax's advantage epsilon std + 1e-4.
     c.train.advantage_eps = "flow_grpo"
+    c.model.negative_prompt = " "  # and the negative prompt of its true CFG then ([FF]: "")
     c.rewards = configs.ConfigDict()
     configs.add_reward(c, "brightness")

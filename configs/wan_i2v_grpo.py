@@ -28,7 +28,7 @@ in an "image" field [FD]; relative paths are looked up in `data.image_dir` (defa
 to the training size (see ffjax/models/wan/adapter_i2v.py). Everything else as
 configs/wan_t2v_grpo.py: classifier-free guidance 5 in the rollout and the training
 forward, flow shift 3.0 stepped by ffjax's Flow-SDE / ODE steps, global batch rows.
-Not carried over: [FF] evaluates at 480 px (ffjax evaluates at the training size); its
+Evaluation at 480 px as [FF] (model.eval_height / width). Not carried over: its
 text_alignment eval reward is commented out there, and so absent here.
 """
 
@@ -62,6 +62,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 512  # Wan 2.1 I2V takes exactly 512 text tokens
     c.sampling.num_steps = 10  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 28  # [FF] eval.num_inference_steps
+    c.model.eval_height = c.model.eval_width = 480  # [FF] eval.resolution 480
     # [FW] rolls out on its UniPC scheduler's timesteps / 1000 (0.999, 0.964, ... at 10
     # steps) and evaluates with UniPC multistep ([FS] eval mode).
     c.sampling.sigma_grid = "unipc_flow"
@@ -101,6 +102,8 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.model.num_frames = 5
     c.sampling.num_steps = 4
     c.sampling.eval_num_steps = 4
+    c.model.eval_height = c.model.eval_width = 0  # evaluate at the tiny size
+    c.model.eval_num_frames = 0
     c.sampling.sigma_grid = "flow_match_euler"  # the grid the tiny results were recorded on
     c.sampling.eval_solver = "euler"  # as when the tiny results were recorded
     c.sampling.sde_candidates = (1, 2)

@@ -36,8 +36,8 @@ steps as [FS]'s SDE step does.
 
 Batch sizes as in configs/flux_grpo.py: global rows, one per (sample, SDE step);
 micro_batch_size is [FF]'s per-device batch times its 8 GPUs and an epoch takes its 2
-optimizer steps. Not carried over: [FF] evaluates 13 frames at 480 px (ffjax evaluates
-at the training size and frame count).
+optimizer steps. Evaluation of 13 frames at 480 px as [FF] (model.eval_num_frames,
+eval_height / eval_width).
 """
 
 from ffjax import configs
@@ -71,6 +71,8 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.model.negative_prompt = ""  # WanPipeline's default negative prompt
     c.sampling.num_steps = 10  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 28  # [FF] eval.num_inference_steps
+    c.model.eval_height = c.model.eval_width = 480  # [FF] eval.resolution 480
+    c.model.eval_num_frames = 13  # [FF] eval.num_frames
     c.sampling.guidance_scale = 5.0  # [FF] guidance_scale
     # [FW] rolls out on its UniPC scheduler's timesteps / 1000 (0.999, 0.964, ... at 10
     # steps) and evaluates with UniPC multistep ([FS] eval mode).
@@ -120,6 +122,8 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 32
     c.sampling.num_steps = 4
     c.sampling.eval_num_steps = 4
+    c.model.eval_height = c.model.eval_width = 0  # evaluate at the tiny size
+    c.model.eval_num_frames = 0
     c.sampling.sigma_grid = "flow_match_euler"  # the grid the tiny results were recorded on
     c.sampling.eval_solver = "euler"  # as when the tiny results were recorded
     c.sampling.sde_candidates = (1, 2)

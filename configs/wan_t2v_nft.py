@@ -22,8 +22,7 @@ Sources, cited by tag in the comments below:
 
 [FF] trains on single frames (num_frames 1: WAN as an image model, 480 x 832) without
 guidance (scale 1.0), with ODE rollouts as DiffusionNFT does; its evaluation uses 41
-frames, which ffjax does not carry over (it evaluates at the training size and frame
-count). Batch sizes as in configs/flux_nft.py: global rows, one per (sample, training
+frames at the training size, as here (model.eval_num_frames). Batch sizes as in configs/flux_nft.py: global rows, one per (sample, training
 sigma); micro_batch_size is [FF]'s per-device batch times its 8 GPUs and an epoch takes
 its one optimizer step. Values not set here are the ffjax NFT defaults, which match
 [FF] (off-policy EMA old policy, "discrete" training sigmas, time shift 3, advantage
@@ -57,6 +56,7 @@ def _flow_factory(c: configs.ConfigDict) -> None:
     c.model.negative_prompt = ""
     c.sampling.num_steps = 12  # [FF] num_inference_steps
     c.sampling.eval_num_steps = 20  # [FF] eval.num_inference_steps
+    c.model.eval_num_frames = 41  # [FF] eval.num_frames (eval.resolution: the training one)
     c.sampling.guidance_scale = 1.0  # [FF] guidance_scale: no CFG (a0b2bc5: 5.0)
     # [FW] rolls out on its UniPC scheduler's timesteps / 1000 (0.999, 0.964, ... at 10
     # steps) and evaluates with UniPC multistep ([FS] eval mode).
@@ -90,6 +90,8 @@ def _tiny(c: configs.ConfigDict) -> None:
     c.model.max_sequence_length = 32
     c.sampling.num_steps = 6
     c.sampling.eval_num_steps = 6
+    c.model.eval_height = c.model.eval_width = 0  # evaluate at the tiny size
+    c.model.eval_num_frames = 0
     c.sampling.sigma_grid = "flow_match_euler"  # the grid the tiny results were recorded on
     c.sampling.eval_solver = "euler"  # as when the tiny results were recorded
     c.sampling.batch_size = 0  # the whole epoch in one rollout call

@@ -60,25 +60,41 @@ def base_config() -> ConfigDict:
     m.width = 512  # image width in pixels (FLUX.1: multiple of 16)
     m.num_frames = 1  # video frames (WAN: 4k + 1); 1 for image models
     m.max_sequence_length = 512  # text tokens of the prompt encoder (FLUX.1 T5: <= 512)
-    # Qwen-Image guides (true CFG, scale sampling.guidance_scale > 1) only with a negative
-    # prompt, as QwenImagePipeline does; its docs recommend " ". FLUX.1 ignores the key.
-    m.negative_prompt = " "  # negative prompt of true classifier-free guidance
+    # Negative prompt of true classifier-free guidance (Qwen-Image, WAN; FLUX.1 ignores
+    # it). "" as Flow-Factory (X-GenGroup/Flow-Factory a0b2bc5
+    # src/flow_factory/models/qwen_image/qwen_image.py: None -> "" when the scale > 1) and
+    # WanPipeline; QwenImagePipeline's docs suggest " " (ffjax's default before 2026-12-08).
+    m.negative_prompt = ""
     # WAN (wan2-t2v): the schedule's fixed shift; 0 = the pipeline folder's scheduler
     # value (WanPipeline documents 3.0 for 480p, 5.0 for 720p). Other models ignore it.
     m.flow_shift = 0.0
     # WAN 2.2 A14B: CFG scale of the low-noise expert (transformer_2); 0 = the same as
     # sampling.guidance_scale, as WanPipeline's guidance_scale_2=None.
     m.guidance_scale_2 = 0.0
+    # Evaluation (Flow-Factory's eval.resolution / height / width / num_frames /
+    # guidance_scale_2); 0 = the training value. ffjax.sample samples at the training ones.
+    m.eval_height = 0  # evaluation image height in pixels
+    m.eval_width = 0  # evaluation image width in pixels
+    m.eval_num_frames = 0  # evaluation video frames (WAN: 4k + 1)
+    m.eval_guidance_scale_2 = 0.0  # WAN 2.2 A14B: the low-noise expert's evaluation CFG scale
 
     c.sampling = s = ConfigDict()
     s.num_steps = 10  # denoising steps of a training rollout
     s.eval_num_steps = 28  # denoising steps of evaluation sampling (always ODE)
+    # Evaluation guidance / CFG scale (Flow-Factory's eval.guidance_scale); 0 = guidance_scale.
+    s.eval_guidance_scale = 0.0
     s.guidance_scale = 3.5  # FLUX.1 guidance embedding value / CFG scale for CFG models
     s.dynamics = "flow_sde"  # rollout step: ode | flow_sde | dance_sde | cps (ffjax.flow.steps)
     s.noise_level = 0.7  # eta of the SDE steps (0 makes every step an ODE step)
     s.sde_candidates = ()  # step indices that may be SDE steps; () = all but the last
     s.sde_num_steps = 0  # SDE steps per epoch drawn from the candidates; 0 = all candidates
-    s.sde_window = "random"  # how they are drawn: random (Flow-GRPO-Fast) | contiguous (MixGRPO)
+    # How they are drawn: random (Flow-Factory: any k candidates) | contiguous (k
+    # consecutive ones at a random start) | progressive (MixGRPO: k consecutive ones from
+    # the first, window_stride later every window_interval epochs; ffjax.flow.rollout).
+    s.sde_window = "random"
+    s.window_interval = 25  # progressive: epochs per window position (MixGRPO iters_per_group)
+    s.window_stride = 1  # progressive: candidates the window moves (MixGRPO prog_overlap_step)
+    s.window_roll_back = True  # progressive: back to the first start past the last (roll_back)
     s.storage_dtype = "float32"  # dtype of stored trajectory latents: float32 | bfloat16
     s.batch_size = 0  # samples per rollout call (memory); 0 = the whole epoch at once
     # WAN's rollout sigma grid (ffjax.flow.schedule.SIGMA_GRIDS). pipeline: the grid of
@@ -150,14 +166,18 @@ def base_config() -> ConfigDict:
     # Saves a param_dtype copy of the denoiser per device at the price of that transfer.
     t.offload_ref = False
 
-    # EMA of the trainable weights, stepped once per epoch after the optimizer steps;
-    # the old policy of NFT (off-policy) / AWM's EMA-KL, and the weights evaluated.
+    # EMA of the trainable weights, stepped after the optimizer steps of every
+    # update_interval-th epoch; the old policy of NFT (off-policy) / AWM's EMA-KL, and the
+    # weights evaluated.
     c.ema = e = ConfigDict()
     e.schedule = "constant"  # decay schedule: see ffjax.ema.SCHEDULES
     e.decay = 0.9  # (final) decay; 0 disables EMA (evaluation then uses current weights)
+    # Epochs between EMA steps: after epochs k-1, 2k-1, ..., with the schedule's decay at
+    # that epoch (Flow-Factory's ema_update_interval; 1 = every epoch).
+    e.update_interval = 1
     e.start_decay = 0.0  # decay at epoch 0 for ramping schedules
     e.ramp_epochs = 100  # epochs over which ramping schedules go from start_decay to decay
-    e.warmup_epochs = 0  # warmup_cosine: epochs of linear ramp 0 -> start_decay before the cosine
+    e.warmup_epochs = 0  # warmup_cosine: epochs of 0 -> start_decay; power_warmup: its W
     e.power = 0.75  # power: decay = 1 - (1 + epoch / inv_gamma) ** -power in [start_decay, decay]
     e.inv_gamma = 1.0  # power schedule: inverse multiplicative factor of the epoch
     e.boundaries = ()  # piecewise_linear: epochs of the knots (increasing)
@@ -203,7 +223,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
     "model.attention": ("auto", "xla", "cudnn", "splash"),
     "model.remat": ("none", "full", "save_dots"),
     "sampling.dynamics": steps.DYNAMICS,
-    "sampling.sde_window": ("random", "contiguous"),
+    "sampling.sde_window": ("random", "contiguous", "progressive"),
     "sampling.storage_dtype": ("float32", "bfloat16"),
     "sampling.sigma_grid": ("pipeline", "flow_match_euler", "unipc_flow"),
     "sampling.eval_solver": ("euler", "unipc"),
@@ -214,7 +234,15 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[list[str], bool]]] = {
     "train.advantage_eps": ("flow_factory", "flow_grpo"),
     "train.gdpo_std": ("flow_factory", "advantage_std"),
     "train.lr_schedule": ("constant", "linear", "cosine"),
-    "ema.schedule": ("constant", "power", "linear", "piecewise_linear", "cosine", "warmup_cosine"),
+    "ema.schedule": (
+        "constant",
+        "power",
+        "power_warmup",
+        "linear",
+        "piecewise_linear",
+        "cosine",
+        "warmup_cosine",
+    ),
     "algorithm.name": lambda: (_registered("algorithms").names(), True),
 }
 
@@ -229,6 +257,8 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sampling.eval_num_steps": (lambda v: v >= 1, ">= 1"),
     "sampling.noise_level": (lambda v: v >= 0, ">= 0"),
     "sampling.sde_num_steps": (lambda v: v >= 0, ">= 0 (0 = all candidates)"),
+    "sampling.window_interval": (lambda v: v >= 1, ">= 1"),
+    "sampling.window_stride": (lambda v: v >= 1, ">= 1"),
     "data.group_size": (lambda v: v >= 2, ">= 2 (advantages need a group)"),
     "data.prompts_per_epoch": (lambda v: v >= 1, ">= 1"),
     "train.num_epochs": (lambda v: v >= 0, ">= 0"),
@@ -242,15 +272,23 @@ BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "train.eval_prompts": (lambda v: v >= 0, ">= 0"),
     "train.eval_repeats": (lambda v: v >= 1, ">= 1"),
+    "algorithm.advantage_max": (lambda v: v >= 0, ">= 0 (0 = no rescale)"),
+    "algorithm.num_train_timesteps": (lambda v: v >= 0, ">= 0 (0 = int(N (hi - lo)))"),
     "ema.decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema.start_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema.ramp_epochs": (lambda v: v >= 1, ">= 1"),
     "ema.warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "ema.update_interval": (lambda v: v >= 1, ">= 1 (1 = every epoch)"),
     "model.height": (lambda v: v >= 1, ">= 1"),
     "model.width": (lambda v: v >= 1, ">= 1"),
     "model.num_frames": (lambda v: v >= 1, ">= 1"),
     "model.flow_shift": (lambda v: v >= 0, ">= 0 (0 = the pipeline's scheduler)"),
     "model.guidance_scale_2": (lambda v: v >= 0, ">= 0 (0 = sampling.guidance_scale)"),
+    "model.eval_height": (lambda v: v >= 0, ">= 0 (0 = model.height)"),
+    "model.eval_width": (lambda v: v >= 0, ">= 0 (0 = model.width)"),
+    "model.eval_num_frames": (lambda v: v >= 0, ">= 0 (0 = model.num_frames)"),
+    "model.eval_guidance_scale_2": (lambda v: v >= 0, ">= 0 (0 = the training value)"),
+    "sampling.eval_guidance_scale": (lambda v: v >= 0, ">= 0 (0 = sampling.guidance_scale)"),
     "model.max_sequence_length": (lambda v: v >= 1, ">= 1"),
     "mesh.data": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),
     "mesh.fsdp": (lambda v: v == -1 or v >= 1, ">= 1 or -1"),
@@ -576,17 +614,16 @@ def set_algorithm(config: ConfigDict, name: str) -> ConfigDict:
 def ema_every_4_epochs(config: ConfigDict) -> ConfigDict:
     """Flow-Factory's GRPO EMA: decay 0.9 every 4 epochs, warm-up min(0.9, (1+t)/(10+t)).
 
-    Flow-Factory: ema_decay 0.9, ema_update_interval 4 (epochs), the "power" warm-up
-    above with t the epoch; Flow-GRPO SD3: EMAModuleWrapper(decay=0.9,
-    update_step_interval=8), the same warm-up on the optimizer step, i.e. also every 4
-    epochs at 2 steps per epoch. ffjax steps the EMA once per epoch, so the same
-    averaging horizon per epoch, 1 - d_epoch = (1 - d) / 4, is 1 - 2.25 / (10 + t), from
-    0.775 to 0.975; the power schedule 1 - 2.25 / (2.25 + t) clipped to [0.775, 0.975]
-    follows it (0.975 from epoch ~88, the reference's 0.9 from epoch 80).
+    X-GenGroup/Flow-Factory a0b2bc5 examples/grpo/lora/*/default.yaml: ema_decay 0.9,
+    ema_update_interval 4 (epochs), ema_decay_schedule "power" = min(d, (1 + t) / (10 + t))
+    with t the epoch (ema/ema_utils.py `power_warmup_decay`, warmup_steps 10); ffjax's
+    `power_warmup` schedule with `update_interval` 4 is the same EMA. Flow-GRPO SD3:
+    EMAModuleWrapper(decay=0.9, update_step_interval=8) with the same warm-up counted in
+    optimizer steps, i.e. also every 4 epochs at 2 steps per epoch. (ffjax before
+    2026-12-08 stepped every epoch with a per-epoch "power" of the same horizon.)
     """
     e = config.ema
-    e.schedule, e.power, e.inv_gamma = "power", 1.0, 2.25
-    e.start_decay, e.decay = 0.775, 0.975
+    e.schedule, e.decay, e.warmup_epochs, e.update_interval = "power_warmup", 0.9, 10, 4
     return config
 
 

@@ -1,9 +1,15 @@
 """EMA of the trainable weights: per-epoch decay schedules and the pure update.
 
-The trainer steps the EMA once per epoch, after that epoch's optimizer steps:
+The trainer steps the EMA after the optimizer steps of every `update_interval`-th epoch
+(`due`; 1 = every epoch):
 
-    decay = ema_decay(config.ema, epoch)        # host float; epoch is 0-based
-    ema = ema_update(ema, trainable, decay)     # jit-able; decay may be traced
+    if due(config.ema, epoch):                   # (epoch + 1) % update_interval == 0
+        decay = ema_decay(config.ema, epoch)     # host float; epoch is 0-based
+        ema = ema_update(ema, trainable, decay)  # jit-able; decay may be traced
+
+as X-GenGroup/Flow-Factory b30dc00 / a0b2bc5 src/flow_factory/ema/ema.py
+(`EMAModuleWrapper.step`, called with the epoch; `ema_update_interval`) does: an update
+after epochs k - 1, 2k - 1, ..., with the schedule's decay at that epoch.
 
     ema <- decay * ema + (1 - decay) * params
 
@@ -17,7 +23,9 @@ W = `warmup_epochs` (each matches the Flow-Factory schedule of the same name in
   constant          d
   power             clip(1 - (1 + t / inv_gamma) ** -power, d0, d)
                     Diffusers `EMAModel` with use_ema_warmup (min_decay = d0). Flow-Factory's
-                    "power" is Diffusers' other warm-up, min(d, (1 + t) / (10 + t)).
+                    "power" is Diffusers' other warm-up: power_warmup below.
+  power_warmup      min(d, (1 + t) / (W + t)); W = 0: d. Flow-Factory's "power"
+                    (`power_warmup_decay(decay, warmup_steps)`, default warmup_steps 10).
   linear            d0 + (d - d0) * min(t / R, 1)
   piecewise_linear  linear interpolation of (`boundaries`, `decays`), held beyond the ends.
                     DiffusionNFT's `return_decay(flat, uprate, uphold)` ("NFT style"
@@ -38,7 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SCHEDULES = ("constant", "power", "linear", "piecewise_linear", "cosine", "warmup_cosine")
+SCHEDULES = (
+    "constant", "power", "power_warmup", "linear", "piecewise_linear", "cosine", "warmup_cosine"
+)  # fmt: skip
 
 
 class EMAConfigError(ValueError):
@@ -63,7 +73,11 @@ def validate(ema_cfg: Any) -> None:
             raise EMAConfigError(f"config.ema.{key}={value!r} must be in [0, 1)")
     if schedule in ("linear", "cosine", "warmup_cosine") and ema_cfg.ramp_epochs < 1:
         raise EMAConfigError(f"config.ema.ramp_epochs={ema_cfg.ramp_epochs!r} must be >= 1")
-    if schedule == "warmup_cosine" and ema_cfg.warmup_epochs < 0:
+    if int(ema_cfg.get("update_interval", 1)) < 1:
+        raise EMAConfigError(
+            f"config.ema.update_interval={ema_cfg.update_interval!r} must be >= 1 (1 = every epoch)"
+        )
+    if schedule in ("warmup_cosine", "power_warmup") and ema_cfg.warmup_epochs < 0:
         raise EMAConfigError(f"config.ema.warmup_epochs={ema_cfg.warmup_epochs!r} must be >= 0")
     if schedule == "power" and (ema_cfg.inv_gamma <= 0 or ema_cfg.power <= 0):
         raise EMAConfigError(
@@ -98,6 +112,9 @@ def ema_decay(ema_cfg: Any, epoch: int) -> float:
     if schedule == "power":
         value = 1.0 - (1.0 + t / float(ema_cfg.inv_gamma)) ** -float(ema_cfg.power)
         return min(max(value, d0), d)
+    if schedule == "power_warmup":
+        w = float(ema_cfg.warmup_epochs)
+        return d if w == 0 else min(d, (1.0 + t) / (w + t))
     if schedule == "piecewise_linear":
         return float(np.interp(t, ema_cfg["boundaries"], ema_cfg["decays"]))
     ramp = float(ema_cfg.ramp_epochs)
@@ -109,6 +126,12 @@ def ema_decay(ema_cfg: Any, epoch: int) -> float:
             return d0 * t / warmup
         t -= warmup
     return d0 + (d - d0) * (1.0 - math.cos(math.pi * min(t / ramp, 1.0))) / 2.0
+
+
+def due(ema_cfg: Any, epoch: int) -> bool:
+    """Whether the EMA steps after (0-based) epoch `epoch`: on, and (epoch + 1) a multiple
+    of `update_interval` (Flow-Factory's `ema_update_interval`)."""
+    return enabled(ema_cfg) and (int(epoch) + 1) % int(ema_cfg.get("update_interval", 1)) == 0
 
 
 def ema_update(ema: Any, params: Any, decay: float | jax.Array) -> Any:

@@ -3,8 +3,9 @@
 Flow-Factory configs name weights by hub ID (`black-forest-labs/FLUX.1-dev`, PickScore's
 `yuvalkirstain/PickScore_v1`) and download them; ffjax never downloads weights. A config
 keeps such IDs as given (`--check_config` passes on them); `check(config)` runs when a
-run is about to load (ffjax/cli/train.py) and refuses any `model.path` or reward path
-argument that is a hub ID and not a local folder, naming the `--config.` key to pass.
+run is about to load (ffjax/cli/train.py; `ffjax.sample.sample`, which loads no reward,
+checks `model.path` alone) and refuses any `model.path` or reward path argument that is a
+hub ID and not a local folder, naming the `--config.` key to pass.
 """
 
 from __future__ import annotations
@@ -27,19 +28,20 @@ def is_hub_id(value: Any) -> bool:
     return not os.path.exists(os.path.expanduser(value))
 
 
-def _paths(config: Any) -> Iterator[tuple[str, Any]]:
+def _paths(config: Any, rewards: bool) -> Iterator[tuple[str, Any]]:
     """(config key, value) of every weights location: model.path, rewards' *path args."""
     yield "model.path", config.model.path
-    for section in ("rewards", "eval_rewards"):
+    for section in ("rewards", "eval_rewards") if rewards else ():
         for alias, entry in (config.get(section) or {}).items():
             for key, value in (entry.get("args") or {}).items():
                 if key == "path" or key.endswith("_path"):
                     yield f"{section}.{alias}.args.{key}", value
 
 
-def check(config: Any) -> None:
-    """ModelFolderError (exit 1) for the first hub ID among the config's weights paths."""
-    for key, value in _paths(config):
+def check(config: Any, *, rewards: bool = True) -> None:
+    """ModelFolderError (exit 1) for the first hub ID among the config's weights paths
+    (`rewards` False: model.path only, for a run that loads no reward)."""
+    for key, value in _paths(config, rewards):
         if is_hub_id(value):
             name = value.rsplit("/", 1)[1]
             raise ModelFolderError(

@@ -30,12 +30,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import logging
 
 from ffjax import configs, optim, registry
+from ffjax.algorithms import common
 from ffjax.algorithms.spec import AlgorithmSpec
 from ffjax.data.prompts import GroupSampler, PromptSet, load_prompts
+from ffjax.flow import rollout as rollout_lib
+from ffjax.flow import unipc as unipc_lib
 from ffjax.models import adapter as adapter_lib
 from ffjax.parallel import offload
 from ffjax.parallel import rows as rows_lib
@@ -64,6 +68,9 @@ class Run:
     ref: Any  # reference weights (full fine-tune with KL) or None
     lora: bool
     gen: generate.Generator  # the rollout and decode, for the generate stage
+    # evaluation's (`generate.eval_generator`: the eval guidance / size / frames; `gen`
+    # itself when none is set)
+    eval_gen: generate.Generator
     initial: TrainState
     state_shardings: TrainState
     abstract: bool
@@ -94,15 +101,26 @@ class Run:
 
 
 def train_timesteps(config) -> int:
-    """Training sigmas per sample of a "final" algorithm."""
-    n = config.algorithm.get("num_train_timesteps", 0)
-    return n if n > 0 else max(1, int(0.9 * config.sampling.num_steps))
+    """Training sigmas per sample of a "final" algorithm (`common.num_train_timesteps`)."""
+    return common.num_train_timesteps(config.algorithm, config.sampling.num_steps)
 
 
 def sde_candidates(config) -> list[int]:
     """Steps an SDE window may be drawn from."""
     cand = list(config.sampling.sde_candidates)
     return cand or list(range(max(config.sampling.num_steps - 1, 1)))
+
+
+def sde_window(config, epoch: int) -> np.ndarray:
+    """The epoch's SDE steps (`flow.rollout.sde_window` with `sampling.sde_window`)."""
+    s = config.sampling
+    progressive = None
+    if s.sde_window == "progressive":
+        progressive = (s.window_interval, s.window_stride, s.window_roll_back)
+    return rollout_lib.sde_window(
+        config.seed, epoch, sde_candidates(config), sde_count(config),
+        contiguous=s.sde_window == "contiguous", progressive=progressive,
+    )  # fmt: skip
 
 
 def sde_count(config) -> int:
@@ -467,6 +485,7 @@ def build(
         decode=jax.jit(adapter.decode, static_argnums=(2, 3)), vae=weights.get("vae"),
         base=base, lora=lora, height=m.height, width=m.width, batch_size=s.batch_size,
         progress=config.logging.step_progress,
+        unipc=unipc_lib.scheduler_options(m.path if s.eval_solver == "unipc" else None),
     )  # fmt: skip
     train_step = ema_step = None
     if training:
@@ -480,7 +499,8 @@ def build(
         ema_step = optimize.make_ema_step(shardings.ema)
     return Run(
         config=config, spec=spec, adapter=adapter, mesh=mesh, weights=weights, base=base,
-        ref=ref, lora=lora, gen=gen, initial=initial, state_shardings=shardings,
+        ref=ref, lora=lora, gen=gen, eval_gen=generate.eval_generator(gen, config),
+        initial=initial, state_shardings=shardings,
         abstract=abstract, training=training, prompts=prompts, eval_prompts=eval_prompts,
         sampler=sampler, rewards=train_rewards, eval_rewards=eval_rewards,
         optimizer=optimizer, lr_fn=lr_fn, rows_per_epoch=rows,

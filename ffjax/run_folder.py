@@ -38,6 +38,7 @@ LEGACY_VALUES = {
     "train.gdpo_std": "advantage_std",  # 2026-12-07: default flow_factory
     "sampling.sigma_grid": "flow_match_euler",  # 2026-12-07: default pipeline (UniPC for WAN)
     "sampling.eval_solver": "euler",
+    "algorithm.on_policy_old": "rollout",  # 2026-12-08: NFT on-policy default flow_factory
 }
 
 

@@ -133,18 +133,21 @@ def sample(
     checkpoint's weights (not its optimizer state) are read.
 
     Raises SampleError for unusable arguments, prompts or checkpoints (ConfigError /
-    FileNotFoundError from `ffjax.run.build` for an unusable config).
+    FileNotFoundError from `ffjax.run.build` for an unusable config), ModelFolderError
+    for a hub ID as model.path (`ffjax.local_paths`).
     """
     import jax
     import numpy as np
     from tqdm.auto import tqdm
 
+    from ffjax import local_paths
     from ffjax import run as run_lib
     from ffjax.logging import image_grid, save_grid
     from ffjax.parallel import rows as rows_lib
     from ffjax.parallel.mesh import maybe_initialize_distributed
     from ffjax.stages import generate
 
+    local_paths.check(config, rewards=False)  # a hub ID: one line before anything loads
     t0 = time.perf_counter()
     maybe_initialize_distributed()  # a no-op unless this is one process of a multi-host job
     out = Path(out)

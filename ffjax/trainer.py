@@ -43,7 +43,7 @@ from ffjax.logging import MetricsWriter, image_grid, save_grid
 from ffjax.parallel import rows as rows_lib
 from ffjax.parallel.mesh import maybe_initialize_distributed
 from ffjax.rewards.base import Samples
-from ffjax.run import Run, build, device_copy, sde_candidates, sde_count
+from ffjax.run import Run, build, device_copy, sde_window
 from ffjax.run_folder import params_digest
 from ffjax.stages import TrainingError, generate, on_every_process, optimize, score
 from ffjax.state import TrainState
@@ -116,10 +116,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     prompts = [run.prompts.prompts[i] for i in prompt_idx[mine]]
     metadata = [run.prompts.metadata[i] for i in prompt_idx[mine]]
     sigmas = run.adapter.sigmas(c.sampling.num_steps, m.height, m.width)
-    window = rollout_lib.sde_window(
-        c.seed, epoch, sde_candidates(c), sde_count(c),
-        contiguous=c.sampling.sde_window == "contiguous",
-    )  # fmt: skip
+    window = sde_window(c, epoch)  # random, contiguous or MixGRPO's progressive window
     noise_levels = rollout_lib.noise_levels_for(
         c.sampling.num_steps, window, c.sampling.noise_level
     )
@@ -184,7 +181,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
         row_expert=run.adapter.experts_of(np.asarray(rows["sigma"])),  # None: one expert
         key=key, rng=rng, epoch=epoch, progress=c.logging.step_progress,
     )  # fmt: skip
-    if state.ema is not None:
+    if state.ema is not None and ema_lib.due(c.ema, epoch):  # every ema.update_interval
         decay = ema_lib.ema_decay(c.ema, epoch)
         state = state.replace(ema=run.ema_step(state.ema, state.trainable, float(decay)))
     state = state.replace(epoch=state.epoch + 1)
@@ -223,18 +220,18 @@ def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray,
     (`ffjax.parallel.rows`); scores and grid images are gathered.
     """
     c = run.config
-    m = c.model
+    g = run.eval_gen  # the evaluation guidance / size / frames (run.gen when not set)
     prompts = run.eval_prompts.prompts
     blocks = rows_lib.row_blocks(run.mesh, len(prompts))
     mine = blocks.local
     metadata = run.eval_prompts.metadata[mine]
     key = jax.random.key(c.seed + EVAL_SEED_OFFSET)
-    noise = generate.init_noise(run.adapter, key, len(prompts), m.height, m.width, run.mesh)
+    noise = generate.init_noise(g.adapter, key, len(prompts), g.height, g.width, run.mesh)
     solver = c.sampling.eval_solver
-    sigmas, levels = generate.ode_grid(run.adapter, solver, c.sampling.eval_num_steps,
-                                       m.height, m.width)  # fmt: skip
+    sigmas, levels = generate.ode_grid(g.adapter, solver, c.sampling.eval_num_steps,
+                                       g.height, g.width)  # fmt: skip
     weights = device_copy(state.ema) if state.ema is not None else state.trainable
-    out = generate.generate(run.gen, weights, prompts[mine], metadata, noise, sigmas, levels, key,
+    out = generate.generate(g, weights, prompts[mine], metadata, noise, sigmas, levels, key,
                             solver=solver)  # fmt: skip
     raw = on_every_process(
         "eval rewards",

@@ -25,6 +25,11 @@ CASES = {
         dict(decay=0.9, start_decay=0.2, power=0.5, inv_gamma=2.0),
         {0: 0.2, 2: 1 - 2**-0.5, 6: 0.5, 48: 0.8, 198: 0.9, 10_000: 0.9},
     ),
+    "power_warmup": (
+        # Flow-Factory's power: min(0.9, (1 + t) / (10 + t))
+        dict(decay=0.9, warmup_epochs=10),
+        {0: 0.1, 1: 2 / 11, 10: 11 / 20, 80: 0.9, 81: 0.9, 79: 80 / 89},
+    ),
     "linear": (
         dict(decay=0.9, start_decay=0.5, ramp_epochs=8),
         {0: 0.5, 2: 0.6, 4: 0.7, 8: 0.9, 20: 0.9},
@@ -55,6 +60,19 @@ def test_schedule_values(schedule):
     cfg = _cfg(schedule=schedule, **overrides)
     for epoch, value in expected.items():
         assert ema.ema_decay(cfg, epoch) == pytest.approx(value, abs=1e-12), epoch
+
+
+def test_update_interval_follows_flow_factory():
+    """X-GenGroup/Flow-Factory b30dc00 ema/ema.py EMAModuleWrapper.step(params, epoch):
+    skipped unless (epoch + 1) % ema_update_interval == 0, then the decay at that epoch."""
+    cfg = _cfg(schedule="power_warmup", decay=0.9, warmup_epochs=10, update_interval=4)
+    assert [t for t in range(16) if ema.due(cfg, t)] == [3, 7, 11, 15]
+    assert ema.ema_decay(cfg, 3) == pytest.approx(4 / 13, abs=1e-15)
+    every = _cfg(update_interval=1)
+    assert all(ema.due(every, t) for t in range(5))
+    assert not any(ema.due(_cfg(decay=0.0, update_interval=1), t) for t in range(5))
+    with pytest.raises(ema.EMAConfigError, match="update_interval"):
+        ema.validate(_cfg(update_interval=0))
 
 
 def test_piecewise_matches_diffusionnft_return_decay():

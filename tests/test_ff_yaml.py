@@ -96,7 +96,11 @@ MAPPED = {
     "data.audio_dir": ("grpo", None, {}),
     "data.sampler_type": ("grpo", "auto", {}),
     "model.model_name_or_path": ("grpo", "org/Model", {"model.path": "org/Model"}),
-    "model.model_type": ("grpo", "wan2_i2v", {"model.name": "wan2-i2v"}),
+    "model.model_type": (
+        "grpo",
+        "wan2_i2v",
+        {"model.name": "wan2-i2v", "sampling.eval_solver": "unipc"},
+    ),  # fmt: skip
     "model.finetune_type": ("grpo", "lora", {"train.lora_rank": 8}),  # lora_rank default 8
     "model.lora_alpha": ("grpo", None, {}),  # full fine-tune (the default): no LoRA
     "model.target_modules": ("grpo", "default", {}),
@@ -166,12 +170,12 @@ MAPPED = {
     "scheduler.flow_shift": ("grpo", 5.0, {"model.flow_shift": 5.0}),
     "eval.num_inference_steps": ("grpo", 20, {"sampling.eval_num_steps": 20}),
     "eval.eval_freq": ("grpo", 7, {"train.eval_every": 7}),
-    "eval.guidance_scale": ("grpo", 3.5, {}),
-    "eval.resolution": ("grpo", 512, {}),
+    "eval.guidance_scale": ("grpo", 5.0, {"sampling.eval_guidance_scale": 5.0}),
+    "eval.resolution": ("grpo", [768, 1024], {"model.eval_height": 768, "model.eval_width": 1024}),
     "eval.height": ("grpo", None, {}),
     "eval.width": ("grpo", None, {}),
-    "eval.num_frames": ("grpo", None, {}),
-    "eval.guidance_scale_2": ("grpo", None, {}),
+    "eval.num_frames": ("grpo", 9, {"model.eval_num_frames": 9}),
+    "eval.guidance_scale_2": ("grpo", 2.0, {"model.eval_guidance_scale_2": 2.0}),
     "rewards[].reward_model": (
         "grpo",
         "CLIP",
@@ -465,13 +469,21 @@ def test_geometry_distributed_k_repeat_when_groups_do_not_split_over_gpus():
 
 
 def _ema_keys(c) -> dict:
-    return {k: c.ema[k] for k in ("schedule", "decay", "start_decay", "power", "inv_gamma")}
+    return {k: c.ema[k] for k in ("schedule", "decay", "warmup_epochs", "update_interval")}
 
 
-def test_ema_power_every_4_epochs_is_the_recipes_translation():
+def test_ema_power_every_4_epochs_is_the_recipes():
+    # [A0] ema_utils.py power_warmup_decay: min(d, (1 + t) / (warmup_steps + t)), default
+    # warmup_steps 10; ema.py EMAModuleWrapper.step: every ema_update_interval-th epoch.
     m = ff_yaml.map_document(doc(train={"ema_decay": 0.9, "ema_update_interval": 4}))
     want = configs.ema_every_4_epochs(configs.base_config())
-    assert _ema_keys(m.config) == pytest.approx(_ema_keys(want)) or _ema_keys(m.config) == _ema_keys(want)  # fmt: skip
+    assert _ema_keys(m.config) == _ema_keys(want) == {
+        "schedule": "power_warmup", "decay": 0.9, "warmup_epochs": 10, "update_interval": 4
+    }  # fmt: skip
+    for k, sched in ((3, "linear"), (2, "piecewise_linear"), (5, "constant")):
+        train = {"ema_decay": 0.5, "ema_update_interval": k, "ema_decay_schedule": sched}
+        got = ff_yaml.map_document(doc(train=train)).config.ema
+        assert (got.schedule, got.update_interval, got.decay) == (sched, k, 0.5)
 
 
 def test_ema_piecewise_and_linear_are_the_recipes():
@@ -514,6 +526,8 @@ def test_both_schemas_map_to_the_same_valid_config(trainer, family, finetune):
     assert (new.model.name, new.algorithm.name) == (FAMILIES[family], trainer)
     assert new.train.lora_rank == (16 if finetune == "lora" else 0)
     assert new.train.learning_rate == 2e-4
+    # Flow-Factory evaluates WAN with UniPC multistep, the image families with Euler.
+    assert new.sampling.eval_solver == ("unipc" if family.startswith("wan") else "euler")
 
 
 def test_files_in_both_schemas():
@@ -522,7 +536,8 @@ def test_files_in_both_schemas():
     assert (old.train.micro_batch_size, old.train.grad_accum_steps, old.data.prompts_per_epoch) == (8, 12, 12)  # fmt: skip
     assert (old.model.height, old.model.width, old.train.lora_rank, old.train.lora_alpha) == (256, 384, 16, 32.0)  # fmt: skip
     assert old.algorithm.adv_clip_bounds == (-3.0, 4.0) and old.algorithm.clip_range == 2e-4
-    assert old.train.offload_ref and old.ema.offload and old.ema.inv_gamma == 2.25
+    assert old.train.offload_ref and old.ema.offload
+    assert (old.ema.schedule, old.ema.update_interval) == ("power_warmup", 4)
     assert tuple(old.sampling.sde_candidates) == (1, 2, 3, 4) and old.sampling.sde_num_steps == 2
     assert old.rewards.rank.name == "pickscore_rank" and old.eval_rewards.pick.name == "pickscore"
     nft = ff_yaml.load(FILES / "nft_lora_flux1_new.yaml")
@@ -531,7 +546,10 @@ def test_files_in_both_schemas():
     assert (c.train.micro_batch_size, c.train.grad_accum_steps, c.data.prompts_per_epoch) == (2, 24, 6)  # fmt: skip
     assert c.sampling.dynamics == "ode" and c.algorithm.sigma_range == (0.0, 0.7)
     assert c.rewards.pickscore.args.path == "yuvalkirstain/PickScore_v1"
-    assert any("resolution" in n for n in nft.notes)
+    # eval.resolution 512, training 256: evaluation at its own size; eval guidance 3.5
+    # (Flow-Factory's default), training 1.0.
+    assert (c.model.height, c.model.eval_height, c.model.eval_width) == (256, 512, 512)
+    assert (c.sampling.guidance_scale, c.sampling.eval_guidance_scale) == (1.0, 3.5)
     awm = ff_yaml.load(FILES / "awm_full_wan_new.yaml").config
     configs.validate(awm)
     assert (awm.model.name, awm.train.lora_rank, awm.model.dtype, awm.model.remat) == ("wan2-t2v", 0, "float32", "full")  # fmt: skip
@@ -589,6 +607,28 @@ def test_cli_hub_id_fails_at_load_in_one_line(tmp_path):
     ]
 
 
+def test_sample_cli_hub_id_fails_in_one_line(tmp_path):
+    # Sampling loads no reward: only model.path is checked (the YAML's PickScore hub IDs
+    # stay as given).
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, "-m", "ffjax.sample", f"--config={FILES / 'grpo_lora_flux1_old.yaml'}",
+         "--weights=base", f"--prompts={tmp_path}", f"--out={tmp_path / 'out'}"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "ffjax.sample: config.model.path='black-forest-labs/FLUX.1-dev' is a hub ID, not a"
+        " local folder; ffjax never downloads weights: pass a local folder with"
+        " --config.model.path=/path/to/FLUX.1-dev"
+    ]
+    c = ff_yaml.load(FILES / "grpo_lora_flux1_old.yaml").config
+    c.model.path = str(tmp_path)
+    local_paths.check(c, rewards=False)  # the rewards' hub IDs are not sampling's concern
+    with pytest.raises(ModelFolderError, match="rewards"):
+        local_paths.check(c)
+
+
 @pytest.mark.parametrize(
     "edit, needle",
     [
@@ -607,3 +647,17 @@ def test_cli_refusals_are_one_line_exit_2(tmp_path, edit, needle):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     (only,) = r.stderr.strip().splitlines()
     assert needle in only
+
+
+def test_eval_size_resolves_like_flow_factory():
+    # [A0] / 6c7882b EvaluationArguments: resolution default (1024, 1024), height / width
+    # override it; the same size as training maps to nothing (0: the training size).
+    def size(eval_section, train=None):
+        d = doc(train=train or {})
+        d["eval"] = eval_section
+        return line(ff_yaml.map_document(d), "eval.resolution").ffjax
+
+    assert size({}) == {"model.eval_height": 1024, "model.eval_width": 1024}
+    assert size({"resolution": 512}) == {}  # the training default 512 x 512
+    assert size({"resolution": 512, "height": 256}) == {"model.eval_height": 256, "model.eval_width": 512}  # fmt: skip
+    assert size({"width": 640}, {"resolution": [512, 640]}) == {"model.eval_height": 1024, "model.eval_width": 640}  # fmt: skip

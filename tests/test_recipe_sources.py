@@ -134,7 +134,8 @@ def test_recipe_matches_its_source(key):
         assert c.train.learning_rate == src["lr"]
     if src["ema"] is not None:  # decay 0.9 every 4 epochs: configs.ema_every_4_epochs
         assert src["ema"] == (0.9, 4)
-        assert (c.ema.schedule, c.ema.inv_gamma, c.ema.decay) == ("power", 2.25, 0.975)
+        got = (c.ema.schedule, c.ema.warmup_epochs, c.ema.decay, c.ema.update_interval)
+        assert got == ("power_warmup", 10, 0.9, 4)  # [FF] ema_decay_schedule power
 
 
 @pytest.mark.parametrize("name", ["flux_grpo", "flux_nft", "flux_awm"])
@@ -166,3 +167,42 @@ def test_every_recipe_docstring_cites_commits():
                 or repo.startswith("NVlabs")
                 or (repo.startswith("scxue"))
             ), (path.name, repo, commit)
+
+
+@pytest.mark.parametrize("name", ["qwen_image_grpo", "qwen_image_awm"])
+def test_qwen_image_negative_prompt_is_flow_factorys(name):
+    # X-GenGroup/Flow-Factory a0b2bc5 src/flow_factory/models/qwen_image/qwen_image.py
+    # encode_prompt: with guidance_scale > 1, negative_prompt None -> "".
+    from ffjax import configs
+
+    c = _recipe(name)
+    assert c.sampling.guidance_scale > 1 and c.model.negative_prompt == ""
+    assert configs.base_config().model.negative_prompt == ""
+
+
+# (recipe): (eval height, eval width, eval frames) of its source's `eval:` section, 0 =
+# the training value. X-GenGroup/Flow-Factory b30dc00 examples/nft/lora/flux1/default.yaml
+# (eval.resolution 1024), a0b2bc5 examples/awm/lora/flux1/default.yaml (1024),
+# a0b2bc5 examples/grpo/lora/qwen_image/default.yaml (1024; also configs/qwen_image_awm's
+# [FG]), a0b2bc5 examples/grpo/lora/wan21/t2v.yaml (480, num_frames 13) and i2v.yaml (480,
+# num_frames 5 = training), b30dc00 examples/nft/lora/wan21/t2v.yaml ([480, 832] = training,
+# num_frames 41), b30dc00 examples/nft/lora/qwen_image/rational_rewards_t2i.yaml (512 =
+# training).
+EVAL = {
+    "flux_nft": (1024, 1024, 0),
+    "flux_awm": (1024, 1024, 0),
+    "qwen_image_grpo": (1024, 1024, 0),
+    "qwen_image_awm": (1024, 1024, 0),
+    "qwen_image_nft": (0, 0, 0),
+    "wan_t2v_grpo": (480, 480, 13),
+    "wan_i2v_grpo": (480, 480, 0),
+    "wan_t2v_nft": (0, 0, 41),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EVAL))
+def test_evaluation_settings_follow_the_source(name):
+    m = _recipe(name).model
+    assert (m.eval_height, m.eval_width, m.eval_num_frames) == EVAL[name]
+    tiny = _recipe(name, "tiny").model  # the tiny variants evaluate at their own size
+    assert (tiny.eval_height, tiny.eval_width, tiny.eval_num_frames) == (0, 0, 0)

@@ -146,10 +146,11 @@ def test_qwen_image_awm_is_the_flux_awm_algorithm_with_true_cfg():
 
 
 def test_grpo_ema_matches_decay_point_nine_every_four_epochs():
-    """1 - d_epoch = (1 - 0.9) / 4 at the end, 1 - 0.9 / 4 at the start (see the recipe)."""
+    """Flow-Factory: steps after epochs 3, 7, 11, ... with min(0.9, (1 + t) / (10 + t))."""
     e = MODULES["flux_grpo.py"].get_config().ema
-    assert ema.ema_decay(e, 0) == pytest.approx(0.775)
-    assert ema.ema_decay(e, 10_000) == pytest.approx(0.975)
+    assert [t for t in range(12) if ema.due(e, t)] == [3, 7, 11]
+    assert ema.ema_decay(e, 3) == pytest.approx(4 / 13)
+    assert ema.ema_decay(e, 10_000) == pytest.approx(0.9)
     decays = [ema.ema_decay(e, t) for t in range(200)]
     assert decays == sorted(decays)
 

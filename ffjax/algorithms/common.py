@@ -68,6 +68,20 @@ def clip_bounds(config) -> tuple[float | tuple, float | tuple]:
     return eps, adv
 
 
+def num_train_timesteps(algorithm: Any, num_steps: int) -> int:
+    """Training sigmas per sample of a "final" algorithm (NFT, AWM): `num_train_timesteps`,
+    or for 0 max(1, int(N (hi - lo))) with N = `num_steps` (the rollout's steps) and
+    (lo, hi) = `sigma_range`, as X-GenGroup/Flow-Factory b30dc00 (and a0b2bc5)
+    src/flow_factory/hparams/training_args.py resolves `num_train_timesteps: 0` from
+    num_inference_steps and timestep_range (ffjax before 2026-12-08: int(0.9 N), the same
+    for the default NFT range (0, 0.9))."""
+    n = int(algorithm.get("num_train_timesteps", 0))
+    if n > 0:
+        return n
+    lo, hi = (float(v) for v in algorithm.get("sigma_range", (0.0, 0.9)))
+    return max(1, int(num_steps * (hi - lo)))
+
+
 def forward_noise(x0: jax.Array, noise: jax.Array, sigma: jax.Array) -> jax.Array:
     """The forward process x_sigma = (1 - sigma) x0 + sigma noise (DESIGN.md convention)."""
     s = per_sample(sigma, x0)

@@ -18,6 +18,8 @@ from ffjax.algorithms import common
 from ffjax.algorithms.spec import AlgorithmSpec, LossFn, PolicyFn
 from ffjax.flow import schedule
 
+ON_POLICY_OLD = ("flow_factory", "rollout")
+
 # Floor of the adaptive weight mean|x0_hat - x0| (the reference's `.clip(min=1e-5)`).
 WEIGHT_MIN = 1e-5
 
@@ -28,9 +30,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.beta = 1.0  # strength of the implicit policies (v+- = v_old +- beta (v - v_old))
     c.adv_clip_max = 5.0  # advantages are clipped before mapping to r in [0, 1]
     c.kl_beta = 0.0  # weight of the KL (velocity MSE) to the reference policy
-    c.off_policy = True  # old policy = EMA weights (True) or the rollout-time weights (False)
+    c.off_policy = True  # old policy = the EMA weights (True) or on-policy (False, below)
+    # The on-policy old policy (off_policy=False), where the references differ:
+    # flow_factory: the current weights at each micro-batch (Flow-Factory precomputes the
+    # old velocities per micro-batch with the weights of that moment) | rollout: the
+    # weights the epoch's rollout sampled with (NVlabs DiffusionNFT's "old" adapter when
+    # its per-epoch decay is 0; ffjax before 2026-12-08).
+    c.on_policy_old = "flow_factory"
     c.timestep_sampler = "discrete"  # training sigmas: see ffjax.flow.schedule.TIMESTEP_SAMPLERS
-    c.num_train_timesteps = 0  # sigmas per sample and epoch; 0 = 0.9 * sampling.num_steps
+    c.num_train_timesteps = 0  # sigmas per sample; 0 = int(N (hi - lo)), N = sampling.num_steps
     c.sigma_range = (0.0, 0.9)  # fraction range along denoising (0 = noise, 1 = clean)
     c.time_shift = 3.0  # shift of the logit-normal / uniform samplers
     return c
@@ -53,10 +61,19 @@ def make_loss(config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: 
     code's overall factor a / beta. Follows NVlabs/DiffusionNFT scripts/train_nft_sd3.py and
     Flow-Factory trainers/rl/nft.py.
 
-    The old policy is the policy the rollout sampled from, as in both references: with
-    `off_policy` it is the EMA weights (`frozen.ema`; the references sample with the
-    same EMA, updated between epochs), otherwise the rollout-time weights
-    (`frozen.snapshot`). `dynamics` is unused: any sampler works.
+    The old policy: with `off_policy` the EMA weights (`frozen.ema`; both references
+    sample with the same EMA, updated between epochs). On-policy (`off_policy` False)
+    `on_policy_old` picks where the references part:
+      "flow_factory": the current weights at each micro-batch, v_old = sg(v) (one forward
+        pass). X-GenGroup/Flow-Factory b30dc00 src/flow_factory/trainers/rl/nft.py
+        (`_precompute_sampling_policy_steps`, called per micro-batch in `optimize`; the
+        same at a0b2bc5 trainers/nft.py) computes the old velocities of a micro-batch
+        just before training on it, and its automatic gradient accumulation (x the
+        training timesteps) applies no update in between, so they are the current
+        weights' velocities.
+      "rollout": the weights the epoch's rollout sampled with (`frozen.snapshot`), as
+        NVlabs/DiffusionNFT scripts/train_nft_sd3.py's "old" adapter with decay 0.
+    `dynamics` is unused: any sampler works.
 
     Precision: the reference casts to float64 for w because its x0 predictions are
     bf16 under autocast; here every input of w is float32 and w only rescales each
@@ -76,19 +93,28 @@ def make_loss(config: ml_collections.ConfigDict, policy: PolicyFn, *, dynamics: 
         raise ValueError(f"nft: adv_clip_max must be > 0, got {adv_clip_max}")
     kl_beta = float(config.kl_beta)
     off_policy = bool(config.off_policy)
+    on_policy_old = str(config.get("on_policy_old", "flow_factory"))
+    if on_policy_old not in ON_POLICY_OLD:
+        raise ValueError(
+            f"nft: on_policy_old {on_policy_old!r}; allowed: {', '.join(ON_POLICY_OLD)}"
+        )
+    current_is_old = not off_policy and on_policy_old == "flow_factory"
 
     def loss_fn(trainable, frozen, batch, key):
         del key  # the trainer draws batch["noise"]
         x0 = jnp.asarray(batch["x0"], jnp.float32)
         sigma, cond = batch["sigma"], batch["cond"]
         x_t = common.forward_noise(x0, batch["noise"], sigma)
-        old = (
-            common.required(frozen.ema, "ema", "nft (off_policy=True)")
-            if off_policy
-            else common.required(frozen.snapshot, "snapshot", "nft (off_policy=False)")
-        )
-        v_old = jax.lax.stop_gradient(policy(old, frozen.base, x_t, sigma, cond))
         v = policy(trainable, frozen.base, x_t, sigma, cond)
+        if current_is_old:  # the same weights, inputs and pass: no second forward
+            v_old = jax.lax.stop_gradient(v)
+        else:
+            old = (
+                common.required(frozen.ema, "ema", "nft (off_policy=True)")
+                if off_policy
+                else common.required(frozen.snapshot, "snapshot", "nft (on_policy_old=rollout)")
+            )
+            v_old = jax.lax.stop_gradient(policy(old, frozen.base, x_t, sigma, cond))
 
         t = common.per_sample(sigma, x0)
         x0_pos = x_t - t * (beta * v + (1 - beta) * v_old)
@@ -134,9 +160,10 @@ registry.ALGORITHMS.register(
         "final",
         make_loss=make_loss,
         # Old policy: the EMA when off_policy (rollouts then sample with it too, as
-        # DiffusionNFT's sampler does), else the rollout-time snapshot.
-        needs_snapshot=lambda c: not c.off_policy,
+        # DiffusionNFT's sampler does), else the current weights or the rollout-time
+        # snapshot (on_policy_old).
+        needs_snapshot=lambda c: not c.off_policy and c.get("on_policy_old") == "rollout",
         sample_with_ema=lambda c: c.off_policy,
-        choices={"timestep_sampler": schedule.TIMESTEP_SAMPLERS},
+        choices={"timestep_sampler": schedule.TIMESTEP_SAMPLERS, "on_policy_old": ON_POLICY_OLD},
     ),
 )

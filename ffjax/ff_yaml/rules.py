@@ -133,13 +133,10 @@ EMA_DEFAULTS = {  # [A0] TrainingArguments (decay, interval, schedule) and [EM]
 
 
 def ema(train: dict) -> dict[str, Any]:
-    """ffjax `ema.*` keys for Flow-Factory's EMA settings ([EM]).
-
-    ffjax steps the EMA once per epoch. An update every k > 1 epochs (power schedule)
-    becomes, as configs.ema_every_4_epochs derives for k = 4, the per-epoch decay with
-    the same averaging horizon: 1 - d_epoch = (1 - d_t) / k, with Flow-Factory's warm-up
-    d_t = min(d, (1 + t) / (w + t)): the power schedule with inv_gamma (w - 1) / k,
-    power 1, clipped to [1 - (w - 1) / (k w), 1 - (1 - d) / k].
+    """ffjax `ema.*` keys for Flow-Factory's EMA settings ([EM]), the same EMA: an update
+    after every `ema_update_interval`-th epoch (ema.update_interval) with the schedule's
+    decay at that epoch. "power" is ffjax's `power_warmup` (min(d, (1 + t) / (w + t))),
+    the linear warm-up's and the piecewise ramp's steps are epochs.
     """
     g = {key: train.get(key, default) for key, default in EMA_DEFAULTS.items()}
     d, k, schedule = float(g["ema_decay"]), int(g["ema_update_interval"]), g["ema_decay_schedule"]
@@ -149,27 +146,17 @@ def ema(train: dict) -> dict[str, Any]:
         raise Refused(f"ema_update_interval={k} must be >= 1")
     if d == 0:
         return {"ema.decay": 0.0}
-    if k > 1 and schedule not in ("power", "constant"):
-        raise Refused(
-            f"ema_update_interval={k} with ema_decay_schedule {schedule!r}: ffjax steps the"
-            " EMA every epoch and translates an interval only for 'power' and 'constant'"
-        )
     w = int(g["warmup_steps"])
-    if schedule == "constant" or (schedule == "power" and w <= 1):
-        return {"ema.schedule": "constant", "ema.decay": 1 - (1 - d) / k}
+    out: dict[str, Any] = {"ema.update_interval": k, "ema.decay": d}
+    if schedule == "constant" or (schedule == "power" and w == 0):
+        return {**out, "ema.schedule": "constant"}
     if schedule == "power":
-        return {
-            "ema.schedule": "power",
-            "ema.power": 1.0,
-            "ema.inv_gamma": (w - 1) / k,
-            "ema.start_decay": 1 - (w - 1) / (k * w),
-            "ema.decay": 1 - (1 - d) / k,
-        }
+        return {**out, "ema.schedule": "power_warmup", "ema.warmup_epochs": w}
     if schedule == "linear":
         return {
+            **out,
             "ema.schedule": "linear",
             "ema.start_decay": float(g["initial_decay"]),
-            "ema.decay": d,
             "ema.ramp_epochs": max(1, w),
         }
     if schedule == "piecewise_linear":
@@ -177,10 +164,10 @@ def ema(train: dict) -> dict[str, Any]:
         if rate <= 0:
             raise Refused(f"ramp_rate={rate} must be > 0")
         return {
+            **out,
             "ema.schedule": "piecewise_linear",
             "ema.boundaries": (flat, flat + round(d / rate)),
             "ema.decays": (0.0, d),
-            "ema.decay": d,
         }
     raise Refused(
         f"ema_decay_schedule {schedule!r} is not translated (constant, power, linear and"

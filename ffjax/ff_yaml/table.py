@@ -222,7 +222,7 @@ ROWS: tuple[Row, ...] = (
     Row(
         "train.ema_update_interval",
         t.ema_checked,
-        "every k epochs: the same averaging horizon per epoch (rules.ema)",
+        "ema.update_interval: an update after every k-th epoch (rules.ema)",
         10,
     ),  # fmt: skip
     Row("train.ema_decay_schedule", t.ema_checked, "", "power"),
@@ -332,13 +332,24 @@ ROWS: tuple[Row, ...] = (
     # eval [A0] EvaluationArguments
     Row("eval.num_inference_steps", t.put("sampling.eval_num_steps", int), "", 30),
     Row("eval.eval_freq", t.put("train.eval_every", int), "", 10),
-    Row("eval.guidance_scale", t.eval_differs("train.guidance_scale", "guidance", 3.5)),
-    Row("eval.resolution", t.eval_differs("train.resolution", "resolution", 512)),
-    Row("eval.height", t.eval_differs("train.height", "height", None)),
-    Row("eval.width", t.eval_differs("train.width", "width", None)),
-    Row("eval.num_frames", t.eval_differs("train.num_frames", "frame count", None)),
     Row(
-        "eval.guidance_scale_2", t.eval_differs("train.guidance_scale_2", "guidance_scale_2", None)
+        "eval.guidance_scale",
+        t.eval_value("sampling.eval_guidance_scale", "train.guidance_scale", 3.5),
+        "where it differs from train.guidance_scale",
+        3.5,
+    ),
+    Row("eval.resolution", t.eval_size, "where it differs from the training size", (1024, 1024)),
+    Row("eval.height", t.nothing, "read with eval.resolution"),
+    Row("eval.width", t.nothing, "read with eval.resolution"),
+    Row(
+        "eval.num_frames",
+        t.eval_value("model.eval_num_frames", "train.num_frames", None, int),
+        "where it differs from train.num_frames",
+    ),
+    Row(
+        "eval.guidance_scale_2",
+        t.eval_value("model.eval_guidance_scale_2", "train.guidance_scale_2", None),
+        "where it differs from train.guidance_scale_2",
     ),
     Row(
         "eval.condition_image_size",

@@ -56,7 +56,12 @@ def model_type(v, ctx):
     if name not in MODEL_TYPES:
         have = ", ".join(f"{k} ({a})" for k, a in MODEL_TYPES.items())
         raise Refused(f"{v!r} is a model family ffjax does not have yet; it has: {have}")
-    return {"model.name": MODEL_TYPES[name]}
+    out = {"model.name": MODEL_TYPES[name]}
+    if name.startswith("wan"):
+        # Flow-Factory evaluates WAN with its UniPC scheduler's multistep solver (a0b2bc5
+        # src/flow_factory/models/wan/wan2_t2v.py, scheduler/unipc_multistep.py eval mode).
+        out["sampling.eval_solver"] = "unipc"
+    return out
 
 
 # ------------------------------------------------------------------ rewards [MR]
@@ -252,13 +257,30 @@ def not_ode(key: str, fn: Callable[[Any], Any]):
     return lambda v, ctx: {} if ctx.get("scheduler.dynamics_type", "Flow-SDE") == "ODE" else {key: fn(v)}  # fmt: skip
 
 
-def eval_differs(train_key: str, what: str, default: Any):
-    """Evaluation settings ffjax takes from training: a note when they differ."""
+def _hw(ctx, section: str, default: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a section's resolution / height / width, as Flow-Factory
+    resolves them (height and width override the resolution's)."""
+    v = ctx.get(f"{section}.resolution", default)
+    h, w = (v, v) if not isinstance(v, (list, tuple)) else (v[0], v[-1] if len(v) > 1 else v[0])
+    h, w = ctx.get(f"{section}.height") or h, ctx.get(f"{section}.width") or w
+    return int(h), int(w)
+
+
+def eval_size(v, ctx):
+    """eval.resolution / height / width ([A0] and 6c7882b hparams EvaluationArguments,
+    default 1024 x 1024; the training default 512 x 512):
+    model.eval_height / eval_width where they differ from the training size."""
+    (h, w), (th, tw) = _hw(ctx, "eval", (1024, 1024)), _hw(ctx, "train", (512, 512))
+    return {} if (h, w) == (th, tw) else {"model.eval_height": h, "model.eval_width": w}
+
+
+def eval_value(key: str, train_key: str, train_default: Any, cast: Callable = float):
+    """An evaluation setting: `key` where it differs from the training value."""
 
     def apply(v, ctx):
-        if v is not None and v != ctx.get(train_key, default):
-            ctx.notes.append(f"ffjax evaluates with the training {what} ({train_key})")
-        return {}
+        if v is None or v == ctx.get(train_key, train_default):
+            return {}
+        return {key: cast(v)}
 
     return apply
 

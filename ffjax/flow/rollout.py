@@ -185,12 +185,15 @@ def sde_window(
     k: int,
     *,
     contiguous: bool = False,
+    progressive: tuple[int, int, bool] | None = None,
 ) -> np.ndarray:
     """Picks the k SDE steps of an epoch from `candidates`, deterministically.
 
-    Flow-GRPO-Fast / Flow-Factory draw k of the candidate steps at random; MixGRPO-style
-    windows take k consecutive candidates (`contiguous=True`). The same (seed, epoch)
-    gives the same window on every host.
+    Flow-Factory draws k of the candidate steps at random; `contiguous=True` takes k
+    consecutive candidates at a random start; `progressive` = (interval, stride,
+    roll_back) slides a window of k consecutive candidates from the first one, `stride`
+    candidates later every `interval` epochs (`progressive_start`; MixGRPO). The same
+    (seed, epoch) gives the same window on every host.
 
     Returns:
       int32[k] sorted step indices.
@@ -200,6 +203,9 @@ def sde_window(
         raise ValueError(f"candidates must be distinct step indices, got {list(candidates)}")
     if not 1 <= k <= cand.size:
         raise ValueError(f"k must be in [1, {cand.size}] (number of candidates), got {k}")
+    if progressive is not None:
+        start = progressive_start(epoch, cand.size - k, *progressive)
+        return np.sort(cand)[start : start + k].astype(np.int32)
     rng = np.random.default_rng([int(seed), int(epoch)])
     if contiguous:
         start = int(rng.integers(0, cand.size - k + 1))
@@ -207,6 +213,26 @@ def sde_window(
     else:
         chosen = rng.choice(cand, size=k, replace=False)
     return np.sort(chosen).astype(np.int32)
+
+
+def progressive_start(epoch: int, last: int, interval: int, stride: int, roll_back: bool) -> int:
+    """First candidate of MixGRPO's progressive window at `epoch` (0-based): 0 for the
+    first `interval` epochs, then `stride` later every `interval` epochs; past `last` (the
+    last start whose window still fits) back to 0 (`roll_back`) or held at `last`.
+
+    Tencent-Hunyuan/MixGRPO e5cdd6a fastvideo/utils/grpo_states.py (GRPOTrainingStates,
+    sample_strategy "progressive": update_iteration after each training step, prog_overlap
+    with prog_overlap_step, roll_back) and fastvideo/train_grpo_flux.py (the window of
+    step n is read before its update). The reference's window keeps its start up to
+    max_timesteps and shrinks at the end (range(l, min(l + w, max_timesteps)), even to
+    no step); ffjax keeps k steps every epoch (fixed shapes), so its starts stop at `last`.
+    """
+    if interval < 1 or stride < 1:
+        raise ValueError(f"interval and stride must be >= 1, got {interval}, {stride}")
+    moves = int(epoch) // int(interval)
+    if roll_back:
+        return stride * (moves % (last // stride + 1))
+    return min(stride * moves, last)
 
 
 def noise_levels_for(num_steps: int, sde_steps: Sequence[int], level: float) -> np.ndarray:

@@ -31,6 +31,8 @@ solver uses the float sigmas (`ffjax.flow.schedule.unipc_flow_timesteps` /
 from __future__ import annotations
 
 import functools
+import json
+import os
 from typing import Any
 
 import flax.struct
@@ -42,6 +44,43 @@ from ffjax.flow.rollout import PrepareFn, VelocityFn
 
 SOLVER_TYPES = ("bh1", "bh2")
 MAX_ORDER = 3  # Diffusers recommends order 2 (guided sampling) or 3 (unconditional)
+DEFAULT_OPTIONS = (2, "bh2")  # (solver_order, solver_type) of WanPipeline's scheduler
+
+# UniPCMultistepScheduler settings this solver implements, with the value it needs
+# (Diffusers' defaults): data prediction, lower orders on the last steps, the corrector
+# on every step, UniC's own predictor.
+_FIXED = {"predict_x0": True, "lower_order_final": True, "disable_corrector": [], "solver_p": None}
+
+
+def scheduler_options(path: str | os.PathLike | None) -> tuple[int, str]:
+    """(order, solver_type) of a pipeline folder's UniPC scheduler: `solver_order` and
+    `solver_type` of scheduler/scheduler_config.json, as WanPipeline's
+    UniPCMultistepScheduler reads them (Diffusers' defaults 2 and "bh2"). A folder whose
+    scheduler is another class, or none, gives DEFAULT_OPTIONS (Flow-Factory evaluates
+    WAN with its UniPC scheduler at those). ModelFolderError, naming the file and key,
+    for a value this solver does not implement (see _FIXED)."""
+    from ffjax.errors import ModelFolderError
+
+    f = None if path is None else os.path.join(path, "scheduler", "scheduler_config.json")
+    if f is None or not os.path.isfile(f):
+        return DEFAULT_OPTIONS
+    with open(f) as fh:
+        cfg = json.load(fh)
+    if cfg.get("_class_name") != "UniPCMultistepScheduler":
+        return DEFAULT_OPTIONS
+    order = cfg.get("solver_order", DEFAULT_OPTIONS[0])
+    solver_type = cfg.get("solver_type", DEFAULT_OPTIONS[1])
+    bad = [f"{k}={cfg[k]!r} (ffjax: {v!r})" for k, v in _FIXED.items() if k in cfg and cfg[k] != v]
+    if not isinstance(order, int) or not 1 <= order <= MAX_ORDER:
+        bad.append(f"solver_order={order!r} (ffjax: 1 to {MAX_ORDER})")
+    if solver_type not in SOLVER_TYPES:
+        bad.append(f"solver_type={solver_type!r} (ffjax: {', '.join(SOLVER_TYPES)})")
+    if bad:
+        raise ModelFolderError(
+            f"{f}: the UniPC evaluation solver does not implement {', '.join(bad)};"
+            " set config.sampling.eval_solver=euler or use the folder's scheduler defaults"
+        )
+    return int(order), str(solver_type)
 
 
 @flax.struct.dataclass

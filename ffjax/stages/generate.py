@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -88,10 +89,66 @@ class Generator:
     width: int
     batch_size: int  # rows of every process per rollout call; 0: all at once
     progress: bool = False  # a bar per stage (`logging.step_progress`)
+    # (order, solver_type) of the UniPC solver ("unipc" solver): the pipeline folder's
+    # scheduler's (`flow.unipc.scheduler_options`).
+    unipc: tuple[int, str] = unipc_lib.DEFAULT_OPTIONS
 
     def variables(self, weights: Any) -> dict:
         """The model variables of trained `weights` (LoRA adapters or the full denoiser)."""
         return variables(self.lora, self.base, weights)
+
+
+# Evaluation settings (Flow-Factory's eval.guidance_scale, eval.guidance_scale_2,
+# eval.num_frames): config key -> the adapter constructor arguments it sets, by family.
+EVAL_ADAPTER_KEYS = (
+    ("sampling.eval_guidance_scale", ("guidance_scale", "true_cfg_scale")),
+    ("model.eval_guidance_scale_2", ("guidance_scale_2",)),
+    ("model.eval_num_frames", ("num_frames",)),
+)
+
+
+def eval_generator(gen: Generator, config: Any) -> Generator:
+    """The Generator evaluation samples with: `gen` with the evaluation settings of
+    `config` (a 0 leaves the training value): guidance scale(s) and frame count through
+    the adapter's constructor (`AdapterBase.replace`), size `model.eval_height` /
+    `eval_width`. `gen` itself when none is set. ConfigError (naming the key) for a
+    setting the model does not have or a size it cannot take. As X-GenGroup/Flow-Factory
+    6c7882b src/flow_factory/hparams/training_args/_base.py `EvaluationArguments`
+    (resolution, height, width, num_frames, guidance_scale) and a0b2bc5."""
+    from ffjax.configs import ConfigError
+
+    m = config.model
+    params = inspect.signature(type(gen.adapter).__init__).parameters
+    changes = {}
+    for key, names in EVAL_ADAPTER_KEYS:
+        section, name = key.split(".")
+        value = config[section].get(name, 0)
+        if not value:
+            continue
+        arg = next((n for n in names if n in params), None)
+        if arg is None:
+            raise ConfigError(
+                f"config.{key}={value!r}: model {m.name!r} has no {names[0]} setting; leave it 0"
+            )
+        changes[arg] = int(value) if arg == "num_frames" else float(value)
+    height, width = m.get("eval_height", 0) or gen.height, m.get("eval_width", 0) or gen.width
+    if not changes and (height, width) == (gen.height, gen.width):
+        return gen
+    try:
+        adapter = gen.adapter.replace(**changes) if changes else gen.adapter
+        # init_noise checks the size (abstractly: nothing is drawn)
+        jax.eval_shape(lambda k: adapter.init_noise(k, 1, height, width), jax.random.key(0))
+    except ValueError as e:  # e.g. a size the VAE / patching cannot take
+        raise ConfigError(
+            f"the evaluation settings (config.model.eval_height={height}, eval_width={width},"
+            f" {changes or 'no adapter changes'}) do not fit model {m.name!r}: {e}"
+        ) from None
+    rollout = dataclasses.replace(gen.rollout, velocity=adapter.velocity,
+                                  prepare_fn=adapter.prepare_cond)  # fmt: skip
+    return dataclasses.replace(
+        gen, adapter=adapter, rollout=rollout, height=height, width=width,
+        decode=jax.jit(adapter.decode, static_argnums=(2, 3)),
+    )  # fmt: skip
 
 
 def variables(lora: bool, base: Any, weights: Any) -> dict:
@@ -189,7 +246,8 @@ def rollout_and_decode(
     """(final latents, trajectory or None, uint8 images of this process's rows).
 
     `solver` "unipc" (`ode_grid`): `sigmas` is the (solver sigmas, model sigmas) pair and
-    each call is the deterministic UniPC multistep solve (`flow.unipc`; no trajectory).
+    each call is the deterministic UniPC multistep solve (`flow.unipc`; no trajectory)
+    of order and solver type `gen.unipc`.
 
     Rollout in calls of `gen.batch_size` rows of every process, trajectories
     concatenated on the batch axis; each call's final latents are decoded in the same
@@ -216,7 +274,8 @@ def rollout_and_decode(
             with jax.set_mesh(gen.mesh):  # the models' activation constraints read it
                 final, traj = unipc_lib.unipc_sample(
                     gen.adapter.velocity, model_vars, chunk_cond, chunk_noise, sigmas[0],
-                    model_sigmas=sigmas[1], prepare_fn=gen.adapter.prepare_cond,
+                    model_sigmas=sigmas[1], order=gen.unipc[0], solver_type=gen.unipc[1],
+                    prepare_fn=gen.adapter.prepare_cond,
                 ), None  # fmt: skip
         else:
             final, traj = gen.rollout(model_vars, chunk_cond, chunk_noise, sigmas, noise_levels,

@@ -63,8 +63,9 @@ def _batch(x0, noise, c):
 
 
 def _config(**kw):
+    # The snapshot form unless a test says otherwise: it has a ratio to test.
     c = awm.default_config()
-    c.update(kw)
+    c.update({"on_policy_old": "rollout", **kw})
     return c
 
 
@@ -81,7 +82,7 @@ def np_log_pi(v, target, s, weighting, p):
     }[weighting]
 
 
-def np_awm(trainable, w, x0, noise, c, *, weighting, p, eps, a, kl_beta, ema_kl_beta):
+def np_awm(trainable, w, x0, noise, c, *, weighting, p, eps, a, kl_beta, ema_kl_beta, m=0.0):
     base = f64(w["base"])
     x0, noise, c, s = (np.asarray(z, np.float64) for z in (x0, noise, c, SIGMA))
     t = s[:, None, None]
@@ -93,6 +94,8 @@ def np_awm(trainable, w, x0, noise, c, *, weighting, p, eps, a, kl_beta, ema_kl_
         np_log_pi(v, target, s, weighting, p) - np_log_pi(v_old, target, s, weighting, p)
     )
     adv = np.clip(ADV, -a, a)
+    if m > 0:  # scxue/advantage_weighted_matching train_sd3_awm.py: advantage_max
+        adv = adv / a * m
     policy_loss = np.mean(np.maximum(-adv * ratio, -adv * np.clip(ratio, 1 - eps, 1 + eps)))
     kl = np.mean(((v - np_policy(f64(w["ref"]), base, xt, s, c)) ** 2).mean(axis=(1, 2)))
     kl_ema = np.mean(((v - np_policy(f64(w["ema"]), base, xt, s, c)) ** 2).mean(axis=(1, 2)))
@@ -145,6 +148,30 @@ def test_loss_matches_numpy(weighting):
     np.testing.assert_allclose(m["clipfrac"], np.mean(np.abs(r - 1) > eps))
     np.testing.assert_allclose(m["approx_kl"], 0.5 * np.mean(np.log(r) ** 2), rtol=1e-4)
     np.testing.assert_allclose([m["kl"], m["kl_ema"]], [want["kl"], want["kl_ema"]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("advantage_max", [0.0, 1.0, 2.5])
+def test_advantage_max_rescales_like_awm(advantage_max):
+    """0: Flow-Factory's clipped advantage; m > 0: scxue AWM's clip(A, +-a) / a * m."""
+    w, x0, noise, c = _setup()
+    kw = dict(weighting="ghuber", ghuber_p=0.25, clip_range=4e-3, adv_clip_max=5.0)
+    loss_fn = awm.make_loss(_config(advantage_max=advantage_max, **kw), policy, dynamics="ode")
+    loss, m = jax.jit(loss_fn)(w["trainable"], _frozen(w), _batch(x0, noise, c), None)
+    want = np_awm(w["trainable"], w, x0, noise, c, weighting="ghuber", p=0.25, eps=4e-3,
+                  a=5.0, kl_beta=0.0, ema_kl_beta=0.0, m=advantage_max)  # fmt: skip
+    np.testing.assert_allclose(loss, want["loss"], rtol=1e-5)
+    if advantage_max:  # the policy loss is linear in A: the rescale is a factor m / a
+        plain = np_awm(w["trainable"], w, x0, noise, c, weighting="ghuber", p=0.25, eps=4e-3,
+                       a=5.0, kl_beta=0.0, ema_kl_beta=0.0)  # fmt: skip
+        np.testing.assert_allclose(want["loss"], plain["loss"] * advantage_max / 5.0, rtol=1e-8)
+
+
+def test_advantage_max_bad_values():
+    with pytest.raises(ValueError, match="advantage_max must be >= 0"):
+        awm.make_loss(_config(advantage_max=-1.0), policy, dynamics="ode")
+    with pytest.raises(ValueError, match="adv_clip_bounds"):
+        awm.make_loss(_config(advantage_max=1.0, adv_clip_bounds=(-1.0, 2.0)), policy,
+                      dynamics="ode")  # fmt: skip
 
 
 @pytest.mark.parametrize("weighting", ["uniform", "huber", "ghuber"])
@@ -224,3 +251,30 @@ def test_missing_weights_rejected():
             jax.eval_shape(loss_fn, w["trainable"], frozen, batch, None)
     with pytest.raises(ValueError, match="weighting"):
         awm.make_loss(_config(weighting="t**2"), policy, dynamics="ode")
+
+
+def test_flow_factory_old_policy_is_the_current_weights():
+    """Flow-Factory's on-policy old policy: the current weights at the micro-batch, so
+    r = 1 in value and the loss equals the snapshot form with the snapshot set to the
+    current weights (value and gradient); no snapshot is needed."""
+    w, x0, noise, c = _setup(3)
+    batch = _batch(x0, noise, c)
+    kw = dict(weighting="ghuber", ghuber_p=0.25, clip_range=0.02, kl_beta=0.1, ema_kl_beta=0.05)
+
+    def run(on_policy_old, snapshot):
+        loss_fn = awm.make_loss(_config(on_policy_old=on_policy_old, **kw), policy, dynamics="ode")
+        frozen = _frozen(w).replace(snapshot=snapshot)
+        grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+        return grad_fn(w["trainable"], frozen, batch, None)
+
+    (loss, m), grads = run("flow_factory", None)
+    (want, m_want), grads_want = run("rollout", jax.tree.map(jnp.copy, w["trainable"]))
+    np.testing.assert_array_equal([m["ratio_min"], m["ratio_max"], m["clipfrac"]], [1, 1, 0])
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], grads_want[k], rtol=1e-5, atol=1e-7)
+    spec = registry.ALGORITHMS.get("awm")
+    assert not spec.wants("needs_snapshot", awm.default_config())
+    assert spec.wants("needs_snapshot", _config())
+    with pytest.raises(ValueError, match="on_policy_old"):
+        awm.make_loss(_config(on_policy_old="ema"), policy, dynamics="ode")

@@ -65,3 +65,21 @@ def test_required_and_as_metrics():
     assert common.required({"w": 1}, "ema", "awm") == {"w": 1}
     out = common.as_metrics({"a": 1, "b": np.array([2.0], np.float64)})
     assert all(v.shape == () and v.dtype == jnp.float32 for v in out.values())
+
+
+def test_num_train_timesteps_zero_resolves_like_flow_factory():
+    # X-GenGroup/Flow-Factory b30dc00 hparams/training_args.py: num_train_timesteps 0 ->
+    # max(1, int(num_inference_steps * (timestep_range[1] - timestep_range[0]))).
+    from ml_collections import ConfigDict
+
+    cases = [  # (num_train_timesteps, sigma_range, N, expected)
+        (0, (0.0, 0.9), 10, 9),
+        (0, (0.0, 0.99), 20, 19),  # AWM's default range: int(0.9 N) gave 18
+        (0, (0.0, 0.7), 10, 7),
+        (0, (0.2, 0.7), 28, 13),  # 0.7 - 0.2 = 0.49999999999999994 in float64, as FF's
+        (0, (0.0, 0.05), 10, 1),  # at least one
+        (3, (0.0, 0.99), 20, 3),  # a set value is kept
+    ]
+    for n, rng, steps, want in cases:
+        algorithm = ConfigDict({"num_train_timesteps": n, "sigma_range": rng})
+        assert common.num_train_timesteps(algorithm, steps) == want, (n, rng, steps)

@@ -96,17 +96,26 @@ def test_spec_registered():
 
 
 @pytest.mark.parametrize(
-    "off_policy,beta,kl_beta,use_ref", [(True, 1.0, 0.0, True), (False, 0.5, 0.2, False)]
+    "off_policy,on_policy_old,beta,kl_beta,use_ref",
+    [
+        (True, "flow_factory", 1.0, 0.0, True),
+        (False, "rollout", 0.5, 0.2, False),
+        (False, "flow_factory", 0.5, 0.2, True),
+    ],
 )
-def test_loss_matches_numpy(off_policy, beta, kl_beta, use_ref):
+def test_loss_matches_numpy(off_policy, on_policy_old, beta, kl_beta, use_ref):
     w, x0, noise, c = _setup()
     ref = w["ref"] if use_ref else None
     frozen = Frozen(base=w["base"], ref=ref, ema=w["ema"], snapshot=w["snapshot"])
-    cfg = _config(off_policy=off_policy, beta=beta, kl_beta=kl_beta, adv_clip_max=5.0)
+    cfg = _config(off_policy=off_policy, on_policy_old=on_policy_old, beta=beta,
+                  kl_beta=kl_beta, adv_clip_max=5.0)  # fmt: skip
     loss, m = jax.jit(nft.make_loss(cfg, policy, dynamics="ode"))(
         w["trainable"], frozen, _batch(x0, noise, c), jax.random.key(0)
     )
-    old = w["ema"] if off_policy else w["snapshot"]  # the rollout policy
+    # The old policy: the EMA (off-policy), the rollout snapshot, or the current weights.
+    old = {"off": w["ema"], "rollout": w["snapshot"], "flow_factory": w["trainable"]}[
+        "off" if off_policy else on_policy_old
+    ]
     want = np_nft(w["trainable"], old, ref, w["base"], x0, noise, c, beta=beta, a=5.0,
                   kl_beta=kl_beta)  # fmt: skip
     np.testing.assert_allclose(loss, want["loss"], rtol=1e-5)
@@ -117,17 +126,21 @@ def test_loss_matches_numpy(off_policy, beta, kl_beta, use_ref):
     assert all(v.dtype == jnp.float32 and v.shape == () for v in m.values())
 
 
-def test_gradient_matches_finite_differences():
+@pytest.mark.parametrize("on_policy_old", ["rollout", "flow_factory"])
+def test_gradient_matches_finite_differences(on_policy_old):
     w, x0, noise, c = _setup(1)
     beta, a, kl_beta = 0.5, 5.0, 0.2
     frozen = Frozen(base=w["base"], ref=w["ref"], snapshot=w["snapshot"])
-    loss_fn = nft.make_loss(_config(off_policy=False, beta=beta, kl_beta=kl_beta), policy,
-                            dynamics="flow_sde")  # fmt: skip
+    cfg = _config(off_policy=False, on_policy_old=on_policy_old, beta=beta, kl_beta=kl_beta)
+    loss_fn = nft.make_loss(cfg, policy, dynamics="flow_sde")
     batch = _batch(x0, noise, c)
     grads = jax.jit(jax.grad(lambda p: loss_fn(p, frozen, batch, None)[0]))(w["trainable"])
+    # The old policy is a constant of the loss: the snapshot, or the current weights
+    # held at the point (Flow-Factory computes them without gradient).
+    old = w["snapshot"] if on_policy_old == "rollout" else f64(w["trainable"])
 
     def f(p, weights):
-        return np_nft(p, w["snapshot"], w["ref"], w["base"], x0, noise, c, beta=beta, a=a,
+        return np_nft(p, old, w["ref"], w["base"], x0, noise, c, beta=beta, a=a,
                       kl_beta=kl_beta, weights=weights)  # fmt: skip
 
     fixed = f(w["trainable"], None)["weights"]  # stop-gradient: hold w+- at the point
@@ -148,22 +161,27 @@ def test_old_policy_must_be_present():
     for off_policy, missing in ((True, "ema"), (False, "snapshot")):
         frozen = Frozen(base=w["base"], ema=w["ema"], snapshot=w["snapshot"])
         frozen = frozen.replace(**{missing: None})
-        loss_fn = nft.make_loss(_config(off_policy=off_policy), policy, dynamics="ode")
+        cfg = _config(off_policy=off_policy, on_policy_old="rollout")
+        loss_fn = nft.make_loss(cfg, policy, dynamics="ode")
         with pytest.raises(ValueError, match=f"{missing} is None"):
             jax.eval_shape(loss_fn, w["trainable"], frozen, batch, None)
 
 
-def test_kl_beta_zero_skips_reference_forward():
+@pytest.mark.parametrize("off_policy,extra", [(True, 1), (False, 0)])
+def test_kl_beta_zero_skips_reference_forward(off_policy, extra):
+    # Off-policy: old + current (+ reference); on-policy at Flow-Factory's default the
+    # old velocities are the current pass's, so no second forward.
     w, x0, noise, c = _setup()
     frozen = Frozen(base=w["base"], ref=w["ref"], ema=w["ema"])
-    for kl_beta, calls in ((0.0, 2), (0.1, 3)):  # old + current (+ reference)
+    for kl_beta, calls in ((0.0, 1 + extra), (0.1, 2 + extra)):
         count = []
 
         def counting(*args, count=count):
             count.append(1)
             return policy(*args)
 
-        loss_fn = nft.make_loss(_config(kl_beta=kl_beta), counting, dynamics="ode")
+        cfg = _config(kl_beta=kl_beta, off_policy=off_policy)
+        loss_fn = nft.make_loss(cfg, counting, dynamics="ode")
         jax.eval_shape(loss_fn, w["trainable"], frozen, _batch(x0, noise, c), None)
         assert len(count) == calls
 
@@ -177,6 +195,36 @@ def test_adaptive_weight_floor():
     )
 
 
+def test_on_policy_old_is_the_current_weights():
+    """Flow-Factory's on-policy old policy equals the rollout form with the snapshot set
+    to the current weights: same loss, same gradient, old_deviate 0."""
+    w, x0, noise, c = _setup(2)
+    batch = _batch(x0, noise, c)
+
+    def run(on_policy_old, snapshot):
+        frozen = Frozen(base=w["base"], ref=w["ref"], snapshot=snapshot)
+        cfg = _config(off_policy=False, on_policy_old=on_policy_old, beta=0.7, kl_beta=0.1)
+        loss_fn = nft.make_loss(cfg, policy, dynamics="ode")
+        return jax.jit(jax.value_and_grad(lambda p: loss_fn(p, frozen, batch, None), has_aux=True))(
+            w["trainable"]
+        )
+
+    (loss, m), grads = run("flow_factory", None)  # no snapshot needed
+    (want, m_want), grads_want = run("rollout", w["trainable"])
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    assert float(m["old_deviate"]) == 0.0  # a second pass of the same weights: ~1e-15
+    assert float(m_want["old_deviate"]) < 1e-12
+    for k in grads:
+        np.testing.assert_allclose(grads[k], grads_want[k], rtol=1e-5, atol=1e-7)
+    spec = registry.ALGORITHMS.get("nft")
+    on_policy = _config(off_policy=False)
+    assert not spec.wants("needs_snapshot", on_policy)
+    assert spec.wants("needs_snapshot", _config(off_policy=False, on_policy_old="rollout"))
+    assert not spec.wants("needs_snapshot", _config(off_policy=True, on_policy_old="rollout"))
+
+
 def test_bad_config_rejected():
     with pytest.raises(ValueError, match="beta"):
         nft.make_loss(_config(beta=0.0), policy, dynamics="ode")
+    with pytest.raises(ValueError, match="on_policy_old"):
+        nft.make_loss(_config(on_policy_old="ema"), policy, dynamics="ode")

@@ -205,3 +205,47 @@ def test_rollout_bad_input():
         rollout.rollout(gaussian_velocity, PARAMS, None, noise, sig, zeros, key, np.array([4]))
     with pytest.raises(ValueError, match="unknown dynamics"):
         rollout.rollout(gaussian_velocity, PARAMS, None, noise, sig, zeros, key, dynamics="sde")
+
+
+def _mixgrpo_starts(n, last, interval, stride, roll_back):
+    """Window starts of Tencent-Hunyuan/MixGRPO e5cdd6a fastvideo/utils/grpo_states.py
+    (progressive, prog_overlap) with max_timesteps = last, as its training loop reads them:
+    get_current_timesteps, then update_iteration, once per step."""
+    cur, count, out = 0, 0, []
+    for _ in range(n):
+        out.append(cur)
+        count += 1
+        if count >= interval:
+            count = 0
+            cur += stride
+        if cur > last:
+            cur, count = (0, 0) if roll_back else (last, count)
+    return out
+
+
+@pytest.mark.parametrize("interval,stride,roll_back", [(25, 1, True), (3, 2, True), (4, 3, False), (1, 1, False)])  # fmt: skip
+def test_progressive_window_follows_mixgrpo(interval, stride, roll_back):
+    candidates, k = list(range(1, 24)), 4  # 23 candidates: starts 0 .. 19
+    last = len(candidates) - k
+    want = _mixgrpo_starts(300, last, interval, stride, roll_back)
+    for epoch in range(300):
+        got = rollout.sde_window(7, epoch, candidates, k, progressive=(interval, stride, roll_back))
+        start = want[epoch]
+        np.testing.assert_array_equal(got, candidates[start : start + k])
+    assert rollout.progressive_start(10**6, last, interval, stride, roll_back) <= last
+    with pytest.raises(ValueError, match="interval and stride"):
+        rollout.progressive_start(0, last, 0, 1, True)
+
+
+def test_the_run_reads_the_window_keys():
+    from ffjax import configs
+    from ffjax import run as run_lib
+
+    c = configs.base_config()
+    c.sampling.num_steps, c.sampling.sde_num_steps = 10, 3  # candidates 0 .. 8
+    c.sampling.sde_window = "progressive"
+    c.sampling.window_interval, c.sampling.window_stride = 2, 2
+    starts = [int(run_lib.sde_window(c, e)[0]) for e in range(10)]
+    assert starts == [0, 0, 2, 2, 4, 4, 6, 6, 0, 0]  # 6 = 9 - 3 is the last start
+    c.sampling.window_roll_back = False
+    assert [int(run_lib.sde_window(c, e)[0]) for e in (8, 100)] == [6, 6]

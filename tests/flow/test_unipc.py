@@ -15,7 +15,9 @@ References:
     paper's D_k form, independent of the folded weights in ffjax.flow.unipc.
 """
 
+import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -242,3 +244,35 @@ def test_argument_errors():
         unipc.unipc_sample(fn, None, None, jnp.ones((1, 2)), np.array([0.9, 0.0]), order=4)
     with pytest.raises(ValueError, match="solver_type"):
         unipc.unipc_coefficients(jnp.array([0.9, 0.0]), 2, "bh3")
+
+
+# ------------------------------------------------------- the folder's scheduler settings
+
+
+def _folder(tmp_path, **cfg):
+    (tmp_path / "scheduler").mkdir(exist_ok=True)
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
+    return str(tmp_path)
+
+
+def test_scheduler_options_read_from_the_folder(tmp_path):
+    from ffjax.errors import ModelFolderError
+
+    u = "UniPCMultistepScheduler"
+    assert unipc.scheduler_options(None) == (2, "bh2")  # no folder: WanPipeline's
+    assert unipc.scheduler_options(str(tmp_path)) == (2, "bh2")  # no scheduler folder
+    assert unipc.scheduler_options(_folder(tmp_path, _class_name=u)) == (2, "bh2")
+    assert unipc.scheduler_options(_folder(tmp_path, _class_name=u, **WAN_UNIPC)) == (2, "bh2")
+    got = _folder(tmp_path, _class_name=u, solver_order=3, solver_type="bh1")
+    assert unipc.scheduler_options(got) == (3, "bh1")
+    euler = _folder(tmp_path, _class_name="FlowMatchEulerDiscreteScheduler", solver_order=5)
+    assert unipc.scheduler_options(euler) == (2, "bh2")
+    for bad, needle in [
+        (dict(solver_order=4), "solver_order=4"),
+        (dict(solver_type="midpoint"), "solver_type='midpoint'"),
+        (dict(predict_x0=False), "predict_x0=False"),
+        (dict(lower_order_final=False), "lower_order_final=False"),
+        (dict(disable_corrector=[0]), "disable_corrector=[0]"),
+    ]:
+        with pytest.raises(ModelFolderError, match=re.escape(needle)):
+            unipc.scheduler_options(_folder(tmp_path, _class_name=u, **bad))

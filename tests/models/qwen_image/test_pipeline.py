@@ -28,6 +28,7 @@ def _config(path, guidance_scale: float) -> configs.ConfigDict:
     c.model.path = str(path)
     c.model.height, c.model.width = HEIGHT, WIDTH
     c.sampling.guidance_scale = guidance_scale
+    c.model.negative_prompt = NEGATIVE  # the pipeline's call below gets the same
     return c
 
 

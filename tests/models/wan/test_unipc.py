@@ -165,3 +165,40 @@ def test_wan_recipes_grid(recipe):
     # UniPC multistep (scheduler/unipc_multistep.py); the tiny variants keep Euler.
     assert mod.get_config("").sampling.eval_solver == "unipc"
     assert mod.get_config("tiny").sampling.eval_solver == "euler"
+
+
+def test_evaluation_solver_takes_the_folders_order_and_type(unipc_pipe, tmp_path):
+    """sampling.eval_solver=unipc reads solver_order / solver_type from the folder's
+    scheduler (as WanPipeline does): the generate stage's solve equals unipc_sample's
+    at the folder's order 3, bh1 (and differs from the default 2, bh2)."""
+    import json
+    import shutil
+
+    from ffjax import run as run_lib
+    from ffjax.stages import generate
+
+    _, path = unipc_pipe
+    folder = tmp_path / "pipe"
+    shutil.copytree(path, folder)
+    f = folder / "scheduler" / "scheduler_config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "solver_order": 3, "solver_type": "bh1"}))
+    c = _config(folder, 1.0)
+    c.sampling.eval_solver = "unipc"
+    c.train.lora_rank = 0
+    run = run_lib.build(c, training=False)
+    assert run.gen.unipc == (3, "bh1")
+    assert run_lib.build(_config(path, 1.0), abstract=True, training=False).gen.unipc == (2, "bh2")
+
+    sigmas, _ = generate.ode_grid(run.adapter, "unipc", STEPS, HEIGHT, WIDTH)
+    noise = generate.init_noise(run.adapter, jax.random.key(0), 2, HEIGHT, WIDTH, run.mesh)
+    cond = run.adapter.encode_prompts(PROMPTS, HEIGHT, WIDTH)
+    final, _, _ = generate.rollout_and_decode(
+        run.gen, run.initial.trainable, cond, noise, sigmas, None, jax.random.key(1), solver="unipc"
+    )
+    variables = run.gen.variables(run.initial.trainable)
+    kw = dict(model_sigmas=sigmas[1], prepare_fn=run.adapter.prepare_cond)
+    want = unipc_sample(run.adapter.velocity, variables, cond, noise, sigmas[0], order=3,
+                        solver_type="bh1", **kw)  # fmt: skip
+    default = unipc_sample(run.adapter.velocity, variables, cond, noise, sigmas[0], **kw)
+    np.testing.assert_allclose(np.asarray(final), np.asarray(want), rtol=1e-5, atol=1e-6)
+    assert rel_err(default, want) > 1e-4  # the order and type change the solve
