@@ -71,5 +71,11 @@ def get_config(variant: str = "") -> configs.ConfigDict:
     # compared across refactors): ffjax's advantage epsilon std + 1e-4, where the
     # default now follows Flow-Factory's max(std, 1e-6).
     c.train.advantage_eps = "flow_grpo"
+    if variant in ("nft", "awm"):
+        # The rollout's weights as the old policy, as before issue 17. Flow-Factory's
+        # (the current weights at each micro-batch) dropped the 2-epoch reward at this
+        # learning rate (2026-12-08, shared 2-core CPU: nft 0.299 -> 0.157 and awm
+        # 0.299 -> 0.175, against 0.282 / 0.301 with this pin).
+        c.algorithm.on_policy_old = "rollout"
     configs.add_reward(c, "shapes")
     return c
