@@ -18,7 +18,10 @@ temporary bytes. `--dry_run_devices N` compiles for N CPU devices (real or fake)
 instead of the visible accelerators; `--dry_run_topology NAME` compiles for a TPU slice
 that is not there (e.g. "v5e:2x4", "v5p:2x2x2", "v4:2x2x1"): XLA's TPU compiler from
 libtpu (`pip install 'jax[tpu]'`, part of the dev extras on Linux x86-64) runs on any
-host, so a laptop learns what a pod slice would need before one is rented. A
+host, so a laptop learns what a pod slice would need before one is rented. NVIDIA GPUs
+likewise ("h100:8", "h200:1", "a100:8", "b200:8"; "h100:2x8" = 2 hosts of 8): XLA's
+GPU compiler from JAX's CUDA plugin (`pip install -e '.[cuda-compile]'`) compiles for
+the card `ffjax.gpu_targets` describes, cuDNN attention included, with no GPU. A
 multi-host topology compiles as one program over all its chips, as the trainer's
 global arrays are.
 
@@ -37,7 +40,7 @@ These are estimates for the backend compiled for: XLA on CPU fuses and picks ker
 differently from a GPU or TPU (the CPU attention is the XLA one, which materialises the
 logits; on GPU `model.attention=auto` uses cuDNN's fused kernel). Run the dry run on
 the target machine, without `--dry_run_devices`, for that backend's own numbers, or
-with `--dry_run_topology` for TPU's.
+with `--dry_run_topology` for a TPU's or GPU's.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffjax import configs
+from ffjax import configs, gpu_targets
 from ffjax import run as run_lib
 from ffjax.algorithms.spec import Frozen
 from ffjax.flow import rollout as rollout_lib
@@ -201,6 +204,7 @@ class Program:
     alias: int | None
     temp: int | None
     compile_s: float
+    hlo: str | None = dataclasses.field(default=None, repr=False)  # plan(keep_hlo=True)
 
     @property
     def transient(self) -> int | None:
@@ -481,8 +485,11 @@ def lower(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[
     return out
 
 
-def _programs(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, Program]:
-    """The programs of `lower`, compiled; XLA's memory analysis of each."""
+def _programs(
+    run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS, keep_hlo: bool = False
+) -> dict[str, Program]:
+    """The programs of `lower`, compiled; XLA's memory analysis of each (and, with
+    `keep_hlo`, the optimized HLO text the backend compiled)."""
     options = CPU_COMPILER_OPTIONS if run.mesh.devices.flat[0].platform == "cpu" else None
     out = {}
     for key in PROGRAMS:
@@ -491,7 +498,9 @@ def _programs(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> d
         t0 = time.perf_counter()
         ((name, what, lowered),) = lower(run, ep, (key,)).values()
         compiled = lowered.compile(options)
-        out[key] = Program(name, what, **_memory(compiled), compile_s=time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        hlo = compiled.as_text() if keep_hlo else None
+        out[key] = Program(name, what, **_memory(compiled), compile_s=seconds, hlo=hlo)
     return out
 
 
@@ -501,13 +510,15 @@ def plan(
     *,
     compile: bool = True,
     programs: Sequence[str] = PROGRAMS,
+    keep_hlo: bool = False,
 ) -> Report:
     """The dry run of `config` on `devices` (default: every visible device).
 
     The run is the trainer's, built abstractly (`ffjax.run.build(abstract=True)`); the
     programs are its own jitted functions, lowered for one epoch's abstract arrays. With
     `compile=False` only the resident and epoch bytes are computed; `programs` (keys of
-    `PROGRAMS`) chooses which programs are compiled.
+    `PROGRAMS`) chooses which programs are compiled; `keep_hlo` keeps each one's
+    optimized HLO text (`Program.hlo`).
     """
     unknown = sorted(set(programs) - set(PROGRAMS))
     if unknown:
@@ -521,7 +532,7 @@ def plan(
         "outputs": (tree_bytes((ep.final, ep.traj)), "final latents + recorded trajectory"),
         "training rows": (tree_bytes(ep.rows), f"{run.rows_per_epoch} rows, {storage} latents"),
     }
-    programs = _programs(run, ep, programs) if compile else {}
+    programs = _programs(run, ep, programs, keep_hlo) if compile else {}
     m = config.model
     platform = run.mesh.devices.flat[0].platform
     kind = f"LoRA r={config.train.lora_rank}" if run.lora else "full fine-tune"
@@ -545,10 +556,12 @@ def main(
     memory_gb: float | None = None,
     reexec_argv: Sequence[str] | None = None,
     programs: Sequence[str] = PROGRAMS,
+    keep_hlo: bool = False,
 ) -> Report:
     """The CLI's dry run: prints the report. `devices` > 0 compiles for that many CPU
-    devices (see `use_cpu_devices`); `topology` for that TPU slice (`topology_devices`),
-    judged against its chips' HBM unless `memory_gb` is given."""
+    devices (see `use_cpu_devices`); `topology` for that TPU slice (`topology_devices`)
+    or those NVIDIA GPUs ("h100:8", `ffjax.gpu_targets`), judged against their HBM
+    unless `memory_gb` is given. `keep_hlo`: see `plan`."""
     if devices and topology:
         raise configs.ConfigError("--dry_run_devices and --dry_run_topology exclude each other")
     unknown = sorted(set(programs) - set(PROGRAMS))
@@ -556,17 +569,30 @@ def main(
         raise configs.ConfigError(
             f"--dry_run_programs={','.join(programs)}: choose one or more of {','.join(PROGRAMS)}"
         )
+    gpu = None
     if devices:
         use_cpu_devices(devices, reexec_argv)
         chosen = jax.devices()[:devices]
+    elif topology and gpu_targets.is_gpu_topology(topology):
+        gpu = gpu_targets.parse(topology)
+        chosen = gpu_targets.devices(gpu)
+        if memory_gb is None:
+            memory_gb = round(gpu.target.memory_gib, 2)
     elif topology:
         chosen = topology_devices(topology)
         if memory_gb is None:
             memory_gb = topology_memory_gb(topology)
     else:
         chosen = None
-    report = plan(config, chosen, programs=programs)
-    if topology:
+    report = plan(config, chosen, programs=programs, keep_hlo=keep_hlo)
+    if gpu is not None:
+        cudnn, cuda = gpu_targets.library_versions()
+        report.notes.append(
+            f"GPU topology {topology} ({gpu}) compiled by XLA's CUDA plugin on this host"
+            f" (nothing ran; cuDNN {'.'.join(map(str, cudnn))}, CUDA"
+            f" {'.'.join(map(str, cuda))}); {memory_gb:g} GiB HBM per GPU"
+        )
+    elif topology:
         report.notes.append(
             f"TPU topology {topology} compiled by libtpu on this host (nothing ran);"
             + (f" {memory_gb:g} GiB HBM per chip" if memory_gb else " HBM per chip unknown:"
