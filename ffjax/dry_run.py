@@ -50,7 +50,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ffjax import configs, gpu_targets
+from ffjax import flops as flops_lib
 from ffjax import run as run_lib
 from ffjax.algorithms.spec import Frozen
 from ffjax.flow import rollout as rollout_lib
@@ -205,6 +206,8 @@ class Program:
     temp: int | None
     compile_s: float
     hlo: str | None = dataclasses.field(default=None, repr=False)  # plan(keep_hlo=True)
+    flops: int | None = None  # matmul FLOPs of one call (`ffjax.flops`, from the jaxpr)
+    uncounted_loops: int = 0  # while loops whose trip count the count could not tell
 
     @property
     def transient(self) -> int | None:
@@ -226,6 +229,7 @@ class Report:
     epoch: dict[str, tuple[Bytes, str]]
     programs: dict[str, Program]
     notes: list[str]
+    peak_tflops: float | None = None  # per device, dense bf16 (GPU targets), for a time floor
 
     def resident_bytes(self) -> int:
         return sum(b.per_device for b, _ in self.resident.values())
@@ -310,6 +314,22 @@ class Report:
             else:
                 vals = "".join(f"{v / unit:>9.3f}" for v in (p.argument, p.output, p.alias, p.temp))
             lines.append(f"  {p.name + ' (' + p.what + ')':<38}{vals}{p.compile_s:>8.1f}s")
+        counted = [p for p in self.programs.values() if p.flops is not None]
+        if counted:
+            lines += ["", f"{'model FLOPs (matmuls, from the jaxpr)':<40}{'TFLOP':>9}  per call"
+                      + (f"; time at {self.num_devices} x {self.peak_tflops:g} TFLOP/s bf16 peak"
+                         if self.peak_tflops else "")]  # fmt: skip
+            for p in counted:
+                floor = (f"  >= {1e3 * p.flops / 1e12 / (self.num_devices * self.peak_tflops):.1f} ms"
+                         if self.peak_tflops else "")  # fmt: skip
+                loops = (
+                    f"  ({p.uncounted_loops} while loop(s) counted once)"
+                    if p.uncounted_loops
+                    else ""
+                )
+                lines.append(
+                    f"  {p.name + ' (' + p.what + ')':<38}{p.flops / 1e12:>9.4g}{floor}{loops}"
+                )
         lines.append("")
         lines += [f"note: {n}" for n in self.notes]
         lines.append(self.verdict(memory_gb))
@@ -448,28 +468,77 @@ def abstract_epoch(run: run_lib.Run) -> Epoch:
 PROGRAMS = ("rollout", "decode", "train")  # what `plan` compiles, by key
 
 
-def lower(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, tuple]:
-    """{key: (name, what, jax.stages.Lowered)} of the programs in `which`: one rollout
-    call, one decode call (both of `sampling.batch_size` samples, or the epoch) and one
-    train step, lowered from the run's own jitted functions (`run.rollout`,
-    `run.decode`, `run.train_step`) for the mesh."""
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One call of a run's jitted function, with abstract arguments: what the dry run
+    lowers (`lower`) and counts the FLOPs of (`flops`)."""
+
+    name: str
+    what: str
+    fn: Any  # the run's jitted function (or its wrapper), with `.lower`
+    args: tuple
+    kwargs: dict
+    # The same function callable inside a trace (the wrappers enter `jax.set_mesh`,
+    # which a trace may not), and the mesh to trace it under.
+    inner: Callable
+    mesh: jax.sharding.Mesh
+
+    def lower(self) -> jax.stages.Lowered:
+        return self.fn.lower(*self.args, **self.kwargs)
+
+    def flops(self) -> flops_lib.Count:
+        """Matmul FLOPs of the call, from its jaxpr (`ffjax.flops`); nothing compiled."""
+        leaves, tree = jax.tree.flatten((self.args, self.kwargs))
+        traced = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.ShapeDtypeStruct)]
+
+        def call(*values):
+            full = list(leaves)
+            for i, v in zip(traced, values, strict=True):
+                full[i] = v
+            args, kwargs = jax.tree.unflatten(tree, full)
+            return self.inner(*args, **kwargs)
+
+        with jax.set_mesh(self.mesh):
+            return flops_lib.count(call, *(leaves[i] for i in traced))
+
+
+def _rollout_inner(rollout) -> Callable:
+    """`rollout` (a `stages.generate.Rollout`) as a function of its call's arguments
+    that does not enter the mesh itself: `flow.rollout`'s jitted function."""
+
+    def call(variables, cond, noise, sigmas, levels, key, record=None):
+        record = None if record is None else jnp.asarray(record, jnp.int32)
+        return rollout_lib._rollout_jit(
+            rollout.velocity, variables, cond, noise, jnp.asarray(sigmas, jnp.float32),
+            jnp.asarray(levels, jnp.float32), key, record, dynamics=rollout.dynamics,
+            storage_dtype=jnp.dtype(rollout.storage_dtype), prepare_fn=rollout.prepare_fn,
+        )  # fmt: skip
+
+    return call
+
+
+def calls(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, Call]:
+    """{key: Call} of the programs in `which`: one rollout call, one decode call (both of
+    `sampling.batch_size` samples, or the epoch) and one train step, of the run's own
+    jitted functions (`run.rollout`, `run.decode`, `run.train_step`) on the mesh."""
     c, m, s, t = run.config, run.config.model, run.config.sampling, run.config.train
     chunk = s.batch_size or ep.samples
     take = lambda tree: _rows_over_mesh(jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((chunk, *a.shape[1:]), a.dtype), tree), run.mesh)  # fmt: skip
     out = {}
     if "rollout" in which:
-        out["rollout"] = ("rollout", f"{chunk} samples x {s.num_steps} steps", run.rollout.lower(
+        out["rollout"] = Call("rollout", f"{chunk} samples x {s.num_steps} steps", run.rollout, (
             ep.variables, take(ep.cond), take(ep.noise), ep.sigmas, ep.levels, _key(), ep.record,
-        ))  # fmt: skip
+        ), {}, _rollout_inner(run.rollout), run.mesh)  # fmt: skip
     if "decode" in which:
         # The trainer decodes in chunks of sampling.batch_size, like the rollout.
         final = jax.ShapeDtypeStruct((chunk, *ep.final.shape[1:]), ep.final.dtype)
         size = f"{m.height}x{m.width}"
         what = (f"{chunk} videos {m.num_frames}x{size}" if m.num_frames > 1
                 else f"{chunk} images {size}")  # fmt: skip
-        out["decode"] = ("decode", what,
-                         run.decode.lower(run.weights["vae"], final, m.height, m.width))  # fmt: skip
+        out["decode"] = Call("decode", what, run.decode,
+                             (run.weights["vae"], final, m.height, m.width), {},
+                             run.decode, run.mesh)  # fmt: skip
     if "train" in which:
         # Two experts (WAN A14B): the trainer's micro-batches are one expert's rows, but
         # for the leftovers; compile that common case.
@@ -479,10 +548,16 @@ def lower(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[
         frozen = Frozen(base=run.base, ref=run.ref, ema=None, snapshot=snapshot)
         samples = {"cond": ep.cond, "x0": ep.final}
         idx = jax.ShapeDtypeStruct((t.micro_batch_size,), jnp.int32)
-        out["train"] = ("train step", f"{t.micro_batch_size} rows", run.train_step.lower(
-            st, frozen, samples, ep.rows, idx, _key(), _key(), expert=expert,
-        ))  # fmt: skip
+        out["train"] = Call("train step", f"{t.micro_batch_size} rows", run.train_step, (
+            st, frozen, samples, ep.rows, idx, _key(), _key()), {"expert": expert},
+            run.train_step.fn, run.mesh)  # fmt: skip
     return out
+
+
+def lower(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, tuple]:
+    """{key: (name, what, jax.stages.Lowered)} of the programs in `which` (`calls`),
+    lowered for the mesh."""
+    return {k: (cl.name, cl.what, cl.lower()) for k, cl in calls(run, ep, which).items()}
 
 
 def _programs(
@@ -496,11 +571,13 @@ def _programs(
         if key not in which:
             continue
         t0 = time.perf_counter()
-        ((name, what, lowered),) = lower(run, ep, (key,)).values()
-        compiled = lowered.compile(options)
+        ((call),) = calls(run, ep, (key,)).values()
+        compiled = call.lower().compile(options)
         seconds = time.perf_counter() - t0
         hlo = compiled.as_text() if keep_hlo else None
-        out[key] = Program(name, what, **_memory(compiled), compile_s=seconds, hlo=hlo)
+        count = call.flops()
+        out[key] = Program(call.name, call.what, **_memory(compiled), compile_s=seconds,
+                           hlo=hlo, flops=count.flops, uncounted_loops=count.uncounted_loops)  # fmt: skip
     return out
 
 
@@ -545,6 +622,13 @@ def plan(
         + (": the CPU attention materialises the logits (GPU auto: cuDNN)" if platform == "cpu" else "")
         + ("; compare with remat=full" if platform == "cpu" and m.remat != "full" else "")
     )  # fmt: skip
+    if programs:
+        notes.append(
+            "model FLOPs: 2 per multiply-add of every matmul, convolution and attention in"
+            " the program as traced (MFU = FLOPs / (seconds x devices x peak))"
+            + (f"; the train step's include remat={m.remat}'s recomputed forward"
+               if m.remat != "none" and "train" in programs else "")
+        )  # fmt: skip
     return report
 
 
@@ -586,6 +670,7 @@ def main(
         chosen = None
     report = plan(config, chosen, programs=programs, keep_hlo=keep_hlo)
     if gpu is not None:
+        report.peak_tflops = gpu.target.bf16_tflops
         cudnn, cuda = gpu_targets.library_versions()
         report.notes.append(
             f"GPU topology {topology} ({gpu}) compiled by XLA's CUDA plugin on this host"
