@@ -12,8 +12,8 @@ Loops count as they run: a `scan` body times its length, a `while` body times it
 count when the loop is a counted one (`fori_loop`; otherwise once, and
 `Count.uncounted_loops` says how many were not), a `cond` its costliest branch. Inside
 `shard_map` shapes are per device: the body counts once per device of its manual axes.
-cuDNN's fused attention (`dot_product_attention_{fwd,bwd}`) counts its QK^T and PV
-matmuls (backward: twice the forward, its four matmuls less the recomputed scores).
+cuDNN's fused attention (`dot_product_attention_{fwd,bwd}_wrapper`) counts its QK^T and
+PV matmuls (backward: twice the forward, its four matmuls less the recomputed scores).
 """
 
 from __future__ import annotations
@@ -111,8 +111,10 @@ def count_jaxpr(jaxpr) -> Count:
             total += Count(_dot(eqn))
         elif name == "conv_general_dilated":
             total += Count(_conv(eqn))
-        elif name in ("dot_product_attention_fwd", "dot_product_attention_bwd"):
-            total += Count(_attention(eqn, backward=name.endswith("bwd")))
+        elif name.startswith(("dot_product_attention_fwd", "dot_product_attention_bwd")):
+            # cuDNN's fused attention (jax.nn.dot_product_attention(implementation="cudnn")):
+            # "..._fwd_wrapper" / "..._bwd_wrapper" primitives; fp8 variants are not used.
+            total += Count(_attention(eqn, backward="_bwd" in name))
         elif name == "scan":
             total += count_jaxpr(eqn.params["jaxpr"]) * eqn.params["length"]
         elif name == "while":

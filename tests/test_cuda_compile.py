@@ -277,3 +277,27 @@ def test_cli_gpu_topology_errors_exit_2_with_one_line(topology, hide_plugin, mes
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     lines = [x for x in r.stderr.splitlines() if x.startswith("ffjax.train")]
     assert len(lines) == 1 and message in lines[0], r.stderr[-2000:]
+
+
+@needs_plugin
+def test_cudnn_attention_flops_equal_the_xla_attentions():
+    """The model FLOPs of cuDNN's fused attention (its own primitives in the jaxpr) are
+    those of XLA's two matmuls: forward, and forward + backward (3x)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ffjax import flops
+
+    mesh = jax.sharding.Mesh(np.array(gpu_targets.devices(gpu_targets.parse("h100:1"))), ("d",))
+    q = jax.ShapeDtypeStruct((2, 128, 4, 64), jnp.bfloat16)
+
+    def counts(implementation):
+        f = lambda q: jax.nn.dot_product_attention(q, q, q, implementation=implementation)
+        loss = lambda q: f(q).astype(jnp.float32).sum()
+        return flops.count(f, q).flops, flops.count(jax.grad(loss), q).flops
+
+    with jax.set_mesh(mesh):
+        cudnn = counts("cudnn")
+    xla = counts("xla")
+    assert cudnn == xla == (4 * 2 * 4 * 128 * 128 * 64, 3 * 4 * 2 * 4 * 128 * 128 * 64)
