@@ -66,6 +66,19 @@ def _recipe(name: str, variant: str = "tiny") -> configs.ConfigDict:
 RECIPES = {"flux": "flux_grpo", "qwen_image": "qwen_image_grpo", "wan": "wan_t2v_grpo"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_persistent_cache():
+    """The test run's persistent compilation cache (tests/conftest.py) cannot load
+    executables compiled for devices that are not there (it warns and recompiles):
+    off for this module."""
+    import jax
+
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", before)
+
+
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cuda_prompts")
@@ -174,11 +187,11 @@ def test_plugin_matches_jaxlib():
 def test_tiny_recipe_compiles_for_h100(compiled, family, gpus, programs):
     report = compiled(family, gpus, programs)
     _check_programs(report, gpus, programs)
-    if gpus > 1:  # the frozen transformer is split 8 ways (LoRA scales stay whole)
+    if gpus > 1:  # the frozen transformer's split leaves are split 8 ways
         frozen = report.resident["transformer (frozen)"][0]
-        # (The tiny WAN's largest kernel is its text embedder's 4096 x 32, kept whole.)
-        share = 0.9 if family == "wan" else 0.25
-        assert frozen.per_device < share * frozen.total, frozen
+        split = frozen.total - frozen.replicated
+        assert split > 0.1 * frozen.total, frozen  # (the LoRA scales, some tiny kernels whole)
+        assert frozen.per_device - frozen.replicated == pytest.approx(split / gpus, rel=0.05)
     text = report.text(80)
     assert f"on {gpus} gpu device(s)" in text and "FITS in 80 GiB" in text.splitlines()[-1]
 

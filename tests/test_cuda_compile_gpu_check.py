@@ -1,10 +1,11 @@
 """tools/gpu_check.sh's argument handling, on any machine (the check itself needs a GPU;
-`--rehearse` runs it on CPU in ~5 minutes, too long for CI)."""
+`--rehearse` runs it on CPU in ~5 minutes, too long for CI). Not under tests/gpu/: the
+`gpu` keyword of that folder would skip these without a GPU (tests/conftest.py)."""
 
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _check(*args):
