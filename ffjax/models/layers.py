@@ -239,7 +239,9 @@ def resolve_attention(
 
     `auto` picks cudnn on GPU, splash on TPU, xla elsewhere. A requested kernel that
     cannot run here (wrong platform, float32 for cuDNN, a length splash cannot tile)
-    falls back to xla with an absl warning naming the reason; never silently.
+    falls back to xla with an absl warning naming the reason; never silently. The
+    platform, unless given, is the context mesh's devices' (what the function is being
+    compiled for), else JAX's default backend.
     """
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(
