@@ -314,3 +314,12 @@ def test_cudnn_attention_flops_equal_the_xla_attentions():
         cudnn = counts("cudnn")
     xla = counts("xla")
     assert cudnn == xla == (4 * 2 * 4 * 128 * 128 * 64, 3 * 4 * 2 * 4 * 128 * 128 * 64)
+
+
+@needs_plugin
+@pytest.mark.parametrize("name", sorted(gpu_targets.TARGETS))
+def test_every_gpu_target_makes_compile_only_devices(name):
+    target = gpu_targets.TARGETS[name]
+    devices = gpu_targets.devices(gpu_targets.parse(f"{name}:2x4"))  # 2 hosts of 4
+    assert len(devices) == 8 and {d.device_kind for d in devices} == {target.description}
+    assert sorted({d.process_index for d in devices}) == [0, 1]
