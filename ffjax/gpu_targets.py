@@ -11,7 +11,7 @@ of them would hold.
 The hardware figures are the SXM parts' as NVIDIA's data sheets give them and as XLA
 keeps them for its own offline compiles (openxla/xla, xla/tools/hlo_opt/gpu_specs/
 {a100_sxm_80,h100_sxm,b200}.txtpb; the H200 is the H100's die with 141 GB of HBM3e at
-4.8 TB/s). `bf16_tflops` is the data sheet's dense bfloat16 tensor-core peak, used for
+4.8 TB/s, and the 143771 MiB and 60 MB of L2 that this workplace's H200s report). `bf16_tflops` is the data sheet's dense bfloat16 tensor-core peak, used for
 the dry run's FLOP time floor, never measured here.
 
     python -m ffjax.train --config configs/flux_grpo.py:flow_factory --dry_run \
@@ -99,7 +99,7 @@ TARGETS: dict[str, GpuTarget] = {
         GpuTarget("h100", "NVIDIA H100 80GB HBM3", (9, 0), 132, 128, 1.98, 228 * _KIB,
                   227 * _KIB, 50 * _MIB, 84_978_434_048, 3_352 * _GB, 989.0),
         GpuTarget("h200", "NVIDIA H200", (9, 0), 132, 128, 1.98, 228 * _KIB, 227 * _KIB,
-                  50 * _MIB, 150_754_820_096, 4_800 * _GB, 989.0),
+                  60 * _MIB, 150_754_820_096, 4_800 * _GB, 989.0),
         GpuTarget("b200", "NVIDIA B200", (10, 0), 148, 128, 1.965, 228 * _KIB, 227 * _KIB,
                   int(126.5 * _MIB), 191_514_673_152, 7_672 * _GB, 2_250.0),
     )

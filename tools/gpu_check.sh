@@ -53,7 +53,7 @@ if [ "$REHEARSE" = 1 ]; then
   N=512; SIZE=(--size tiny --device cpu); TESTS=(--collect-only -q); LIMIT=(60 120 240 240)
 else
   N=8192; SIZE=(--size dev --device gpu --attention cudnn --remat full); TESTS=(-q -x)
-  LIMIT=(60 150 200 150)
+  LIMIT=(45 120 150 105)  # with the device step's 60 s: 8 minutes at most
 fi
 
 : > "$REPORT"
