@@ -137,8 +137,3 @@ def count_jaxpr(jaxpr) -> Count:
 def count(fn: Callable, *args) -> Count:
     """`Count` of `fn(*args)` (arrays or ShapeDtypeStructs), traced, not run."""
     return count_jaxpr(jax.make_jaxpr(fn)(*args))
-
-
-def traced(traced_stage) -> Count:
-    """`Count` of a `jax.stages.Traced` (`jax.jit(f).trace(...)`)."""
-    return count_jaxpr(traced_stage.jaxpr)
