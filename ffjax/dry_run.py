@@ -208,6 +208,7 @@ class Program:
     hlo: str | None = dataclasses.field(default=None, repr=False)  # plan(keep_hlo=True)
     flops: int | None = None  # matmul FLOPs of one call (`ffjax.flops`, from the jaxpr)
     uncounted_loops: int = 0  # while loops whose trip count the count could not tell
+    uncounted_kernels: int = 0  # Pallas kernels (TPU splash attention) not in `flops`
 
     @property
     def transient(self) -> int | None:
@@ -325,6 +326,11 @@ class Report:
                 loops = (
                     f"  ({p.uncounted_loops} while loop(s) counted once)"
                     if p.uncounted_loops
+                    else ""
+                ) + (
+                    f"  (+ {p.uncounted_kernels} Pallas kernel call(s), e.g. splash attention,"
+                    " not counted)"
+                    if p.uncounted_kernels
                     else ""
                 )
                 lines.append(
@@ -577,7 +583,8 @@ def _programs(
         hlo = compiled.as_text() if keep_hlo else None
         count = call.flops()
         out[key] = Program(call.name, call.what, **_memory(compiled), compile_s=seconds,
-                           hlo=hlo, flops=count.flops, uncounted_loops=count.uncounted_loops)  # fmt: skip
+                           hlo=hlo, flops=count.flops, uncounted_loops=count.uncounted_loops,
+                           uncounted_kernels=count.uncounted_kernels)  # fmt: skip
     return out
 
 

@@ -10,7 +10,9 @@ transformer's FLOPs at these widths.
 
 Loops count as they run: a `scan` body times its length, a `while` body times its trip
 count when the loop is a counted one (`fori_loop`; otherwise once, and
-`Count.uncounted_loops` says how many were not), a `cond` its costliest branch. Inside
+`Count.uncounted_loops` says how many were not), a `cond` its costliest branch; a Pallas
+kernel counts its cost estimate, if it has one (splash attention has none: it is left
+out and `Count.uncounted_kernels` says so). Inside
 `shard_map` shapes are per device: the body counts once per device of its manual axes.
 cuDNN's fused attention (`dot_product_attention_{fwd,bwd}_wrapper`) counts its QK^T and
 PV matmuls (backward: twice the forward, its four matmuls less the recomputed scores).
@@ -34,12 +36,14 @@ class Count:
 
     flops: int = 0
     uncounted_loops: int = 0
+    uncounted_kernels: int = 0  # Pallas kernels without a cost estimate (splash attention)
 
     def __add__(self, other: Count) -> Count:
-        return Count(self.flops + other.flops, self.uncounted_loops + other.uncounted_loops)
+        pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+        return Count(*(a + b for a, b in pairs))
 
     def __mul__(self, k: int) -> Count:
-        return Count(self.flops * k, self.uncounted_loops)
+        return dataclasses.replace(self, flops=self.flops * k)
 
 
 def _shape(v) -> tuple[int, ...]:
@@ -115,12 +119,18 @@ def count_jaxpr(jaxpr) -> Count:
             # cuDNN's fused attention (jax.nn.dot_product_attention(implementation="cudnn")):
             # "..._fwd_wrapper" / "..._bwd_wrapper" primitives; fp8 variants are not used.
             total += Count(_attention(eqn, backward="_bwd" in name))
+        elif name == "pallas_call":
+            estimate = eqn.params.get("cost_estimate")
+            if estimate is not None:
+                total += Count(int(estimate.flops))
+            else:  # a hand-written kernel's FLOPs cannot be read off its block program
+                total += Count(uncounted_kernels=1)
         elif name == "scan":
             total += count_jaxpr(eqn.params["jaxpr"]) * eqn.params["length"]
         elif name == "while":
             body = count_jaxpr(eqn.params["body_jaxpr"])
             trips = _trip_count(eqn)
-            total += body * trips if trips is not None else body + Count(0, 1)
+            total += body * trips if trips is not None else body + Count(uncounted_loops=1)
         elif name == "cond":
             branches = [count_jaxpr(b) for b in eqn.params["branches"]]
             total += max(branches, key=lambda c: c.flops)

@@ -81,3 +81,19 @@ def test_transformer_count_matches_xla_cost_analysis(flux_block):
     # Forward + the input and weight gradients of every matmul: ~3x the forward.
     assert 2.7 * count.flops <= grad.flops <= 3.1 * count.flops
     assert grad.flops <= xla_grad <= 1.15 * grad.flops
+
+
+def test_pallas_kernels_count_their_estimate_or_are_flagged():
+    from jax.experimental import pallas as pl
+
+    def kernel(x_ref, o_ref):
+        o_ref[...] = x_ref[...] @ x_ref[...]
+
+    x = jnp.ones((8, 8))
+    shape = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    plain = lambda x: pl.pallas_call(kernel, out_shape=shape, interpret=True)(x)
+    estimate = pl.CostEstimate(flops=1024, transcendentals=0, bytes_accessed=512)
+    costed = lambda x: pl.pallas_call(kernel, out_shape=shape, interpret=True,
+                                      cost_estimate=estimate)(x)  # fmt: skip
+    assert flops.count(plain, x) == flops.Count(0, 0, uncounted_kernels=1)
+    assert flops.count(costed, x) == flops.Count(1024)
