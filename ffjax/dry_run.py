@@ -18,7 +18,10 @@ temporary bytes. `--dry_run_devices N` compiles for N CPU devices (real or fake)
 instead of the visible accelerators; `--dry_run_topology NAME` compiles for a TPU slice
 that is not there (e.g. "v5e:2x4", "v5p:2x2x2", "v4:2x2x1"): XLA's TPU compiler from
 libtpu (`pip install 'jax[tpu]'`, part of the dev extras on Linux x86-64) runs on any
-host, so a laptop learns what a pod slice would need before one is rented. A
+host, so a laptop learns what a pod slice would need before one is rented. NVIDIA GPUs
+likewise ("h100:8", "h200:1", "a100:8", "b200:8"; "h100:2x8" = 2 hosts of 8): XLA's
+GPU compiler from JAX's CUDA plugin (`pip install -e '.[cuda-compile]'`) compiles for
+the card `ffjax.gpu_targets` describes, cuDNN attention included, with no GPU. A
 multi-host topology compiles as one program over all its chips, as the trainer's
 global arrays are.
 
@@ -37,32 +40,31 @@ These are estimates for the backend compiled for: XLA on CPU fuses and picks ker
 differently from a GPU or TPU (the CPU attention is the XLA one, which materialises the
 logits; on GPU `model.attention=auto` uses cuDNN's fused kernel). Run the dry run on
 the target machine, without `--dry_run_devices`, for that backend's own numbers, or
-with `--dry_run_topology` for TPU's.
+with `--dry_run_topology` for a TPU's or GPU's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffjax import configs
+from ffjax import configs, gpu_targets
+from ffjax import flops as flops_lib
 from ffjax import run as run_lib
 from ffjax.algorithms.spec import Frozen
+from ffjax.dry_run_report import GIB, Bytes, Program, Report, tree_bytes
 from ffjax.flow import rollout as rollout_lib
-from ffjax.parallel import offload
 from ffjax.parallel import sharding as sharding_lib
 from ffjax.stages import optimize
 
-GIB = 2**30
 # XLA's CPU backend has no bfloat16 dot: it computes them in float32, and its
 # while-loop-invariant code motion then hoists the float32 conversion of every stacked
 # (nn.scan) weight out of the layer loop: a float32 copy of the whole model in the
@@ -146,170 +148,6 @@ def topology_devices(name: str) -> list[Any]:
 def topology_memory_gb(name: str) -> float | None:
     """HBM per chip (GiB) of topology `name`'s TPU generation, None if unknown."""
     return TPU_HBM_GIB.get(name.split(":")[0].lower())
-
-
-# --------------------------------------------------------------------------- accounting
-
-
-@dataclasses.dataclass(frozen=True)
-class Bytes:
-    """Bytes of a pytree of arrays (or ShapeDtypeStructs with shardings).
-
-    per_device: on device 0 (each leaf's shard; a leaf without sharding counts whole);
-    total: the arrays' own size, unsharded; replicated: bytes of the leaves every
-    device holds whole (per_device = replicated + the sharded leaves' shards);
-    count: elements (parameters, for weights); host: device 0's shards that live in
-    pinned host memory (offloaded), not in per_device.
-    """
-
-    per_device: int = 0
-    total: int = 0
-    replicated: int = 0
-    count: int = 0
-    host: int = 0
-
-    def __add__(self, other: Bytes) -> Bytes:
-        pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
-        return Bytes(*(a + b for a, b in pairs))
-
-
-def tree_bytes(tree: Any) -> Bytes:
-    """`Bytes` of every array leaf of `tree` (None leaves are empty subtrees)."""
-    out = Bytes()
-    for leaf in jax.tree.leaves(tree):
-        count = math.prod(leaf.shape)
-        itemsize = jnp.dtype(leaf.dtype).itemsize if hasattr(leaf, "dtype") else 0
-        sharding = getattr(leaf, "sharding", None)
-        shard = tuple(leaf.shape) if sharding is None else tuple(sharding.shard_shape(leaf.shape))
-        replicated = count * itemsize if shard == tuple(leaf.shape) else 0
-        nbytes = math.prod(shard) * itemsize
-        if getattr(sharding, "memory_kind", None) == offload.HOST:
-            out += Bytes(0, count * itemsize, 0, count, host=nbytes)
-        else:
-            out += Bytes(nbytes, count * itemsize, replicated, count)
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Program:
-    """XLA's per-device `memory_analysis()` of one compiled program (None: not reported)."""
-
-    name: str
-    what: str
-    argument: int | None
-    output: int | None
-    alias: int | None
-    temp: int | None
-    compile_s: float
-
-    @property
-    def transient(self) -> int | None:
-        """Bytes the call adds beyond its arguments: outputs not aliased + temporaries."""
-        if self.temp is None:
-            return None
-        return self.output - self.alias + self.temp
-
-
-@dataclasses.dataclass
-class Report:
-    """The dry run's findings; `text()` is what the CLI prints."""
-
-    title: str
-    mesh: dict[str, int]
-    platform: str
-    num_devices: int
-    resident: dict[str, tuple[Bytes, str]]  # name -> (bytes, note)
-    epoch: dict[str, tuple[Bytes, str]]
-    programs: dict[str, Program]
-    notes: list[str]
-
-    def resident_bytes(self) -> int:
-        return sum(b.per_device for b, _ in self.resident.values())
-
-    def epoch_bytes(self, phase: str) -> int:
-        """Epoch data alive during `phase` ("rollout", "decode" or "train")."""
-        keep = {"rollout": ("inputs", "outputs"), "decode": ("inputs", "outputs")}
-        names = keep.get(phase, tuple(self.epoch))
-        return sum(b.per_device for k, (b, _) in self.epoch.items() if k in names)
-
-    def peak(self, transient: dict[str, int] | None = None) -> tuple[int, str | None]:
-        """(peak bytes per device, the key of the program at the peak or None).
-
-        `transient` replaces programs' (outputs - aliased + temporaries) by key; programs
-        without memory stats are left out.
-        """
-        best, where = self.resident_bytes() + self.epoch_bytes("rollout"), None
-        for name, p in self.programs.items():
-            extra = (transient or {}).get(name, p.transient)
-            if extra is None:
-                continue
-            total = self.resident_bytes() + self.epoch_bytes(name) + extra
-            if where is None or total > best:
-                best, where = total, name
-        return best, where
-
-    def verdict(self, memory_gb: float | None) -> str:
-        """One line: the peak and, given the device memory in GiB, whether it fits."""
-        peak, where = self.peak()
-        at = (f" (during the {self.programs[where].name})" if where
-              else " (no temporaries reported by this backend)")  # fmt: skip
-        line = f"peak estimate per device: {peak / GIB:.2f} GiB{at}"
-        if not memory_gb:
-            return line
-        budget = memory_gb * GIB
-        if peak <= budget:
-            line += f"; FITS in {memory_gb:g} GiB ({100 * peak / budget:.0f}% used)"
-            if peak > 0.75 * budget:
-                line += (
-                    "; JAX on GPU preallocates 75% of memory by default: set"
-                    " XLA_PYTHON_CLIENT_MEM_FRACTION=0.95"
-                )
-        else:
-            line += (
-                f"; does NOT fit in {memory_gb:g} GiB (short by {(peak - budget) / GIB:.2f} GiB)"
-            )
-        return line
-
-    def text(self, memory_gb: float | None = None) -> str:
-        """The report: resident and epoch bytes, compiled programs, notes, the verdict."""
-        unit, u = (GIB, "GiB") if self.peak()[0] >= GIB else (2**20, "MiB")
-        mesh = " ".join(f"{k}={v}" for k, v in self.mesh.items())
-        lines = [
-            f"ffjax dry run: {self.title}",
-            f"mesh {mesh} on {self.num_devices} {self.platform} device(s); per device = the"
-            " shard on device 0",
-            "",
-            f"{'resident for the run':<40}{u + '/device':>12}{u + ' total':>11}{'params':>10}  note",
-        ]
-
-        def row(name, b, note, params=True):
-            n = "" if not params else (
-                f"{b.count / 1e9:.3f}B" if b.count >= 1e8 else f"{b.count / 1e6:.2f}M")  # fmt: skip
-            lines.append(
-                f"  {name:<38}{b.per_device / unit:>12.3f}{b.total / unit:>11.3f}{n:>10}  {note}"
-            )
-
-        for name, (b, note) in self.resident.items():
-            row(name, b, note)
-        lines.append(f"  {'= resident':<38}{self.resident_bytes() / unit:>12.3f}")
-        lines += ["", f"{'epoch data':<40}{u + '/device':>12}{u + ' total':>11}"]
-        for name, (b, note) in self.epoch.items():
-            row(name, b, note, params=False)
-        lines += [
-            "",
-            f"{'compiled (XLA memory_analysis)':<40}{'args':>9}{'out':>9}{'alias':>9}"
-            f"{'temp':>9}{'compile':>9}  ({u}/device)",
-        ]
-        for p in self.programs.values():
-            if p.temp is None:
-                vals = f"{'n/a':>9}" * 4
-            else:
-                vals = "".join(f"{v / unit:>9.3f}" for v in (p.argument, p.output, p.alias, p.temp))
-            lines.append(f"  {p.name + ' (' + p.what + ')':<38}{vals}{p.compile_s:>8.1f}s")
-        lines.append("")
-        lines += [f"note: {n}" for n in self.notes]
-        lines.append(self.verdict(memory_gb))
-        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -444,28 +282,77 @@ def abstract_epoch(run: run_lib.Run) -> Epoch:
 PROGRAMS = ("rollout", "decode", "train")  # what `plan` compiles, by key
 
 
-def lower(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, tuple]:
-    """{key: (name, what, jax.stages.Lowered)} of the programs in `which`: one rollout
-    call, one decode call (both of `sampling.batch_size` samples, or the epoch) and one
-    train step, lowered from the run's own jitted functions (`run.rollout`,
-    `run.decode`, `run.train_step`) for the mesh."""
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One call of a run's jitted function, with abstract arguments: what the dry run
+    lowers (`lower`) and counts the FLOPs of (`flops`)."""
+
+    name: str
+    what: str
+    fn: Any  # the run's jitted function (or its wrapper), with `.lower`
+    args: tuple
+    kwargs: dict
+    # The same function callable inside a trace (the wrappers enter `jax.set_mesh`,
+    # which a trace may not), and the mesh to trace it under.
+    inner: Callable
+    mesh: jax.sharding.Mesh
+
+    def lower(self) -> jax.stages.Lowered:
+        return self.fn.lower(*self.args, **self.kwargs)
+
+    def flops(self) -> flops_lib.Count:
+        """Matmul FLOPs of the call, from its jaxpr (`ffjax.flops`); nothing compiled."""
+        leaves, tree = jax.tree.flatten((self.args, self.kwargs))
+        traced = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.ShapeDtypeStruct)]
+
+        def call(*values):
+            full = list(leaves)
+            for i, v in zip(traced, values, strict=True):
+                full[i] = v
+            args, kwargs = jax.tree.unflatten(tree, full)
+            return self.inner(*args, **kwargs)
+
+        with jax.set_mesh(self.mesh):
+            return flops_lib.count(call, *(leaves[i] for i in traced))
+
+
+def _rollout_inner(rollout) -> Callable:
+    """`rollout` (a `stages.generate.Rollout`) as a function of its call's arguments
+    that does not enter the mesh itself: `flow.rollout`'s jitted function."""
+
+    def call(variables, cond, noise, sigmas, levels, key, record=None):
+        record = None if record is None else jnp.asarray(record, jnp.int32)
+        return rollout_lib._rollout_jit(
+            rollout.velocity, variables, cond, noise, jnp.asarray(sigmas, jnp.float32),
+            jnp.asarray(levels, jnp.float32), key, record, dynamics=rollout.dynamics,
+            storage_dtype=jnp.dtype(rollout.storage_dtype), prepare_fn=rollout.prepare_fn,
+        )  # fmt: skip
+
+    return call
+
+
+def calls(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, Call]:
+    """{key: Call} of the programs in `which`: one rollout call, one decode call (both of
+    `sampling.batch_size` samples, or the epoch) and one train step, of the run's own
+    jitted functions (`run.rollout`, `run.decode`, `run.train_step`) on the mesh."""
     c, m, s, t = run.config, run.config.model, run.config.sampling, run.config.train
     chunk = s.batch_size or ep.samples
     take = lambda tree: _rows_over_mesh(jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((chunk, *a.shape[1:]), a.dtype), tree), run.mesh)  # fmt: skip
     out = {}
     if "rollout" in which:
-        out["rollout"] = ("rollout", f"{chunk} samples x {s.num_steps} steps", run.rollout.lower(
+        out["rollout"] = Call("rollout", f"{chunk} samples x {s.num_steps} steps", run.rollout, (
             ep.variables, take(ep.cond), take(ep.noise), ep.sigmas, ep.levels, _key(), ep.record,
-        ))  # fmt: skip
+        ), {}, _rollout_inner(run.rollout), run.mesh)  # fmt: skip
     if "decode" in which:
         # The trainer decodes in chunks of sampling.batch_size, like the rollout.
         final = jax.ShapeDtypeStruct((chunk, *ep.final.shape[1:]), ep.final.dtype)
         size = f"{m.height}x{m.width}"
         what = (f"{chunk} videos {m.num_frames}x{size}" if m.num_frames > 1
                 else f"{chunk} images {size}")  # fmt: skip
-        out["decode"] = ("decode", what,
-                         run.decode.lower(run.weights["vae"], final, m.height, m.width))  # fmt: skip
+        out["decode"] = Call("decode", what, run.decode,
+                             (run.weights["vae"], final, m.height, m.width), {},
+                             run.decode, run.mesh)  # fmt: skip
     if "train" in which:
         # Two experts (WAN A14B): the trainer's micro-batches are one expert's rows, but
         # for the leftovers; compile that common case.
@@ -475,23 +362,37 @@ def lower(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[
         frozen = Frozen(base=run.base, ref=run.ref, ema=None, snapshot=snapshot)
         samples = {"cond": ep.cond, "x0": ep.final}
         idx = jax.ShapeDtypeStruct((t.micro_batch_size,), jnp.int32)
-        out["train"] = ("train step", f"{t.micro_batch_size} rows", run.train_step.lower(
-            st, frozen, samples, ep.rows, idx, _key(), _key(), expert=expert,
-        ))  # fmt: skip
+        out["train"] = Call("train step", f"{t.micro_batch_size} rows", run.train_step, (
+            st, frozen, samples, ep.rows, idx, _key(), _key()), {"expert": expert},
+            run.train_step.fn, run.mesh)  # fmt: skip
     return out
 
 
-def _programs(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, Program]:
-    """The programs of `lower`, compiled; XLA's memory analysis of each."""
+def lower(run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS) -> dict[str, tuple]:
+    """{key: (name, what, jax.stages.Lowered)} of the programs in `which` (`calls`),
+    lowered for the mesh."""
+    return {k: (cl.name, cl.what, cl.lower()) for k, cl in calls(run, ep, which).items()}
+
+
+def _programs(
+    run: run_lib.Run, ep: Epoch, which: Sequence[str] = PROGRAMS, keep_hlo: bool = False
+) -> dict[str, Program]:
+    """The programs of `lower`, compiled; XLA's memory analysis of each (and, with
+    `keep_hlo`, the optimized HLO text the backend compiled)."""
     options = CPU_COMPILER_OPTIONS if run.mesh.devices.flat[0].platform == "cpu" else None
     out = {}
     for key in PROGRAMS:
         if key not in which:
             continue
         t0 = time.perf_counter()
-        ((name, what, lowered),) = lower(run, ep, (key,)).values()
-        compiled = lowered.compile(options)
-        out[key] = Program(name, what, **_memory(compiled), compile_s=time.perf_counter() - t0)
+        ((call),) = calls(run, ep, (key,)).values()
+        compiled = call.lower().compile(options)
+        seconds = time.perf_counter() - t0
+        hlo = compiled.as_text() if keep_hlo else None
+        count = call.flops()
+        out[key] = Program(call.name, call.what, **_memory(compiled), compile_s=seconds,
+                           hlo=hlo, flops=count.flops, uncounted_loops=count.uncounted_loops,
+                           uncounted_kernels=count.uncounted_kernels)  # fmt: skip
     return out
 
 
@@ -501,13 +402,15 @@ def plan(
     *,
     compile: bool = True,
     programs: Sequence[str] = PROGRAMS,
+    keep_hlo: bool = False,
 ) -> Report:
     """The dry run of `config` on `devices` (default: every visible device).
 
     The run is the trainer's, built abstractly (`ffjax.run.build(abstract=True)`); the
     programs are its own jitted functions, lowered for one epoch's abstract arrays. With
     `compile=False` only the resident and epoch bytes are computed; `programs` (keys of
-    `PROGRAMS`) chooses which programs are compiled.
+    `PROGRAMS`) chooses which programs are compiled; `keep_hlo` keeps each one's
+    optimized HLO text (`Program.hlo`).
     """
     unknown = sorted(set(programs) - set(PROGRAMS))
     if unknown:
@@ -521,7 +424,7 @@ def plan(
         "outputs": (tree_bytes((ep.final, ep.traj)), "final latents + recorded trajectory"),
         "training rows": (tree_bytes(ep.rows), f"{run.rows_per_epoch} rows, {storage} latents"),
     }
-    programs = _programs(run, ep, programs) if compile else {}
+    programs = _programs(run, ep, programs, keep_hlo) if compile else {}
     m = config.model
     platform = run.mesh.devices.flat[0].platform
     kind = f"LoRA r={config.train.lora_rank}" if run.lora else "full fine-tune"
@@ -534,6 +437,13 @@ def plan(
         + (": the CPU attention materialises the logits (GPU auto: cuDNN)" if platform == "cpu" else "")
         + ("; compare with remat=full" if platform == "cpu" and m.remat != "full" else "")
     )  # fmt: skip
+    if programs:
+        notes.append(
+            "model FLOPs: 2 per multiply-add of every matmul, convolution and attention in"
+            " the program as traced (MFU = FLOPs / (seconds x devices x peak))"
+            + (f"; the train step's include remat={m.remat}'s recomputed forward"
+               if m.remat != "none" and "train" in programs else "")
+        )  # fmt: skip
     return report
 
 
@@ -545,10 +455,12 @@ def main(
     memory_gb: float | None = None,
     reexec_argv: Sequence[str] | None = None,
     programs: Sequence[str] = PROGRAMS,
+    keep_hlo: bool = False,
 ) -> Report:
     """The CLI's dry run: prints the report. `devices` > 0 compiles for that many CPU
-    devices (see `use_cpu_devices`); `topology` for that TPU slice (`topology_devices`),
-    judged against its chips' HBM unless `memory_gb` is given."""
+    devices (see `use_cpu_devices`); `topology` for that TPU slice (`topology_devices`)
+    or those NVIDIA GPUs ("h100:8", `ffjax.gpu_targets`), judged against their HBM
+    unless `memory_gb` is given. `keep_hlo`: see `plan`."""
     if devices and topology:
         raise configs.ConfigError("--dry_run_devices and --dry_run_topology exclude each other")
     unknown = sorted(set(programs) - set(PROGRAMS))
@@ -556,17 +468,31 @@ def main(
         raise configs.ConfigError(
             f"--dry_run_programs={','.join(programs)}: choose one or more of {','.join(PROGRAMS)}"
         )
+    gpu = None
     if devices:
         use_cpu_devices(devices, reexec_argv)
         chosen = jax.devices()[:devices]
+    elif topology and gpu_targets.is_gpu_topology(topology):
+        gpu = gpu_targets.parse(topology)
+        chosen = gpu_targets.devices(gpu)
+        if memory_gb is None:
+            memory_gb = round(gpu.target.memory_gib, 2)
     elif topology:
         chosen = topology_devices(topology)
         if memory_gb is None:
             memory_gb = topology_memory_gb(topology)
     else:
         chosen = None
-    report = plan(config, chosen, programs=programs)
-    if topology:
+    report = plan(config, chosen, programs=programs, keep_hlo=keep_hlo)
+    if gpu is not None:
+        report.peak_tflops = gpu.target.bf16_tflops
+        cudnn, cuda = gpu_targets.library_versions()
+        report.notes.append(
+            f"GPU topology {topology} ({gpu}) compiled by XLA's CUDA plugin on this host"
+            f" (nothing ran; cuDNN {'.'.join(map(str, cudnn))}, CUDA"
+            f" {'.'.join(map(str, cuda))}); {memory_gb:g} GiB HBM per GPU"
+        )
+    elif topology:
         report.notes.append(
             f"TPU topology {topology} compiled by libtpu on this host (nothing ran);"
             + (f" {memory_gb:g} GiB HBM per chip" if memory_gb else " HBM per chip unknown:"

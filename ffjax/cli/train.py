@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from ffjax import configs
 from ffjax.cli import common
 from ffjax.cli.common import fail
-from ffjax.errors import FfjaxError
+from ffjax.errors import FfjaxError, UsageError
 
 PROG = "ffjax.train"
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[1]) + os.sep
@@ -60,7 +60,8 @@ def define_flags() -> None:
     )  # fmt: skip
     _FLAGS["dry_run_topology"] = flags.DEFINE_string(
         "dry_run_topology", None, "With --dry_run: compile for this TPU slice (e.g. v5e:2x4,"
-        " v5p:2x2x2) with libtpu on this host; judged against its chips' HBM."
+        " v5p:2x2x2; libtpu) or these NVIDIA GPUs (h100:8, h200:1, a100:8, b200:8; h100:2x8 ="
+        " 2 hosts of 8; the CUDA plugin) on this host; judged against their HBM."
     )  # fmt: skip
     _FLAGS["dry_run_programs"] = flags.DEFINE_list(
         "dry_run_programs", ["rollout", "decode", "train"], "With --dry_run: the programs to"
@@ -193,6 +194,8 @@ def _dry_run(config: configs.ConfigDict) -> None:
             memory_gb=_FLAGS["dry_run_device_memory_gb"].value,
             reexec_argv=argv,
         )
+    except UsageError as e:  # a GPU --dry_run_topology that names no GPU, or no CUDA plugin
+        fail(str(e), 2)
     except FfjaxError as e:  # a ConfigError too: the run does not fit, exit 1 as before
         fail(str(e), 1)
 

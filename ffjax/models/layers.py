@@ -239,13 +239,15 @@ def resolve_attention(
 
     `auto` picks cudnn on GPU, splash on TPU, xla elsewhere. A requested kernel that
     cannot run here (wrong platform, float32 for cuDNN, a length splash cannot tile)
-    falls back to xla with an absl warning naming the reason; never silently.
+    falls back to xla with an absl warning naming the reason; never silently. The
+    platform, unless given, is the context mesh's devices' (what the function is being
+    compiled for), else JAX's default backend.
     """
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(
             f"attention implementation {implementation!r}; allowed: {ATTENTION_IMPLEMENTATIONS}"
         )
-    platform = platform or jax.default_backend()
+    platform = platform or _mesh_platform() or jax.default_backend()
     auto = implementation == "auto"
     if auto:
         implementation = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}.get(platform, "xla")
@@ -266,6 +268,16 @@ def resolve_attention(
         _log_fallback(f"{'auto chose' if auto else 'falling back to'} xla: {why}")
         return "xla"
     return implementation
+
+
+def _mesh_platform() -> str | None:
+    """The platform of the context mesh's devices (`jax.set_mesh`), None without one.
+
+    A function is compiled for its mesh's devices, which need not be the default
+    backend's: the dry run traces on a CPU host for a GPU or TPU topology.
+    """
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    return None if device is None else device.platform
 
 
 def xla_attention(
