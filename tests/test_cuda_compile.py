@@ -224,6 +224,7 @@ def test_cudnn_attention_resolves_from_the_mesh_platform():
 
 
 @needs_plugin
+@pytest.mark.slow
 def test_flux1_dev_full_fine_tune_does_not_fit_one_h100(tmp_path, capsys):
     folder = flux_dev_configs.write(tmp_path / "flux1-dev")
     c = _recipe("flux_grpo", "flow_factory")

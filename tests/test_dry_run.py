@@ -91,6 +91,7 @@ def test_demo_bytes_equal_the_loaded_model_and_state(full):
     assert b.count - lora_scale // 4 == sum(a.size for a in loaded)
 
 
+@pytest.mark.slow
 def test_the_dry_run_lowers_the_programs_the_trainer_runs():
     """The dry run lowers the trainer's own rollout and train step (one builder, no second
     copy): their program text for the abstract run equals that of the trainer's first
@@ -205,6 +206,7 @@ _EIGHT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fsdp8_divides_the_sharded_bytes_by_8_and_matches_the_real_shards():
     r = subprocess.run([sys.executable, "-c", _EIGHT], cwd=ROOT, env=_env(8),
                        capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -280,6 +282,7 @@ def _flux_lora_params(rank: int) -> int:
     return rank * (19 * double + 38 * single)
 
 
+@pytest.mark.slow
 def test_flux1_dev_lora_from_config_files_only(tmp_path):
     folder = flux_dev_configs.write(tmp_path / "flux1-dev")
     config = _flux_dev_recipe(folder)
@@ -339,6 +342,7 @@ def test_mesh_product_not_the_device_count_is_a_config_error():
     assert "config.mesh.data=2" in str(e.value) and "1 device(s)" in str(e.value)
 
 
+@pytest.mark.slow
 def test_cli_bad_mesh_exits_1_with_one_line():
     r = subprocess.run(
         [sys.executable, "-m", "ffjax.train", "--dry_run", "--dry_run_devices", "4",

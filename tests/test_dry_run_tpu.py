@@ -44,6 +44,7 @@ def test_libtpu_is_installed_with_the_dev_extras():
     import libtpu  # noqa: F401  (a missing libtpu must fail here, not skip the dry run)
 
 
+@pytest.mark.slow
 def test_dry_run_compiles_for_a_tpu_slice_and_judges_its_hbm(capsys, monkeypatch):
     from ffjax import dry_run
     from tests.test_dry_run import _demo

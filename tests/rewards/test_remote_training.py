@@ -11,6 +11,7 @@ from tests.rewards.fixtures import ServerProcess
 from tests.toy_model import toy_config
 
 
+@pytest.mark.slow
 def test_server_death_stops_the_run_clearly_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     log = tmp_path / "server.txt"
     server = ServerProcess("--reward", "brightness", log=log)
