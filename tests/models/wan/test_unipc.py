@@ -167,6 +167,7 @@ def test_wan_recipes_grid(recipe):
     assert mod.get_config("tiny").sampling.eval_solver == "euler"
 
 
+@pytest.mark.slow
 def test_evaluation_solver_takes_the_folders_order_and_type(unipc_pipe, tmp_path):
     """sampling.eval_solver=unipc reads solver_order / solver_type from the folder's
     scheduler (as WanPipeline does): the generate stage's solve equals unipc_sample's

@@ -65,6 +65,7 @@ def test_vae_decode_parity(tiny_vaes, name, frames):
     assert err < 1e-5
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_frames(tiny_vaes):
     """Encode / decode 9 and 33 frames (3 and 9 latent frames) of the tiny Wan 2.1 VAE.
 
