@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffjax import configs, gpu_targets
+from ffjax import configs, errors, gpu_targets
 from ffjax import flops as flops_lib
 from ffjax import run as run_lib
 from ffjax.algorithms.spec import Frozen
@@ -71,6 +71,16 @@ from ffjax.stages import optimize
 # temporaries (FLUX.1-dev bf16: +44 GiB), which no GPU or TPU compile has. Without that
 # pass the conversion stays per layer (one block's weights, < 1 GiB for FLUX.1-dev).
 CPU_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+# A GPU compile without a GPU cannot autotune, and XLA's Triton GEMM emitter then fails
+# on some thin dots ("Couldn't find output tile sizes", e.g. a LoRA rank-8 dot of the
+# demo on h100:1, a bf16[32,7] dot of the tiny WAN on h100:8). cuBLAS takes every dot;
+# on a real GPU XLA may still pick Triton where autotuning finds it faster.
+GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+_COMPILER_OPTIONS = {
+    "cpu": CPU_COMPILER_OPTIONS,
+    "gpu": GPU_COMPILER_OPTIONS,
+    "cuda": GPU_COMPILER_OPTIONS,
+}
 _REEXEC_MARK = "FFJAX_DRY_RUN_REEXEC"
 # HBM per chip (GiB) of the TPU generations, by the prefix of a topology name: the
 # device memory a topology's verdict uses when --dry_run_device_memory_gb is not given.
@@ -379,14 +389,21 @@ def _programs(
 ) -> dict[str, Program]:
     """The programs of `lower`, compiled; XLA's memory analysis of each (and, with
     `keep_hlo`, the optimized HLO text the backend compiled)."""
-    options = CPU_COMPILER_OPTIONS if run.mesh.devices.flat[0].platform == "cpu" else None
+    options = _COMPILER_OPTIONS.get(run.mesh.devices.flat[0].platform)
     out = {}
     for key in PROGRAMS:
         if key not in which:
             continue
         t0 = time.perf_counter()
         ((call),) = calls(run, ep, (key,)).values()
-        compiled = call.lower().compile(options)
+        try:
+            compiled = call.lower().compile(options)
+        except jax.errors.JaxRuntimeError as e:  # XLA's message: its first line says why
+            platform = run.mesh.devices.flat[0].platform
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise errors.CompileError(
+                f"XLA could not compile the {key} program for {platform}: {first}"
+            ) from e
         seconds = time.perf_counter() - t0
         hlo = compiled.as_text() if keep_hlo else None
         count = call.flops()

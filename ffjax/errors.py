@@ -75,3 +75,9 @@ class WeightsError(FfjaxError, ValueError):
 class CheckpointError(FfjaxError, RuntimeError):
     """A run's Orbax checkpoint that cannot be read (or written); the message names its
     folder."""
+
+
+class CompileError(FfjaxError, RuntimeError):
+    """XLA could not compile one of the run's programs for the chosen backend (a dry run
+    for a GPU or TPU target); the message names the program, the target and XLA's first
+    line."""

@@ -397,3 +397,36 @@ def test_backend_without_memory_stats_still_gives_a_verdict():
     line = report.text(memory_gb=2).splitlines()[-1]
     assert "(no temporaries reported by this backend)" in line and "does NOT fit" in line
     assert "n/a" in report.text()
+
+
+def test_a_program_xla_cannot_compile_is_one_compile_error(monkeypatch):
+    """XLA's compile failure (e.g. the Triton GEMM tiling error of deviceless GPU
+    compiles) stops the dry run with one CompileError naming the program and XLA's first
+    line, which the CLI prints as one line (exit 1)."""
+    from ffjax import errors
+
+    real = dry_run.calls
+
+    class Failing:  # the train step's Call, whose compile fails as XLA's does
+        def __init__(self, call):
+            self.call = call
+
+        def __getattr__(self, name):
+            return getattr(self.call, name)
+
+        def lower(self):
+            class Lowered:
+                def compile(self, options=None):
+                    raise jax.errors.JaxRuntimeError("INTERNAL: no tile sizes\nsecond line")
+
+            return Lowered()
+
+    monkeypatch.setattr(dry_run, "calls", lambda *a, **k: {
+        n: Failing(c) if n == "train" else c for n, c in real(*a, **k).items()
+    })  # fmt: skip
+    with pytest.raises(errors.CompileError) as info:
+        dry_run.plan(_demo(), programs=("train",))
+    assert str(info.value) == (
+        "XLA could not compile the train program for cpu: INTERNAL: no tile sizes"
+    )
+    assert info.value.exit_code == 1
