@@ -76,3 +76,26 @@ def test_the_largest_changes_are_framed():
     grid = image_grid(np.full((4, 8, 8, 3), 255, np.uint8), columns=4, scale=4, marks=marks)
     assert tuple(grid[0, 0]) == MARK_UP and tuple(grid[0, 64]) == MARK_DOWN
     assert tuple(grid[0, 32]) == (255, 255, 255)
+
+
+def test_compare_table_times_each_variant_to_grpos_final_reward():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "compare_demo.py"
+    spec = importlib.util.spec_from_file_location("compare_demo", path)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    rows = [
+        {"epoch": -1, "eval/reward_mean": 0.3},
+        {"epoch": 0, "time/epoch_s": 2.0},
+        {"epoch": 1, "time/epoch_s": 1.0, "eval/reward_mean": 0.5},
+    ]
+    assert compare.curve(rows, 128) == [(0.0, 0, 0.3), (3.0, 256, 0.5)]
+    grpo = {"variant": "grpo", "seed": 0, "epochs": 2, "samples_per_epoch": 128,
+            "points": [(0.0, 0, 0.3), (10.0, 256, 0.5)]}  # fmt: skip
+    nft = {"variant": "nft", "seed": 0, "epochs": 2, "samples_per_epoch": 128,
+           "points": [(0.0, 0, 0.3), (4.0, 128, 0.55), (8.0, 256, 0.6)]}  # fmt: skip
+    text = compare.table([grpo, nft])
+    assert "| grpo | 0 | 2 x 128 | 10 | 0.300 -> 0.500 | +0.200 | 10 |" in text
+    assert "| nft | 0 | 2 x 128 | 8 | 0.300 -> 0.600 | +0.300 | 4 |" in text
