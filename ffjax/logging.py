@@ -129,6 +129,35 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
 GIF_FRAME_MS = 125  # video grids play at 8 frames per second
 
 
+CHAR_WIDTH = 6  # pixels per character of PIL's default bitmap font
+MARK_UP, MARK_DOWN = (0, 170, 0), (220, 0, 0)  # frames of tiles whose reward rose / fell
+
+
+def wrap_caption(caption: str, width_px: int) -> list[str]:
+    """The lines of `caption` wrapped to `width_px` pixels of PIL's default font; an
+    explicit newline starts a new line, a word longer than a line is cut."""
+    per_line = max(1, width_px // CHAR_WIDTH)
+    lines: list[str] = []
+    for paragraph in caption.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            while len(word) > per_line:  # a word wider than the tile: hard cut
+                if line:
+                    lines.append(line)
+                    line = ""
+                lines.append(word[:per_line])
+                word = word[per_line:]
+            if not line:
+                line = word
+            elif len(line) + 1 + len(word) <= per_line:
+                line += " " + word
+            else:
+                lines.append(line)
+                line = word
+        lines.append(line)
+    return lines
+
+
 def image_grid(
     images: np.ndarray,
     captions: Sequence[str] | None = None,
@@ -136,9 +165,13 @@ def image_grid(
     columns: int = 8,
     scale: int = 1,
     caption_height: int = 12,
+    marks: Sequence[tuple[int, int, int] | None] | None = None,
 ) -> np.ndarray:
     """uint8[B, H, W, 3] -> one uint8 grid image, each tile optionally captioned below.
 
+    Captions are wrapped to the tile's width (`wrap_caption`; newlines kept); every row
+    of tiles gets room for the longest caption, `caption_height` pixels per line.
+    `marks` (one RGB colour or None per image) frames the chosen tiles 2 pixels wide.
     Videos, uint8[B, T, H, W, 3], give one grid per frame: uint8[T, H', W', 3] (save it
     with `save_grid`, which writes it as an animated GIF). Tiny images are enlarged
     `scale` times (nearest neighbour) so they stay visible.
@@ -147,7 +180,7 @@ def image_grid(
     if images.ndim == 5 and images.shape[-1] == 3 and images.dtype == np.uint8:
         return np.stack([
             image_grid(images[:, f], captions, columns=columns, scale=scale,
-                       caption_height=caption_height)
+                       caption_height=caption_height, marks=marks)
             for f in range(images.shape[1])
         ])  # fmt: skip
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -161,15 +194,48 @@ def image_grid(
         h, w = h * scale, w * scale
     cols = max(1, min(columns, b))
     rows = -(-b // cols)
-    cap = caption_height if captions else 0
+    lines = [wrap_caption(c, w - 2) for c in captions] if captions else []
+    cap = caption_height * max(map(len, lines)) if lines else 0
     grid = Image.new("RGB", (cols * w, rows * (h + cap)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for i in range(b):
         r, c = divmod(i, cols)
-        grid.paste(Image.fromarray(images[i]), (c * w, r * (h + cap)))
-        if captions:
-            draw.text((c * w + 1, r * (h + cap) + h), captions[i][: max(1, w // 6)], fill=(0, 0, 0))
+        x, y = c * w, r * (h + cap)
+        grid.paste(Image.fromarray(images[i]), (x, y))
+        if marks is not None and marks[i] is not None:
+            draw.rectangle((x, y, x + w - 1, y + h - 1), outline=tuple(marks[i]), width=2)
+        for j, line in enumerate(lines[i] if lines else []):
+            draw.text((x + 1, y + h + j * caption_height), line, fill=(0, 0, 0))
     return np.asarray(grid)
+
+
+def changed_most(
+    before: np.ndarray, after: np.ndarray, count: int
+) -> list[tuple[int, int, int] | None]:
+    """`image_grid` marks for the `count` images whose reward changed most (by |after -
+    before|, ties to the first): MARK_UP where it rose, MARK_DOWN where it fell; None
+    for the rest and for unchanged rewards."""
+    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    delta = after - before
+    order = np.argsort(-np.abs(delta), kind="stable")[:count]
+    marks: list[tuple[int, int, int] | None] = [None] * len(delta)
+    for i in order:
+        if delta[i] != 0:
+            marks[i] = MARK_UP if delta[i] > 0 else MARK_DOWN
+    return marks
+
+
+def eval_captions(
+    prompts: Sequence[str], rewards: np.ndarray, before: np.ndarray | None = None
+) -> list[str]:
+    """Captions of evaluation tiles: the reward (with `before`, "before -> now"), then the
+    whole prompt on the next lines."""
+    if before is None:
+        return [f"reward {r:.2f}\n{p}" for p, r in zip(prompts, rewards, strict=True)]
+    return [
+        f"{b:.2f} -> {r:.2f} ({r - b:+.2f})\n{p}"
+        for p, r, b in zip(prompts, rewards, before, strict=True)
+    ]
 
 
 def save_grid(path: str | os.PathLike, grid: np.ndarray) -> str:

@@ -39,9 +39,10 @@ from ffjax.algorithms.spec import REQUIRED_METRICS, Frozen
 from ffjax.checkpoint import Checkpointer
 from ffjax.errors import FfjaxError
 from ffjax.flow import rollout as rollout_lib
-from ffjax.logging import MetricsWriter, image_grid, save_grid
+from ffjax.logging import MetricsWriter, changed_most, eval_captions, image_grid, save_grid
 from ffjax.parallel import rows as rows_lib
 from ffjax.parallel.mesh import maybe_initialize_distributed
+from ffjax.plots import write_reward_curve
 from ffjax.rewards.base import Samples
 from ffjax.run import Run, build, device_copy, sde_window
 from ffjax.run_folder import params_digest
@@ -53,6 +54,7 @@ __all__ = ["Interrupted", "Run", "TrainingError", "evaluate", "params_digest", "
 
 EVAL_SEED_OFFSET = 1_000_003  # eval noise is fixed for the whole run: compare epochs
 EVAL_GRID_IMAGES = 64  # images of an eval grid (the first repeat of each prompt first)
+EVAL_MARKED = 8  # tiles framed on eval grids: the largest reward changes since epoch 0
 
 setup = build  # the training run (`ffjax.run.build`), under its historical name
 
@@ -216,7 +218,7 @@ def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray,
     """ODE samples of the eval prompts with the EMA (or current) weights.
 
     Returns ({"eval/reward_mean": ..., "eval/reward/<alias>": ...}, uint8 images of the
-    first EVAL_GRID_IMAGES samples, captions). Each process samples and scores its rows
+    first EVAL_GRID_IMAGES samples, captions, the combined rewards of those images). Each process samples and scores its rows
     (`ffjax.parallel.rows`); scores and grid images are gathered.
     """
     c = run.config
@@ -244,7 +246,7 @@ def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray,
     metrics = {"eval/reward_mean": float(np.nanmean(combined))}
     metrics.update({f"eval/reward/{a}": float(np.nanmean(v)) for a, v in raw.items()})
     captions = [f"{combined[i]:.2f} {p}" for i, p in enumerate(prompts)]
-    return metrics, images, captions
+    return metrics, images, captions, np.asarray(combined)[: len(images)]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -296,13 +298,31 @@ def train(
     writer = MetricsWriter(workdir, tensorboard=c.logging.tensorboard, wandb=wandb)
     history: list[dict[str, Any]] = []
 
+    grids: dict[str, Any] = {}  # the evaluation before training, to mark what changed
+
     def do_eval(epoch: int) -> dict[str, float]:
-        metrics, images, captions = evaluate(run, state)
+        metrics, images, _, rewards = evaluate(run, state)
         n = min(len(images), EVAL_GRID_IMAGES)
-        grid = image_grid(images[:n], captions[:n], columns=8, scale=max(1, 128 // c.model.width))
+        prompts, scale = list(run.eval_prompts.prompts[:n]), max(1, 128 // c.model.width)
+        before = grids.get("before")  # None after a resume: no marks then
+        if epoch == 0:
+            grids["before"] = (images[:n], rewards[:n])
+        if before is None:
+            grid = image_grid(images[:n], eval_captions(prompts, rewards[:n]), scale=scale)
+        else:  # frame the EVAL_MARKED tiles that changed most, on this and the before grid
+            marks = changed_most(before[1], rewards[:n], EVAL_MARKED)
+            grid = image_grid(images[:n], eval_captions(prompts, rewards[:n], before[1]),
+                              scale=scale, marks=marks)  # fmt: skip
+            first = image_grid(before[0], eval_captions(prompts, before[1]), scale=scale,
+                               marks=marks)  # fmt: skip
+            save_grid(os.path.join(workdir, "samples", "eval_epoch_0000.png"), first)
         save_grid(os.path.join(workdir, "samples", f"eval_epoch_{epoch:04d}.png"), grid)
         writer.image("eval/samples", epoch, grid)
         return metrics
+
+    def draw_curve() -> None:
+        if jax.process_index() == 0:
+            write_reward_curve(workdir, title=f"{c.algorithm.name}, seed {c.seed}")
 
     stop = _StopSignals()
     try:
@@ -312,6 +332,7 @@ def train(
             before = do_eval(0)
             logging.info("before training: %s", before)
             writer.write(0, {"epoch": -1, **before})
+            draw_curve()
         bar = tqdm(
             range(start, c.train.num_epochs),
             desc="epochs",
@@ -340,6 +361,8 @@ def train(
                 metrics["params_digest"] = params_digest(state.trainable)
             writer.write(done, metrics)
             history.append(metrics)
+            if "eval/reward_mean" in metrics:
+                draw_curve()
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.4g}")
             if stopping and done < c.train.num_epochs:
                 raise Interrupted(
@@ -351,6 +374,7 @@ def train(
         stop.__exit__()
         writer.close()
         ckpt.close()
+    draw_curve()  # with the last epoch's training reward
     return history
 
 

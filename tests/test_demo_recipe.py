@@ -4,7 +4,9 @@ epochs write finite metrics, grids and checkpoints. The full run is a benchmark
 
 import math
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from configs import demo
 from ffjax import configs, registry, trainer
@@ -39,8 +41,14 @@ def test_default_recipe_smoke(tmp_path):
             if isinstance(v, float):
                 assert math.isfinite(v), (k, v)
     assert 0 <= history[-1]["reward_mean"] <= 1
-    assert (tmp_path / "samples" / "eval_epoch_0000.png").exists()
-    assert (tmp_path / "samples" / "eval_epoch_0002.png").exists()
+    # The reward curve (matplotlib) and the evaluation grids: whole prompts under each
+    # tile, so a grid is taller than one 12-pixel caption line per row of 128-pixel tiles.
+    curve = Image.open(tmp_path / "reward_curve.png")
+    assert curve.size == (640, 400)
+    assert len(np.unique(np.asarray(curve.convert("L")))) > 16  # drawn, not blank
+    for epoch in (0, 2):
+        grid = Image.open(tmp_path / "samples" / f"eval_epoch_{epoch:04d}.png")
+        assert grid.size[0] == 8 * 128 and grid.size[1] >= 128 + 3 * 12
     assert (tmp_path / "samples" / "train_epoch_0001.png").exists()
     assert (tmp_path / "checkpoints" / "2").is_dir()
     assert any((tmp_path / "tb").iterdir())
