@@ -214,11 +214,14 @@ def run_epoch(run: Run, state: TrainState) -> tuple[TrainState, dict[str, Any], 
     return state, metrics, out.images
 
 
-def evaluate(run: Run, state: TrainState) -> tuple[dict[str, float], np.ndarray, list[str]]:
+def evaluate(
+    run: Run, state: TrainState
+) -> tuple[dict[str, float], np.ndarray, list[str], np.ndarray]:
     """ODE samples of the eval prompts with the EMA (or current) weights.
 
     Returns ({"eval/reward_mean": ..., "eval/reward/<alias>": ...}, uint8 images of the
-    first EVAL_GRID_IMAGES samples, captions, the combined rewards of those images). Each process samples and scores its rows
+    first EVAL_GRID_IMAGES samples, captions, the combined rewards of those images
+    (float, one per image)). Each process samples and scores its rows
     (`ffjax.parallel.rows`); scores and grid images are gathered.
     """
     c = run.config

@@ -35,7 +35,8 @@ def test_evaluation_runs_at_its_own_size(tmp_path):
     c.train.num_epochs, c.train.eval_every, c.train.eval_prompts = 1, 1, 2
     run = run_lib.build(configs.validate(c))
     assert (run.gen.height, run.gen.width, run.eval_gen.height, run.eval_gen.width) == (8, 8, 16, 12)  # fmt: skip
-    metrics, images, _ = trainer.evaluate(run, run.initial)
+    metrics, images, _, rewards = trainer.evaluate(run, run.initial)
+    assert rewards.shape == images.shape[:1]
     assert images.shape[1:] == (16, 12, 3) and np.isfinite(metrics["eval/reward_mean"])
 
 
