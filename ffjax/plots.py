@@ -85,6 +85,11 @@ def reward_curve(
     ax.legend(loc="upper left", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str | os.PathLike) -> str:
+    """Lays `fig` out, writes it to `path` (making its folder) and closes it; the path."""
     fig.tight_layout()
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -132,9 +137,4 @@ def compare_curves(
     axes[0].legend(loc="lower right", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -91,16 +91,22 @@ FILES = {
 }
 
 
-def write(folder: str | os.PathLike) -> str:
-    """Writes the four config.json files (and model_index.json) under `folder`."""
+def write_folder(folder: str | os.PathLike, files: dict, pipeline_class: str) -> str:
+    """Writes {component: config} as `folder`/component/config.json and a model_index.json
+    naming `pipeline_class`: a pipeline folder of config files only. Returns the folder."""
     folder = os.fspath(folder)
-    for sub, cfg in FILES.items():
+    for sub, cfg in files.items():
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
         with open(os.path.join(folder, sub, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
     with open(os.path.join(folder, "model_index.json"), "w") as f:
-        json.dump({"_class_name": "FluxPipeline"}, f)
+        json.dump({"_class_name": pipeline_class}, f)
     return folder
+
+
+def write(folder: str | os.PathLike) -> str:
+    """Writes the four config.json files (and model_index.json) under `folder`."""
+    return write_folder(folder, FILES, "FluxPipeline")
 
 
 if __name__ == "__main__":

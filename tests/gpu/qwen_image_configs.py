@@ -12,9 +12,10 @@ and text encoder (Qwen2.5-VL-7B-Instruct: 28 layers, 3584 wide) config.json file
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from tests.flux_dev_configs import write_folder
 
 TRANSFORMER = {
     "_class_name": "QwenImageTransformer2DModel",
@@ -92,14 +93,7 @@ FILES = {"transformer": TRANSFORMER, "vae": VAE, "text_encoder": TEXT_ENCODER}
 
 def write(folder: str | os.PathLike) -> str:
     """Writes the three config.json files (and model_index.json) under `folder`."""
-    folder = os.fspath(folder)
-    for sub, cfg in FILES.items():
-        os.makedirs(os.path.join(folder, sub), exist_ok=True)
-        with open(os.path.join(folder, sub, "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
-    with open(os.path.join(folder, "model_index.json"), "w") as f:
-        json.dump({"_class_name": "QwenImagePipeline"}, f)
-    return folder
+    return write_folder(folder, FILES, "QwenImagePipeline")
 
 
 if __name__ == "__main__":
