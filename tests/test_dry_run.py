@@ -123,6 +123,7 @@ def test_the_dry_run_lowers_the_programs_the_trainer_runs():
         assert program.as_text() == seen[name], name
 
 
+@pytest.mark.slow
 def test_demo_compiles_and_reports():
     config = _demo()
     report = dry_run.plan(config)

@@ -40,6 +40,7 @@ def test_evaluation_runs_at_its_own_size(tmp_path):
     assert images.shape[1:] == (16, 12, 3) and np.isfinite(metrics["eval/reward_mean"])
 
 
+@pytest.mark.slow
 def test_wan_evaluation_guidance_frames_and_size(tiny_pipelines):
     path, _ = tiny_pipelines.wan()
     c = configs.base_config()

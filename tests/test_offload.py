@@ -113,6 +113,7 @@ def test_offload_without_anything_to_offload_is_refused(overrides, match):
         dry_run.plan(_demo(**overrides), compile=False)
 
 
+@pytest.mark.slow
 def test_dry_run_compiles_the_step_that_streams_offloaded_weights():
     c = _demo(train__lora_rank=0, algorithm__kl_beta=0.1, ema__offload=True,
               train__offload_ref=True, data__prompts_per_epoch=2, train__micro_batch_size=8)  # fmt: skip

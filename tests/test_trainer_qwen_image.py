@@ -66,6 +66,7 @@ def test_tiny_trains_two_epochs(tmp_path, folder):
     assert math.isfinite(history[-1]["eval/reward_mean"])
 
 
+@pytest.mark.slow
 def test_cfg_in_train_false_trains_the_conditional_pass_alone(monkeypatch):
     """The training policy with cfg_in_train False = the velocity of a cond without the
     negative prompt, one transformer call; with True, both calls (the guided velocity)."""

@@ -225,6 +225,7 @@ def test_tiny_grpo_learning_raises_brightness(folders, tmp_path):
     assert last - first > LEARNING_MARGIN, (first, last)
 
 
+@pytest.mark.slow
 def test_unipc_evaluation_is_the_unipc_solve_of_the_adapter(folders):
     """`sampling.eval_solver="unipc"`: the generate stage's deterministic run (evaluation,
     `ffjax.sample`) is `flow.unipc.unipc_sample` of the adapter's velocity on the UniPC

@@ -153,6 +153,7 @@ def test_workers_must_be_positive():
         AsyncScorer({}, workers=0)
 
 
+@pytest.mark.slow
 def test_async_rewards_train_like_the_serial_run(tmp_path, monkeypatch):
     """train.async_rewards changes when rewards are computed, never what they are."""
     from ffjax import configs, trainer
