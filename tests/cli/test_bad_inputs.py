@@ -57,6 +57,18 @@ def test_train(models, case, tmp_path):
     _assert_one_line(r, "ffjax.train", wanted)
 
 
+@pytest.mark.parametrize("case", ["missing", "empty", "unknown_key", "truncated"])
+def test_sample(models, case, tmp_path):
+    # The base weights (no checkpoint): sample loads the model folder like train does.
+    folder, wanted = models[case]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("two red circles\n")
+    r = _run("ffjax.sample", "--weights", "base", f"--config.model.path={folder}",
+             "--prompts", prompts, "--out", tmp_path / "out")  # fmt: skip
+    _assert_one_line(r, "ffjax.sample", wanted)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 @pytest.fixture
 def run_of(tmp_path):
     """A run folder whose checkpoints/config.txt names `model_path` (what export reads
