@@ -76,11 +76,7 @@ CPU_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-mot
 # demo on h100:1, a bf16[32,7] dot of the tiny WAN on h100:8). cuBLAS takes every dot;
 # on a real GPU XLA may still pick Triton where autotuning finds it faster.
 GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
-_COMPILER_OPTIONS = {
-    "cpu": CPU_COMPILER_OPTIONS,
-    "gpu": GPU_COMPILER_OPTIONS,
-    "cuda": GPU_COMPILER_OPTIONS,
-}
+_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS, "gpu": GPU_COMPILER_OPTIONS}  # by platform
 _REEXEC_MARK = "FFJAX_DRY_RUN_REEXEC"
 # HBM per chip (GiB) of the TPU generations, by the prefix of a topology name: the
 # device memory a topology's verdict uses when --dry_run_device_memory_gb is not given.
